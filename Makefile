@@ -1,0 +1,43 @@
+# Two commands: `make demo` and `make test`. Both create .venv/ when it is missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export SPARK_LOCAL_IP ?= 127.0.0.1
+export PYSPARK_PYTHON := $(abspath $(PY))
+export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+# Embedded sample: the synthetic YFCC100M world the demo runs on.
+SAMPLE_DIR ?= data/sample
+SAMPLE_PHOTOS ?= 20000
+SAMPLE_SEED ?= 7
+
+.PHONY: install demo test test-fast sample bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,bench]'
+	@touch $(STAMP)
+
+sample: install
+	$(PY) -m pipeline.synth --out $(SAMPLE_DIR) --photos $(SAMPLE_PHOTOS) --seed $(SAMPLE_SEED) --skip-existing
+
+demo: sample
+	@echo "demo: the synthetic world is in $(SAMPLE_DIR) (see $(SAMPLE_DIR)/world.json)"
+
+test: install
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not slow"
+
+bench: install
+	$(PY) bench/synth_throughput.py
+
+clean:
+	rm -rf data outputs mlruns.db mlartifacts spark-warehouse .pytest_cache

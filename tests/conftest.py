@@ -1,0 +1,37 @@
+"""Shared fixtures: paths to the real sample lines, and one local SparkSession per test run."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LOCSENS_SHARED", ROOT.parent / "shared"))
+REAL_HEAD = SHARED / "data" / "yfcc100m_dataset-head1k.tsv"
+REAL_VOCAB = SHARED / "data" / "vocab_words_100k.txt"
+
+
+@pytest.fixture(scope="session")
+def real_head_path() -> Path:
+    """The first 1,000 real lines of the 2016 yfcc100m_dataset."""
+    if not REAL_HEAD.exists():
+        pytest.fail(f"missing {REAL_HEAD}: the real YFCC sample lines (set LOCSENS_SHARED)")
+    return REAL_HEAD
+
+
+@pytest.fixture(scope="session")
+def real_vocab_path() -> Path:
+    if not REAL_VOCAB.exists():
+        pytest.fail(f"missing {REAL_VOCAB}: the authors' released vocabulary (set LOCSENS_SHARED)")
+    return REAL_VOCAB
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One real local Spark session for the whole run (JVM start is the expensive part)."""
+    from pipeline.spark import spark_session
+
+    session = spark_session("locsens-tests", master="local[2]", ui=False, shuffle_partitions=4)
+    yield session
+    session.stop()
