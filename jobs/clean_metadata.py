@@ -1,0 +1,104 @@
+"""Clean YFCC100M metadata: keep geotagged photos with a town and tags; reject the rest, with reasons.
+
+    spark-submit jobs/clean_metadata.py [paths.raw_dir=...] [clean.layout=23] [clean.dictionary=...]
+
+Extract: ``yfcc100m_dataset`` (25 or 23 columns, plain, .bz2 or a folder of parts),
+``yfcc100m_places`` and, for 23 columns, ``yfcc100m_hash``. Transform: :mod:`pipeline.parse` and
+:mod:`pipeline.clean`. Load: ``outputs.clean`` and ``outputs.clean_rejects`` (Parquet, atomic).
+"""
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig
+from pyspark import StorageLevel
+from pyspark.sql import functions as F
+
+from pipeline import clean, io, parse
+from pipeline.config import PipelineError, run_job
+from pipeline.geography import continent_table
+from pipeline.stage import check_conservation, markdown_table, stage, start_spark
+
+log = logging.getLogger("pipeline.clean_metadata")
+
+
+def resolve_layout(spark, path: str, setting: str, sample_lines: int) -> int:
+    if setting != "auto":
+        if int(setting) not in (23, 25):
+            raise PipelineError(f"setting clean.layout={setting!r}: expected auto, 25 or 23")
+        return int(setting)
+    head = [r.value for r in spark.read.text(path).limit(sample_lines).collect()]
+    layout = parse.detect_layout(head)
+    if layout is None:
+        raise PipelineError(f"{path}: none of the first {len(head)} lines has 25 or 23 TAB-separated "
+                            "fields; is this a yfcc100m_dataset file? (or set clean.layout)")
+    return layout
+
+
+def main(cfg: DictConfig) -> None:
+    spark = start_spark(cfg, "clean_metadata")
+    c = cfg.clean
+    dataset_path = io.first_existing(spark, c.dataset, "clean.dataset")
+    places_path = io.first_existing(spark, c.places, "clean.places")
+    layout = resolve_layout(spark, dataset_path, str(c.layout), c.layout_sample_lines)
+    hash_path = io.first_existing(spark, c.hash, "clean.hash") if layout == 23 else None
+    if c.dictionary is not None:
+        io.require_input(spark, c.dictionary, "clean.dictionary")
+
+    with stage(cfg, "clean_metadata") as st:
+        log.info("reading %s (%d columns), %s%s", dataset_path, layout, places_path,
+                 f", {hash_path}" if hash_path else "")
+        lines = io.read_text_lines(spark, dataset_path).select(
+            "value", F.col("_metadata.file_path").alias("file"),
+            F.monotonically_increasing_id().alias("_row_id"))
+        parsed = parse.parse_lines(lines, layout).persist(StorageLevel.MEMORY_AND_DISK)
+        with st.timed("parse"):
+            n_input = parsed.count()
+        places_lines = io.read_text_lines(spark, places_path)
+        places = parse.parse_places_lines(places_lines)
+        hashes = parse.parse_hash_lines(io.read_text_lines(spark, hash_path)) if hash_path else None
+        dictionary = None
+        if c.dictionary is not None:
+            words = io.read_text_lines(spark, c.dictionary).select(
+                parse.normalize_tag(F.split("value", " ")[0], encoded=False).alias("word"))
+            dictionary = words.where(F.col("word").isNotNull())
+        continents = continent_table(spark, c.get("country_aliases"))
+
+        classified = clean.classify(parsed, places, continents, hashes=hashes, dictionary=dictionary)
+        classified = classified.persist(StorageLevel.MEMORY_AND_DISK)
+        with st.timed("classify_and_write"):
+            io.write_parquet(spark, clean.kept(classified), cfg.outputs.clean,
+                             partitions=cfg.spark.shuffle_partitions, sort_by=["photo_id"])
+            io.write_parquet(spark, clean.rejects(classified, c.reject_line_chars), cfg.outputs.clean_rejects,
+                             partitions=cfg.spark.shuffle_partitions, sort_by=["reason", "file", "line"])
+        parsed.unpersist()
+        classified.unpersist()
+
+        n_kept = spark.read.parquet(cfg.outputs.clean).count()
+        rej = spark.read.parquet(cfg.outputs.clean_rejects)
+        by_reason = {r["reason"]: r["count"] for r in rej.groupBy("reason").count().collect()}
+        n_rejected = sum(by_reason.values())
+        places_summary = places.agg(
+            F.count(F.lit(1)).alias("lines"),
+            F.sum(F.col("places_reason").isNotNull().cast("long")).alias("malformed")).first()
+        no_continent = (spark.read.parquet(cfg.outputs.clean)
+                        .where(F.col("continent").isNull()).count())
+
+        st.metrics_from({"input_lines": n_input, "kept": n_kept, "rejected": n_rejected,
+                         "layout": layout, "places_lines": places_summary["lines"],
+                         "places_malformed_lines": places_summary["malformed"] or 0,
+                         "kept_without_continent": no_continent})
+        st.metrics_from(by_reason, prefix="rejected/")
+        summary = [{"reason": k, "lines": v, "share": 100.0 * v / max(n_input, 1)}
+                   for k, v in sorted(by_reason.items(), key=lambda kv: -kv[1])]
+        st.artifact_json({"input_lines": n_input, "kept": n_kept, "rejected": by_reason,
+                          "dataset": dataset_path, "layout": layout}, "reject_summary.json")
+        st.artifact_text(markdown_table(summary, ["reason", "lines", "share"]), "reject_summary.md")
+        check_conservation("clean_metadata", n_input, {"kept": n_kept, "rejected": n_rejected})
+        if no_continent:
+            log.warning("%d kept photos have a country with no continent (add clean.country_aliases)",
+                        no_continent)
+
+
+if __name__ == "__main__":
+    run_job(main)

@@ -1,0 +1,85 @@
+"""Job settings from ``conf/`` through Hydra's compose API, and the errors a job reports.
+
+Jobs are started by ``spark-submit``, not by ``@hydra.main``, so they compose the config
+themselves from ``key=value`` arguments. Every problem a user can cause (a bad override, a
+missing input, an impossible setting) becomes a :class:`PipelineError` whose message names the
+setting or file; :func:`run_job` prints it as one line and exits non-zero instead of a traceback.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+log = logging.getLogger("pipeline")
+
+
+class PipelineError(RuntimeError):
+    """A user-facing failure: bad input or settings. The message says what and where."""
+
+
+def load_config(argv: Sequence[str], config_name: str = "pipeline",
+                conf_dir: Path | str = CONF_DIR) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with ``key=value`` overrides; resolved and read-only."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    bad = [a for a in argv if "=" not in a]
+    if bad:
+        raise PipelineError(f"arguments must be key=value overrides, got {bad!r}")
+    try:
+        with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=list(argv))
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise PipelineError(f"config {config_name!r} with overrides {list(argv)!r}: {exc}") from None
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def to_dict(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def require_int(cfg: DictConfig, key: str, *, minimum: int | None = None) -> int:
+    """``cfg[key]`` as an int, or a :class:`PipelineError` naming the setting."""
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise PipelineError(f"setting {key}={value!r}: expected an integer{bound}")
+    return value
+
+
+def split_size(value: Any, key: str) -> int | float:
+    """A split size: an int >= 1 is a count, a float in (0, 1) is a fraction."""
+    if isinstance(value, bool):
+        raise PipelineError(f"setting {key}={value!r}: expected a count >= 1 or a fraction in (0, 1)")
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, float) and 0.0 <= value < 1.0:
+        return value
+    raise PipelineError(f"setting {key}={value!r}: expected a count >= 1 or a fraction in (0, 1)")
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("py4j", "alembic", "urllib3", "mlflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_job(main: Callable[[DictConfig], Any], argv: Sequence[str] | None = None) -> None:
+    """Entry point of a job script: compose the config, run, turn user errors into one line."""
+    setup_logging()
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        cfg = load_config(argv)
+        main(cfg)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

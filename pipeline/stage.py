@@ -1,0 +1,91 @@
+"""What every pipeline job does around its transform: Spark session, MLflow run, timings, checks."""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from typing import Any, Iterator, Mapping
+
+from omegaconf import DictConfig
+from pyspark.sql import SparkSession
+
+from pipeline.config import PipelineError, to_dict
+from pipeline.spark import spark_session
+from pipeline.tracking import stage_run
+
+log = logging.getLogger("pipeline")
+
+
+def start_spark(cfg: DictConfig, app: str) -> SparkSession:
+    spark = spark_session(f"locsens-{app}", master=cfg.spark.master,
+                          shuffle_partitions=cfg.spark.shuffle_partitions)
+    for key, value in (cfg.spark.conf or {}).items():
+        spark.conf.set(str(key), str(value))
+    return spark
+
+
+class Stage:
+    """The live MLflow run of a job, with helpers for metrics, timings and small artifacts."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.metrics: dict[str, float] = {}
+        self._t0 = time.perf_counter()
+
+    def metric(self, key: str, value: float) -> None:
+        import mlflow
+
+        self.metrics[key] = float(value)
+        mlflow.log_metric(key.replace("@", "_at_"), float(value))
+
+    def metrics_from(self, values: Mapping[str, float], prefix: str = "") -> None:
+        for k, v in values.items():
+            self.metric(f"{prefix}{k}", v)
+
+    @contextlib.contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        t = time.perf_counter()
+        yield
+        self.metric(f"seconds/{step}", time.perf_counter() - t)
+        log.info("%s: %s took %.1fs", self.name, step, time.perf_counter() - t)
+
+    def artifact_json(self, obj: Any, name: str) -> None:
+        import mlflow
+
+        mlflow.log_text(json.dumps(obj, indent=2, sort_keys=True, default=str), name)
+
+    def artifact_text(self, text: str, name: str) -> None:
+        import mlflow
+
+        mlflow.log_text(text, name)
+
+
+@contextlib.contextmanager
+def stage(cfg: DictConfig, name: str) -> Iterator[Stage]:
+    """One MLflow run in experiment ``<prefix>/<name>`` with the resolved config and total time."""
+    config = to_dict(cfg)
+    with stage_run(f"{cfg.mlflow.experiment_prefix}/{name}", name, config,
+                   tracking_uri=cfg.paths.mlflow_tracking_uri,
+                   artifact_root=cfg.paths.mlflow_artifact_root) as _run:
+        st = Stage(name)
+        yield st
+        st.metric("seconds/total", time.perf_counter() - st._t0)
+
+
+def check_conservation(stage_name: str, n_in: int, parts: Mapping[str, int]) -> None:
+    """Input rows must equal the sum of output rows; log it, and stop the job when they differ."""
+    total = sum(parts.values())
+    detail = " + ".join(f"{k} {v:,}" for k, v in parts.items())
+    if total != n_in:
+        raise PipelineError(f"{stage_name}: {n_in:,} input rows but {detail} = {total:,} output rows")
+    log.info("%s: %s input rows = %s", stage_name, f"{n_in:,}", detail)
+
+
+def markdown_table(rows: list[Mapping[str, Any]], columns: list[str]) -> str:
+    def fmt(v: Any) -> str:
+        return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,126 @@
+"""clean_metadata: every crafted bad line lands in rejects with its reason, and counts conserve."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from pipeline import clean
+from pipeline.config import PipelineError, load_config
+
+from yfcc_factory import TOWNS, at, line, photo_hash, write_raw
+
+pytestmark = pytest.mark.spark
+
+
+def job_config(tmp_path: Path, raw: Path, *extra: str):
+    return load_config([f"paths.root_dir={tmp_path}", f"paths.raw_dir={raw}",
+                        f"paths.mlflow_tracking_uri=sqlite:///{tmp_path}/mlruns.db",
+                        "spark.shuffle_partitions=2", *extra])
+
+
+# (line, expected reason or None); photo ids are unique unless a test says otherwise.
+CASES = [
+    (at("nyc", 1, tags="new+york,cat,2012"), None),
+    (at("nyc", 2, marker="1"), "video"),
+    (line(3, lon="", lat="", accuracy=""), "no_geo"),
+    (line(4, lon="-1.0", lat="-1.0", accuracy=""), "no_geo"),
+    (at("galway", 5, lon="3.0E-6", lat="53.27"), None),
+    (line(6, lat="95.0"), "coordinates_out_of_range"),
+    (line(7, lat="abc"), "bad_coordinates"),
+    ("\t".join(["x"] * 24), "wrong_column_count"),
+    ("", "empty_line"),
+    (at("nyc", 9, tags=""), "no_tags"),
+    (at("nyc", 10, tags="2012,2013,+"), "no_usable_tags"),
+    (at("nyc", 11), "no_places"),
+    (at("notown", 12), "no_town"),
+    (at("nyc", 13), "bad_places"),
+    (at("paris", 14, description="line+one%0Aline+two" + "x" * 200_000), None),
+    (at("nyc", 15, marker="2"), "bad_marker"),
+    (line(16, photo_id="16x"), "bad_photo_id"),
+    (at("paris", 17, line_number=100), "duplicate_photo_id"),
+    (at("paris", 17, line_number=17), None),
+    (at("galway", 18, tags="Caf%C3%A9,caf%C3%A9,new+york"), None),
+]
+PLACES = {1: TOWNS["nyc"], 2: TOWNS["nyc"], 5: TOWNS["galway"], 9: TOWNS["nyc"], 10: TOWNS["nyc"],
+          12: TOWNS["notown"], 13: "1:Broken", 14: TOWNS["paris"], 15: TOWNS["nyc"],
+          17: TOWNS["paris"], 18: TOWNS["galway"]}
+
+
+def _run_clean(spark, tmp_path, raw, *extra):
+    from jobs.clean_metadata import main
+
+    cfg = job_config(tmp_path, raw, *extra)
+    main(cfg)
+    return cfg, spark.read.parquet(cfg.outputs.clean), spark.read.parquet(cfg.outputs.clean_rejects)
+
+
+def test_crafted_lines_and_reasons(spark, tmp_path):
+    raw = write_raw(tmp_path / "raw", [l for l, _ in CASES], PLACES, crlf_from=10, final_newline=False)
+    cfg, kept, rej = _run_clean(spark, tmp_path, raw)
+    kept_rows = {r["photo_id"]: r for r in kept.collect()}
+    assert sorted(kept_rows) == [1, 5, 14, 17, 18]
+    assert kept_rows[1]["tags"] == ["newyork", "cat"]
+    assert kept_rows[18]["tags"] == ["café", "newyork"]
+    assert (kept_rows[1]["town"], kept_rows[1]["region"], kept_rows[1]["country"], kept_rows[1]["continent"]) == \
+        ("New York", "New York", "United States", "North America")
+    assert kept_rows[14]["region"] == "Île-de-France" and kept_rows[14]["continent"] == "Europe"
+    assert kept_rows[5]["longitude"] == 3.0e-6
+    assert kept_rows[17]["line_number"] == 17
+    assert kept_rows[1]["photo_hash"] == photo_hash("http://farm1.staticflickr.com/1/1_abc.jpg")
+    got = sorted(r["reason"] for r in rej.collect())
+    assert got == sorted(r for _, r in CASES if r is not None)
+    assert kept.count() + rej.count() == len(CASES)
+    long_reject = rej.where(F.col("reason") == "wrong_column_count").first()
+    assert long_reject["file"].endswith("yfcc100m_dataset")
+
+
+def test_23_column_layout_bz2_with_hash_file(spark, tmp_path):
+    lines = [at("nyc", i, layout=23) for i in (1, 2, 3)]
+    hashes = {1: "abc123", 2: "def456"}
+    raw = write_raw(tmp_path / "raw", lines, {i: TOWNS["nyc"] for i in (1, 2, 3)}, compress=True,
+                    layout=23, hashes=hashes)
+    _, kept, rej = _run_clean(spark, tmp_path, raw)
+    assert {r["photo_id"]: r["photo_hash"] for r in kept.collect()} == hashes
+    assert [r["reason"] for r in rej.collect()] == ["no_photo_hash"]
+
+
+def test_rerun_gives_the_same_output(spark, tmp_path):
+    raw = write_raw(tmp_path / "raw", [l for l, _ in CASES], PLACES)
+    _, kept1, rej1 = _run_clean(spark, tmp_path, raw)
+    first = (sorted(map(tuple, kept1.collect())), sorted(map(tuple, rej1.collect())))
+    _, kept2, rej2 = _run_clean(spark, tmp_path, raw)
+    assert (sorted(map(tuple, kept2.collect())), sorted(map(tuple, rej2.collect()))) == first
+    leftovers = [p.name for p in (tmp_path / "data" / "work").iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_dictionary_filter(spark, tmp_path):
+    lines = [at("nyc", 1, tags="cat,dog,new+york"), at("nyc", 2, tags="zebra")]
+    raw = write_raw(tmp_path / "raw", lines, {1: TOWNS["nyc"], 2: TOWNS["nyc"]})
+    words = tmp_path / "words.txt"
+    words.write_text("dog 0.1 0.2\ncat 0.3 0.4\nNewYork 0.5\n")
+    _, kept, rej = _run_clean(spark, tmp_path, raw, f"clean.dictionary={words}")
+    assert [(r["photo_id"], r["tags"]) for r in kept.collect()] == [(1, ["cat", "dog", "newyork"])]
+    assert [r["reason"] for r in rej.collect()] == ["no_usable_tags"]
+
+
+def test_missing_input_names_the_setting(spark, tmp_path):
+    from jobs.clean_metadata import main
+
+    with pytest.raises(PipelineError, match="clean.dataset"):
+        main(job_config(tmp_path, tmp_path / "nowhere"))
+
+
+def test_real_lines_all_accounted_for(spark, tmp_path, real_head_path):
+    """The 1,000 real lines have no places file here: every parsable geotagged photo is no_places."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "yfcc100m_dataset").write_bytes(real_head_path.read_bytes())
+    (raw / "yfcc100m_places").write_text("")
+    _, kept, rej = _run_clean(spark, tmp_path, raw)
+    reasons = {r["reason"]: r["count"] for r in rej.groupBy("reason").count().collect()}
+    assert kept.count() == 0 and sum(reasons.values()) == 1000
+    assert set(reasons) <= set(clean.REJECT_REASONS)
+    assert reasons.get("no_places", 0) > 0 and reasons.get("no_geo", 0) > 0
