@@ -110,3 +110,15 @@ def read_text_lines(spark: SparkSession, path: str) -> DataFrame:
     Hadoop's line reader ends lines at LF, CR LF or CR and accepts a missing final newline.
     """
     return spark.read.option("wholetext", "false").text(path)
+
+
+def write_text(spark: SparkSession, path: str, text: str) -> None:
+    """Write a small text file (stats, tables) atomically through Hadoop's FileSystem."""
+    tmp = _temp_sibling(path, "tmp")
+    fs, htmp = _fs_and_path(spark, tmp)
+    out = fs.create(htmp, True)
+    try:
+        out.write(bytearray(text.encode("utf-8")))
+    finally:
+        out.close()
+    publish(spark, tmp, path)

@@ -1,0 +1,90 @@
+"""Build the hashtag vocabulary, the place-name list and the split dataset from the clean table.
+
+    spark-submit jobs/build_vocab.py [vocab.size=100000] [vocab.drop_top=10] \
+        [splits.test=500000 splits.val=250000]
+
+Extract: ``outputs.clean`` (jobs/clean_metadata.py). Transform: :mod:`pipeline.vocab`,
+:mod:`pipeline.splits`, :mod:`pipeline.place_names`. Load (atomic): ``outputs.vocab``,
+``outputs.dataset`` (images with 1..15 vocabulary tags and their split), ``outputs.dataset_rejects``,
+``outputs.place_names`` and ``outputs.stats``/build_vocab.json.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+from omegaconf import DictConfig
+from pyspark import StorageLevel
+from pyspark.sql import functions as F
+
+from pipeline import io, place_names, splits, vocab
+from pipeline.config import PipelineError, require_int, run_job, split_size
+from pipeline.stage import check_conservation, markdown_table, stage, start_spark
+
+log = logging.getLogger("pipeline.build_vocab")
+
+DATASET_COLUMNS = ("photo_id", "photo_hash", "user_nsid", "latitude", "longitude", "tags", "tag_ids",
+                   "town", "region", "country", "continent", "download_url", "split")
+
+
+def main(cfg: DictConfig) -> None:
+    drop_top = require_int(cfg, "vocab.drop_top", minimum=0)
+    size = require_int(cfg, "vocab.size", minimum=1)
+    min_tags = require_int(cfg, "vocab.min_tags", minimum=1)
+    max_tags = require_int(cfg, "vocab.max_tags", minimum=min_tags)
+    test, val = split_size(cfg.splits.test, "splits.test"), split_size(cfg.splits.val, "splits.val")
+    seed = require_int(cfg, "splits.seed")
+    spark = start_spark(cfg, "build_vocab")
+    out = cfg.outputs
+    io.require_input(spark, out.clean, "outputs.clean", "jobs/clean_metadata.py")
+
+    with stage(cfg, "build_vocab") as st:
+        clean = spark.read.parquet(out.clean)
+        with st.timed("vocabulary"):
+            voc, dropped = vocab.select_vocabulary(vocab.tag_counts(clean), drop_top, size)
+            io.write_parquet(spark, voc, out.vocab, partitions=1, sort_by=["index"])
+            voc = spark.read.parquet(out.vocab)
+        n_vocab = voc.count()
+        if n_vocab == 0:
+            raise PipelineError(f"vocab.drop_top={drop_top} drops every tag of {out.clean}: nothing left")
+        if n_vocab < size:
+            log.warning("only %d tags after dropping the top %d (vocab.size=%d)", n_vocab, drop_top, size)
+
+        with st.timed("filter_and_split"):
+            applied = vocab.apply_vocabulary(clean, voc, min_tags, max_tags).persist(StorageLevel.MEMORY_AND_DISK)
+            kept = splits.assign_splits(applied.where(F.col("reason").isNull()), test, val, seed)
+            io.write_parquet(spark, kept.select(*DATASET_COLUMNS), out.dataset,
+                             partitions=cfg.spark.shuffle_partitions, sort_by=["photo_id"])
+            rejected = applied.where(F.col("reason").isNotNull()).select(
+                "photo_id", "reason", F.size("tag_ids").alias("vocab_tags"))
+            io.write_parquet(spark, rejected, out.dataset_rejects, partitions=1, sort_by=["photo_id"])
+            applied.unpersist()
+        with st.timed("place_names"):
+            io.write_parquet(spark, place_names.place_names(clean), out.place_names, partitions=1,
+                             sort_by=["level", "name"])
+
+        dataset = spark.read.parquet(out.dataset)
+        rejects = spark.read.parquet(out.dataset_rejects)
+        by_reason = {r["reason"]: r["count"] for r in rejects.groupBy("reason").count().collect()}
+        by_split = {r["split"]: r["count"] for r in dataset.groupBy("split").count().collect()}
+        stats = vocab.dataset_stats(clean, dataset, voc)
+        names = spark.read.parquet(out.place_names)
+        stats.update({f"split/{k}": v for k, v in by_split.items()})
+        stats.update({f"rejected/{k}": v for k, v in by_reason.items()})
+        stats["place_names"] = names.count()
+        stats["place_tags_in_vocab"] = place_names.place_tag_ids(voc, names).count()
+        st.metrics_from(stats)
+        head = [r.asDict() for r in voc.where(F.col("index") < cfg.vocab.head_rows).orderBy("index").collect()]
+        st.artifact_text(markdown_table(head, ["index", "tag", "count"]), "vocab_head.md")
+        st.artifact_text(markdown_table([r.asDict() for r in dropped.orderBy("rank").collect()],
+                                        ["rank", "tag", "count"]), "dropped_top_tags.md")
+        st.artifact_json(stats, "stats.json")
+        io.write_text(spark, f"{out.stats}/build_vocab.json", json.dumps(stats, indent=2, sort_keys=True))
+        check_conservation("build_vocab", stats["clean_images"],
+                           {"dataset": stats["images"], "rejected": sum(by_reason.values())})
+        log.info("vocabulary %d tags; %d images (%s); %.2f tags per image", n_vocab, stats["images"],
+                 ", ".join(f"{k} {v}" for k, v in sorted(by_split.items())), stats["tags_per_image"])
+
+
+if __name__ == "__main__":
+    run_job(main)
