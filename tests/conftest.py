@@ -35,3 +35,13 @@ def spark():
     session = spark_session("locsens-tests", master="local[2]", ui=False, shuffle_partitions=4)
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def synth_world(tmp_path_factory) -> Path:
+    """A small synthetic world with images (25-column layout), generated once per test run."""
+    from pipeline.synth.generate import SynthParams, generate
+
+    out = tmp_path_factory.mktemp("synth_world")
+    generate(SynthParams(out=out, photos=2500, seed=11, image_size=64, workers=1, vocab=REAL_VOCAB), progress=None)
+    return out
