@@ -33,7 +33,8 @@ from .metadata import CHUNK_ROWS, Rates, build_world, generate_chunk
 from .world import describe, landmark_color
 
 IMAGE_BATCH = 256
-DEFAULT_VOCAB = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "vocab_words_100k.txt"
+#: The authors' released vocabulary (frequency order), shipped with the package: noise tags come from it.
+DEFAULT_VOCAB = Path(__file__).resolve().parent / "data" / "vocab_words_100k.txt"
 _TSV = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
 
 
