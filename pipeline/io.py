@@ -116,6 +116,7 @@ def write_text(spark: SparkSession, path: str, text: str) -> None:
     """Write a small text file (stats, tables) atomically through Hadoop's FileSystem."""
     tmp = _temp_sibling(path, "tmp")
     fs, htmp = _fs_and_path(spark, tmp)
+    fs.setWriteChecksum(False)  # no .crc side files next to small outputs on local disks
     out = fs.create(htmp, True)
     try:
         out.write(bytearray(text.encode("utf-8")))

@@ -1,0 +1,72 @@
+"""Frequency baselines on the test split: global, country and town (supplement Tables 1 and 2).
+
+    spark-submit jobs/frequency_baselines.py [baselines.k=[1,10,50]] [baselines.fallback=false]
+
+Extract: ``outputs.dataset``, ``outputs.vocab``, ``outputs.place_names`` (jobs/build_vocab.py).
+Transform: :mod:`pipeline.baselines` (A@k from :mod:`pipeline.metrics`). Load: the table under
+``outputs.baselines`` (Parquet, JSON, Markdown) and the MLflow run's metrics and artifacts.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+from omegaconf import DictConfig
+from pyspark.sql import functions as F
+
+from pipeline import baselines, io, place_names
+from pipeline.config import PipelineError, run_job
+from pipeline.stage import markdown_table, stage, start_spark
+
+log = logging.getLogger("pipeline.frequency_baselines")
+
+
+def table_rows(result: list[dict], ks: list[int]) -> list[dict]:
+    """One row per (level, variant) with A@k columns, in the paper's order."""
+    acc = {(r["level"], r["variant"], r["k"]): r["accuracy"] for r in result}
+    return [{"baseline": f"{level} frequency", "place names": "kept" if variant == "all" else "removed",
+             **{f"A@{k}": acc.get((level, variant, k), float("nan")) for k in ks}}
+            for variant in baselines.VARIANTS for level in baselines.LEVELS]
+
+
+def main(cfg: DictConfig) -> None:
+    ks = list(cfg.baselines.k)
+    if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
+        raise PipelineError(f"setting baselines.k={ks!r}: expected a list of positive integers")
+    spark = start_spark(cfg, "frequency_baselines")
+    out = cfg.outputs
+    for key in ("dataset", "vocab", "place_names"):
+        io.require_input(spark, out[key], f"outputs.{key}", "jobs/build_vocab.py")
+
+    with stage(cfg, "frequency_baselines") as st:
+        dataset = spark.read.parquet(out.dataset)
+        vocab = spark.read.parquet(out.vocab)
+        vocab_size = vocab.count()
+        place_ids = place_names.place_tag_ids(vocab, spark.read.parquet(out.place_names))
+        mask = np.zeros(vocab_size, dtype=bool)
+        mask[[r["index"] for r in place_ids.collect()]] = True
+        train = dataset.where(F.col("split") == "train")
+        test = dataset.where(F.col("split") == "test").select("photo_id", "tag_ids", "town", "region", "country")
+        if test.isEmpty():
+            raise PipelineError(f"{out.dataset}: the test split is empty (check splits.test)")
+        with st.timed("baselines"):
+            preds = baselines.with_predictions(test, train, max(ks), place_ids, bool(cfg.baselines.fallback))
+            result = [r.asDict() for r in baselines.evaluate(preds, vocab_size, mask, ks).collect()]
+            fb = preds.agg(*[F.avg(F.col(f"fallback_{lv}").cast("double")).alias(lv) for lv in ("country", "town")]).first()
+        rows = table_rows(result, ks)
+        for r in result:
+            suffix = "" if r["variant"] == "all" else "_no_places"
+            st.metric(f"baselines/{r['level']}/A@{r['k']}{suffix}", r["accuracy"])
+        st.metrics_from({"test_images": test.count(), "place_tags": int(mask.sum()),
+                         "fallback_share/country": fb["country"], "fallback_share/town": fb["town"]})
+        table = markdown_table(rows, ["baseline", "place names", *[f"A@{k}" for k in ks]])
+        st.artifact_text(table, "baselines.md")
+        st.artifact_json(rows, "baselines.json")
+        io.write_text(spark, f"{out.baselines}/baselines.md", table + "\n")
+        io.write_text(spark, f"{out.baselines}/baselines.json", json.dumps(rows, indent=2))
+        log.info("frequency baselines on %d test images:\n%s", test.count(), table)
+
+
+if __name__ == "__main__":
+    run_job(main)
