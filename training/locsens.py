@@ -1,0 +1,189 @@
+"""LocSens (SPEC 4): scores an (image, tag, location) triplet.
+
+Each modality is mapped to 300-d (Linear + ReLU) and L2-normalised (mapping all three to the same
+width is what made location matter), the three are concatenated to 900-d, and an MLP of
+Linear + GroupNorm(32) + ReLU blocks (2048, 2048, 2048, 1024, 512) ends in Linear(512, 1): a raw
+score. Training uses a margin ranking loss (margin 0.1) averaged over 6 negatives per positive.
+
+The first MLP layer is linear in the concatenation, so it splits into an image, a tag and a
+location part: :meth:`LocSensNet.first_layer_parts`. Evaluation computes each part once per image,
+tag or query location and only the rest of the MLP once per pair (``training.locsens_eval``).
+
+Location variants (``location``): ``raw`` true locations; ``zeroed`` location input times 0;
+``dropout`` progressive fusion (location scaled by a fusion weight that rises 0 -> 1 over training,
+and zeroed with probability ``location_dropout``); ``sampling`` Gaussian location sampling with
+the sigma schedule (:mod:`training.sigma_schedule`). Validation always uses true locations (zeroed
+for the ``zeroed`` variant, whose model never sees one).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.negatives import draw_positive_tags, sample_negatives
+from training.sigma_schedule import StageSchedule, normalise_location, sample_locations
+
+LOCATION_MODES = ("raw", "zeroed", "dropout", "sampling")
+PAPER_HIDDEN = (2048, 2048, 2048, 1024, 512)
+
+
+class LocSensNet(nn.Module):
+    """The network alone: projections, fusion MLP, raw score."""
+
+    def __init__(self, input_dim: int = 300, modality_dim: int = 300,
+                 hidden: Sequence[int] = PAPER_HIDDEN, groups: int = 32):
+        super().__init__()
+        if any(h % groups for h in hidden):
+            raise ValueError(f"every hidden width must be divisible by the {groups} GroupNorm groups: {list(hidden)}")
+        self.modality_dim = modality_dim
+        self.image_proj = nn.Linear(input_dim, modality_dim)
+        self.tag_proj = nn.Linear(input_dim, modality_dim)
+        self.loc_proj = nn.Linear(2, modality_dim)
+        self.first = nn.Linear(3 * modality_dim, hidden[0])
+        self.first_norm = nn.GroupNorm(groups, hidden[0])
+        blocks: list[nn.Module] = [nn.ReLU()]
+        for a, b in zip(hidden[:-1], hidden[1:]):
+            blocks += [nn.Linear(a, b), nn.GroupNorm(groups, b), nn.ReLU()]
+        blocks.append(nn.Linear(hidden[-1], 1))
+        self.rest = nn.Sequential(*blocks)
+
+    # Per-modality projections, each L2-normalised.
+    def project_image(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(F.relu(self.image_proj(x)), dim=-1)
+
+    def project_tag(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(F.relu(self.tag_proj(x)), dim=-1)
+
+    def project_location(self, loc: torch.Tensor) -> torch.Tensor:
+        return F.normalize(F.relu(self.loc_proj(loc)), dim=-1)
+
+    def first_layer_parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The first layer's weight split by modality: (W_image, W_tag, W_location)."""
+        d = self.modality_dim
+        w = self.first.weight
+        return w[:, :d], w[:, d:2 * d], w[:, 2 * d:]
+
+    def head(self, pre: torch.Tensor) -> torch.Tensor:
+        """Score from the first layer's pre-activation (..., hidden[0]) -> (...)."""
+        shape = pre.shape[:-1]
+        out = self.rest(self.first_norm(pre.reshape(-1, pre.shape[-1])))
+        return out.reshape(shape)
+
+    def score_projected(self, image: torch.Tensor, tag: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+        return self.head(self.first(torch.cat([image, tag, loc], dim=-1)))
+
+    def forward(self, image: torch.Tensor, tag: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+        """Raw scores of triplets: image and tag embeddings (..., 300), locations (..., 2) in [0, 1]."""
+        return self.score_projected(self.project_image(image), self.project_tag(tag), self.project_location(loc))
+
+
+def margin_ranking_loss(pos: torch.Tensor, neg: torch.Tensor, valid: Optional[torch.Tensor] = None,
+                        margin: float = 0.1) -> torch.Tensor:
+    """mean over positives and their (valid) negatives of max(0, margin - s_pos + s_neg)."""
+    losses = F.relu(margin - pos.unsqueeze(-1) + neg)
+    if valid is None:
+        return losses.mean()
+    valid = valid.to(losses.dtype)
+    return (losses * valid).sum() / valid.sum().clamp(min=1.0)
+
+
+class LocSens(pl.LightningModule):
+    """LocSens trained on precomputed MCC embeddings (see the module doc)."""
+
+    def __init__(self, num_tags: int, optimizer: Callable[..., torch.optim.Optimizer],
+                 scheduler: Optional[Callable[..., Any]] = None, input_dim: int = 300,
+                 modality_dim: int = 300, hidden: Sequence[int] = PAPER_HIDDEN, groups: int = 32,
+                 margin: float = 0.1, negatives: int = 6, negatives_mode: str = "tagging",
+                 negative_tries: int = 8, location: str = "raw", location_dropout: float = 0.5,
+                 fusion_schedule: Sequence[Sequence[float]] = ((0.0, 0.5), (1.0, 0.25), (1.0, 0.25)),
+                 sigma_schedule: Sequence[Sequence[float]] = ((1.0, 0.3), (0.1, 0.175), (0.05, 0.175),
+                                                              (0.01, 0.175), (0.0, 0.175)),
+                 sigma_interpolate: bool = False, val_seed: int = 0):
+        super().__init__()
+        if location not in LOCATION_MODES:
+            raise ValueError(f"model.location must be one of {LOCATION_MODES}, got {location!r}")
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
+        self.net = LocSensNet(input_dim, modality_dim, hidden, groups)
+        self.num_tags = num_tags
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.location = location
+        self.sigma_schedule = StageSchedule.from_config(sigma_schedule, sigma_interpolate)
+        self.fusion_schedule = StageSchedule.from_config(fusion_schedule, interpolate=True)
+        # Current schedule values, set each step by training.callbacks_locsens.LocationSchedule.
+        self.sigma = float(self.sigma_schedule.stages[0][0])
+        self.fusion = 0.0 if location == "dropout" else 1.0
+        self.register_buffer("tag_table", torch.zeros(num_tags, input_dim), persistent=False)
+
+    def set_tag_embeddings(self, table: torch.Tensor) -> None:
+        """MCC's tag embeddings (V, 300), L2-normalised; not stored in checkpoints (they are an input)."""
+        if table.shape != self.tag_table.shape:
+            raise ValueError(f"tag embeddings {tuple(table.shape)}, model built for {tuple(self.tag_table.shape)}")
+        self.tag_table = F.normalize(table.float(), dim=-1).to(self.tag_table.device)
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "tag_embeddings"):
+            self.set_tag_embeddings(torch.as_tensor(dm.tag_embeddings()))
+
+    # --- locations --------------------------------------------------------------------------------
+
+    def location_input(self, lat: torch.Tensor, lon: torch.Tensor, train: bool,
+                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """The (B, 2) location input this variant feeds the network."""
+        loc = normalise_location(lat.float(), lon.float())
+        if self.location == "zeroed":
+            return loc * 0.0
+        if not train or self.location == "raw":
+            return loc
+        if self.location == "sampling":
+            return sample_locations(loc, self.sigma, generator)
+        # dropout: progressive fusion weight, and the whole location zeroed with probability p.
+        keep = (torch.rand(loc.shape[0], 1, generator=generator) >= self.hparams.location_dropout).to(loc)
+        return loc * self.fusion * keep
+
+    # --- training ---------------------------------------------------------------------------------
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning sets epochs on samplers, not on iterable datasets: the stream plans by epoch.
+        loader = self.trainer.train_dataloader
+        dataset = getattr(loader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(self.current_epoch)
+
+    def triplet_loss(self, batch: dict[str, torch.Tensor], train: bool,
+                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        tag_ids = batch["tag_ids"]
+        pos_tag = draw_positive_tags(tag_ids, generator)
+        trip = sample_negatives(tag_ids, pos_tag, self.num_tags, self.hparams.negatives,
+                                self.hparams.negatives_mode, self.hparams.negative_tries, generator)
+        image = self.net.project_image(batch["embedding"].float())
+        loc = self.net.project_location(self.location_input(batch["latitude"], batch["longitude"], train, generator))
+        pos = self.net.score_projected(image, self.net.project_tag(self.tag_table[pos_tag]), loc)
+        n = trip.neg_tag.shape[1]
+        neg = self.net.score_projected(image[trip.neg_image], self.net.project_tag(self.tag_table[trip.neg_tag]),
+                                       loc.unsqueeze(1).expand(-1, n, -1))
+        return margin_ranking_loss(pos, neg, trip.valid, self.hparams.margin)
+
+    def training_step(self, batch, batch_idx):
+        loss = self.triplet_loss(batch, train=True)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["embedding"].shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        # The same negatives every epoch: a fixed generator per batch.
+        gen = torch.Generator().manual_seed(self.hparams.val_seed * 1_000_003 + batch_idx)
+        loss = self.triplet_loss(batch, train=False, generator=gen)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["embedding"].shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer,
+                                           total_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,153 @@
+"""LocSens's data: MCC's exported image embeddings with their locations and tags, streamed.
+
+Positives and negatives are drawn on the device from each batch (:mod:`training.negatives`), so
+the loader only streams rows: (file, row group) work units of the embeddings export, planned per
+epoch exactly like the image shards (:func:`training.data.plan_epoch`: same seed + epoch order on
+every rank, split by rank and worker, the same number of batches per rank).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pipeline.metrics import TagSets
+from training.data import SharedEpoch, batches_per_rank, plan_epoch
+from training.export import EmbeddingsManifest, arrow_to_embeddings, read_image_embeddings, read_tag_embeddings
+
+COLUMNS = ["photo_id", "embedding", "latitude", "longitude", "tag_ids"]
+
+
+def pad_tags(tag_lists: pa.Array | pa.ChunkedArray, width: Optional[int] = None) -> np.ndarray:
+    """(N, T) int64 tag matrix from a list<int> column, -1 after each row's tags (vectorised)."""
+    ts = TagSets.from_arrow(tag_lists)
+    counts = ts.counts
+    width = int(width or max(1, counts.max(initial=1)))
+    out = np.full((len(ts), width), -1, dtype=np.int64)
+    cols = np.arange(ts.values.size) - np.repeat(ts.offsets[:-1], counts)
+    keep = cols < width
+    out[ts.rows()[keep], cols[keep]] = ts.values[keep]
+    return out
+
+
+def to_tensors(table: pa.Table, max_tags: int) -> dict[str, torch.Tensor]:
+    return {
+        "photo_id": torch.from_numpy(table.column("photo_id").to_numpy().astype(np.int64)),
+        "embedding": torch.from_numpy(arrow_to_embeddings(table.column("embedding"))),
+        "latitude": torch.from_numpy(table.column("latitude").to_numpy().astype(np.float32)),
+        "longitude": torch.from_numpy(table.column("longitude").to_numpy().astype(np.float32)),
+        "tag_ids": torch.from_numpy(pad_tags(table.column("tag_ids"), max_tags)),
+    }
+
+
+class EmbeddingStream(IterableDataset):
+    """One split of an embeddings export as a stream of batches for one rank."""
+
+    def __init__(self, embeddings_dir: str | Path, split: str, *, batch_size: int, shuffle: bool = False,
+                 seed: int = 0, world_size: int = 1, rank: int = 0, max_tags: int = 15):
+        super().__init__()
+        self.dir = Path(embeddings_dir)
+        manifest = EmbeddingsManifest.read(self.dir)
+        if split not in manifest.splits:
+            raise KeyError(f"{self.dir}: split {split!r} was not exported (has {sorted(manifest.splits)})")
+        self.units = []
+        for f in manifest.splits[split]["files"]:
+            meta = pq.ParquetFile(self.dir / f["path"]).metadata
+            self.units += [(f["path"], g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)
+                           if meta.row_group(g).num_rows > 0]
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.world_size, self.rank, self.max_tags = world_size, rank, max_tags
+        self.epoch = SharedEpoch(0)
+        self.total_rows = sum(n for _, _, n in self.units)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch.set(epoch)
+
+    def __len__(self) -> int:
+        return batches_per_rank(self.total_rows, self.world_size, self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        epoch = self.epoch.get() if self.shuffle else 0
+        plan = plan_epoch([n for _, _, n in self.units], batch_size=self.batch_size, world_size=self.world_size,
+                          rank=self.rank, num_workers=workers, worker=worker, seed=self.seed, epoch=epoch,
+                          shuffle=self.shuffle)
+        rng = np.random.default_rng([self.seed, epoch, self.rank, worker])
+        files: dict[str, pq.ParquetFile] = {}
+        cache: dict[int, pa.Table] = {}
+        for batch in plan:
+            needed = {u for u, _, _ in batch.segments}
+            cache = {u: t for u, t in cache.items() if u in needed}
+            for u in sorted(needed - cache.keys()):
+                path, group, _ = self.units[u]
+                if path not in files:
+                    files[path] = pq.ParquetFile(self.dir / path)
+                cache[u] = files[path].read_row_group(group, columns=COLUMNS)
+            rows = pa.concat_tables([cache[u].slice(a, b - a) for u, a, b in batch.segments])
+            if self.shuffle:
+                rows = rows.take(pa.array(rng.permutation(rows.num_rows)))
+            yield to_tensors(rows, self.max_tags)
+
+
+class LocSensDataModule(pl.LightningDataModule):
+    """Train/val streams of an MCC embeddings export, plus whole splits for evaluation."""
+
+    def __init__(self, embeddings_dir: str, shards_dir: Optional[str] = None, batch_size: int = 1024,
+                 eval_batch_size: Optional[int] = None, num_workers: int = 0, seed: int = 0,
+                 max_tags: int = 15, persistent_workers: bool = False):
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.embeddings_dir = Path(embeddings_dir)
+        self.shards_dir = Path(shards_dir) if shards_dir else None
+        self._manifest: Optional[EmbeddingsManifest] = None
+        self._tags: Optional[np.ndarray] = None
+
+    @property
+    def manifest(self) -> EmbeddingsManifest:
+        if self._manifest is None:
+            self._manifest = EmbeddingsManifest.read(self.embeddings_dir)
+        return self._manifest
+
+    @property
+    def num_tags(self) -> int:
+        return int(self.manifest.num_tags)
+
+    def tag_embeddings(self) -> np.ndarray:
+        if self._tags is None:
+            self._tags, _ = read_tag_embeddings(self.embeddings_dir)
+        return self._tags
+
+    def _stream(self, split: str, train: bool) -> EmbeddingStream:
+        trainer = getattr(self, "trainer", None)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        h = self.hparams
+        return EmbeddingStream(self.embeddings_dir, split, batch_size=h.batch_size if train else
+                               (h.eval_batch_size or h.batch_size), shuffle=train, seed=h.seed,
+                               world_size=world, rank=rank, max_tags=h.max_tags)
+
+    def _loader(self, stream: EmbeddingStream) -> DataLoader:
+        h = self.hparams
+        extra = {"persistent_workers": h.persistent_workers} if h.num_workers > 0 else {}
+        return DataLoader(stream, batch_size=None, num_workers=h.num_workers, **extra)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self._stream("train", train=True))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._stream("val", train=False))
+
+    def split_arrays(self, split: str) -> dict[str, np.ndarray | TagSets]:
+        """A whole split in memory for evaluation: embeddings, locations, tag sets, photo ids."""
+        table = read_image_embeddings(self.embeddings_dir, split, columns=COLUMNS)
+        return {"photo_id": table.column("photo_id").to_numpy(),
+                "embedding": arrow_to_embeddings(table.column("embedding")),
+                "latitude": table.column("latitude").to_numpy(),
+                "longitude": table.column("longitude").to_numpy(),
+                "truth": TagSets.from_arrow(table.column("tag_ids"))}

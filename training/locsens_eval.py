@@ -1,0 +1,131 @@
+"""Exact, batched LocSens evaluation (SPEC 5): tagging against every tag, retrieval against every image.
+
+LocSens has no embedding space to search: every (image, tag, location) triplet must be scored.
+What can be shared is shared: the first MLP layer splits by modality, so the image part
+(``W_i p_i + W_l p_l + b`` for tagging) is computed once per test image, the tag part
+(``W_t p_t``) once per vocabulary tag, and only GroupNorm and the remaining layers run per pair,
+``pairs`` at a time, keeping each row's top k. The authors' way (a batch of V copies of the image
+and location per image, every projection recomputed) is :func:`tag_images_naive`, kept as the
+benchmark's baseline and as the reference in tests.
+
+The metrics are :mod:`pipeline.metrics`, shared with MCC and the frequency baselines, under the
+same names.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from pipeline import metrics as M
+from training.locsens import LocSensNet
+from training.sigma_schedule import normalise_location
+
+
+def _as(x, device) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x), dtype=torch.float32, device=device)
+
+
+@torch.no_grad()
+def _rank(net: LocSensNet, query_part: torch.Tensor, key_part: torch.Tensor, k: int, pairs: int,
+          exclude: Optional[torch.Tensor] = None) -> np.ndarray:
+    """Top-k keys per query, scoring head(query_part[q] + key_part[j]) for every pair."""
+    nq, nk = query_part.shape[0], key_part.shape[0]
+    k = min(k, nk - (int(exclude.sum()) if exclude is not None else 0))
+    out = np.empty((nq, k), dtype=np.int64)
+    step = max(1, pairs // max(nk, 1))
+    for s in range(0, nq, step):
+        scores = net.head(query_part[s:s + step, None, :] + key_part[None, :, :])
+        if exclude is not None:
+            scores[:, exclude] = float("-inf")
+        out[s:s + step] = scores.topk(k, dim=1).indices.cpu().numpy()
+    return out
+
+
+@torch.no_grad()
+def tag_parts(net: LocSensNet, tag_table: torch.Tensor) -> torch.Tensor:
+    """W_t p_t for every tag: (V, hidden[0])."""
+    _, w_t, _ = net.first_layer_parts()
+    return net.project_tag(tag_table) @ w_t.T
+
+
+@torch.no_grad()
+def tag_images(net: LocSensNet, images: torch.Tensor, loc: torch.Tensor, tag_table: torch.Tensor, k: int = 50,
+               pairs: int = 1 << 20, exclude: Optional[torch.Tensor] = None) -> np.ndarray:
+    """Each image's top-k tags at its location: (N, k) vocabulary indices, best first."""
+    w_i, _, w_l = net.first_layer_parts()
+    query = net.project_image(images) @ w_i.T + net.project_location(loc) @ w_l.T + net.first.bias
+    return _rank(net, query, tag_parts(net, tag_table), k, pairs, exclude)
+
+
+@torch.no_grad()
+def retrieve_images(net: LocSensNet, gallery: torch.Tensor, query_tags: torch.Tensor, query_loc: torch.Tensor,
+                    tag_table: torch.Tensor, k: int = 10, pairs: int = 1 << 20) -> np.ndarray:
+    """Each (tag, location) query's top-k gallery images: (Q, k) gallery rows, best first."""
+    w_i, w_t, w_l = net.first_layer_parts()
+    query = (net.project_tag(tag_table[query_tags]) @ w_t.T + net.project_location(query_loc) @ w_l.T
+             + net.first.bias)
+    return _rank(net, query, net.project_image(gallery) @ w_i.T, k, pairs)
+
+
+@torch.no_grad()
+def tag_images_naive(net: LocSensNet, images: torch.Tensor, loc: torch.Tensor, tag_table: torch.Tensor,
+                     k: int = 50) -> np.ndarray:
+    """The authors' scoring: per image, a batch of V copies of (image, location) with every tag."""
+    out = []
+    v = tag_table.shape[0]
+    for i in range(images.shape[0]):
+        scores = net(images[i].expand(v, -1), tag_table, loc[i].expand(v, -1))
+        out.append(scores.topk(min(k, v)).indices.cpu().numpy())
+    return np.stack(out)
+
+
+def evaluate_locsens(net: LocSensNet, split: dict, tag_table: np.ndarray | torch.Tensor, *,
+                     place_mask: Optional[np.ndarray] = None, zero_location: bool = False,
+                     ks: Sequence[int] = (1, 10, 50), min_images: int = 10, seed: int = 0,
+                     max_queries: Optional[int] = None, pairs: int = 1 << 20,
+                     device: Optional[str] = None) -> dict[str, float]:
+    """Tagging (with and without place names) and location-sensitive retrieval on one split.
+
+    ``split`` is :meth:`training.locsens_data.LocSensDataModule.split_arrays`. ``max_queries``
+    subsamples the retrieval queries (seeded) when scoring every query against every image is too
+    slow for the machine; the number used is reported as ``retrieval/queries_locations``.
+    """
+    dev = torch.device(device) if device else next(net.parameters()).device
+    was_training = net.training
+    try:
+        return _evaluate(net.eval().to(dev), split, tag_table, dev, place_mask, zero_location, ks, min_images,
+                         seed, max_queries, pairs)
+    finally:
+        net.train(was_training)
+
+
+def _evaluate(net, split, tag_table, dev, place_mask, zero_location, ks, min_images, seed, max_queries,
+              pairs) -> dict[str, float]:
+    truth: M.TagSets = split["truth"]
+    num_tags = int(np.asarray(tag_table).shape[0]) if not torch.is_tensor(tag_table) else tag_table.shape[0]
+    tags = torch.nn.functional.normalize(_as(tag_table, dev), dim=-1)
+    images = _as(split["embedding"], dev)
+    lat, lon = np.asarray(split["latitude"]), np.asarray(split["longitude"])
+    loc = normalise_location(_as(lat, dev), _as(lon, dev)) * (0.0 if zero_location else 1.0)
+    out: dict[str, float] = {"eval/images": float(len(truth)), "eval/tags": float(num_tags)}
+
+    kmax = min(max(ks), num_tags)
+    ks = [k for k in ks if k <= kmax]
+    out.update(M.tagging_metrics(tag_images(net, images, loc, tags, kmax, pairs), truth, num_tags, ks))
+    if place_mask is not None and np.any(place_mask):
+        ranked = tag_images(net, images, loc, tags, kmax, pairs, exclude=torch.as_tensor(place_mask, device=dev))
+        out.update(M.tagging_metrics(ranked, truth.without(place_mask), num_tags,
+                                     [k for k in ks if k <= ranked.shape[1]], suffix="_noplaces"))
+
+    q_rows, q_tags = M.location_queries(truth, num_tags, seed, min_images)
+    if max_queries is not None and q_rows.size > max_queries:
+        pick = np.sort(np.random.default_rng([seed, 1]).choice(q_rows.size, max_queries, replace=False))
+        q_rows, q_tags = q_rows[pick], q_tags[pick]
+    if q_rows.size:
+        retrieved = retrieve_images(net, images, torch.as_tensor(q_tags, device=dev), loc[q_rows], tags, 10, pairs)
+        by_distance = M.p_at_10_by_distance(retrieved, q_tags, lat[q_rows], lon[q_rows], truth, lat, lon, num_tags)
+        out.update({f"retrieval/P@10_{g}": v for g, v in by_distance.items()})
+    out["retrieval/queries_locations"] = float(q_rows.size)
+    return out
