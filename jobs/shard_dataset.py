@@ -89,7 +89,7 @@ def main(cfg: DictConfig) -> None:
         df = shards.assign_shards(df, n_files, seed)
 
         with io.atomic_output(spark, str(s.output)) as tmp:
-            records_path = f"{tmp}/_records"
+            records_path = f"{tmp}/records"  # not "_records": Spark skips hidden names
             with st.timed("shard"):
                 shards.write_shards(df, n_files, tmp, image_root, short_side=size, quality=quality,
                                     rows_per_group=rows_per_group).write.parquet(records_path)

@@ -1,0 +1,92 @@
+"""Frequency baselines against a brute-force Python reference on a small random dataset."""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from pipeline import baselines
+
+pytestmark = pytest.mark.spark
+
+V, K = 30, (1, 3, 5)
+PLACES = {0, 1, 2}
+
+
+def _dataset(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for pid in range(400):
+        town, country = f"t{rng.integers(6)}", None
+        country = "A" if town in ("t0", "t1", "t2") else "B"
+        if pid % 97 == 5:
+            town = "lonely"                         # a town seen only in test: falls back to country
+        # tags skewed per town, place tags 0-2 frequent
+        base = int(town[1]) if town != "lonely" else 5
+        tags = set(rng.choice(V, size=rng.integers(1, 5), p=_p(base)).tolist())
+        split = "test" if pid % 4 == 0 else "train"
+        if town == "lonely":
+            split = "test"
+        rows.append((pid, sorted(tags), town, None, country, split))
+    return rows
+
+
+def _p(base: int) -> np.ndarray:
+    w = np.ones(V)
+    w[list(PLACES)] += 4
+    w[(3 + base * 4):(3 + base * 4 + 4)] += 6
+    return w / w.sum()
+
+
+def _reference(rows, exclude: set[int]):
+    train = [r for r in rows if r[5] == "train"]
+    test = [r for r in rows if r[5] == "test"]
+
+    def ranked(group):
+        c = Counter(t for r in group for t in r[1] if t not in exclude)
+        return [t for t, _ in sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))][:max(K)]
+
+    glob = ranked(train)
+    country = {c: ranked([r for r in train if r[4] == c]) for c in {r[4] for r in train}}
+    town = {t: ranked([r for r in train if r[2] == t]) for t in {r[2] for r in train}}
+    out = {}
+    for level in baselines.LEVELS:
+        for k in K:
+            hits = n = 0
+            for r in test:
+                truth = set(r[1]) - exclude
+                if not truth:
+                    continue
+                pred = {"global": glob, "country": country.get(r[4], glob),
+                        "town": town.get(r[2], country.get(r[4], glob))}[level]
+                n += 1
+                hits += bool(truth & set(pred[:k]))
+            out[(level, k)] = 100.0 * hits / n
+    return out
+
+
+def test_baselines_match_brute_force(spark):
+    rows = _dataset()
+    df = spark.createDataFrame(rows, "photo_id long, tag_ids array<int>, town string, region string, "
+                                     "country string, split string")
+    place_ids = spark.createDataFrame([(i,) for i in sorted(PLACES)], "index int")
+    mask = np.zeros(V, dtype=bool)
+    mask[list(PLACES)] = True
+    preds = baselines.with_predictions(df.where("split = 'test'"), df.where("split = 'train'"), max(K),
+                                       place_ids, fallback=True)
+    got = {(r["level"], r["variant"], r["k"]): r["accuracy"]
+           for r in baselines.evaluate(preds.repartition(3), V, mask, K).collect()}
+    for variant, exclude in (("all", set()), ("no_places", PLACES)):
+        ref = _reference(rows, exclude)
+        for (level, k), value in ref.items():
+            assert got[(level, variant, k)] == pytest.approx(value), (level, variant, k)
+    assert got[("town", "all", 1)] > got[("global", "all", 1)]
+
+
+def test_dense_ranked_pads_short_and_null_rows():
+    import pyarrow as pa
+
+    arr = pa.array([[3, 1], None, [], [5, 6, 7, 8]], type=pa.list_(pa.int32()))
+    out = baselines.dense_ranked(arr.slice(0), 3, 99)
+    assert out.tolist() == [[3, 1, 99], [99, 99, 99], [99, 99, 99], [5, 6, 7]]
