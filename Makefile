@@ -14,7 +14,13 @@ SAMPLE_DIR ?= data/sample
 SAMPLE_PHOTOS ?= 20000
 SAMPLE_SEED ?= 7
 
-.PHONY: install demo test test-fast sample bench clean
+# The Spark pipeline on the sample: jobs in order, through spark-submit (any key=value override).
+SPARK_SUBMIT := $(VENV)/bin/spark-submit
+SPARK_MASTER ?= local[*]
+PIPELINE_JOBS := clean_metadata build_vocab shard_dataset frequency_baselines
+PIPELINE_ARGS ?= paths.raw_dir=$(SAMPLE_DIR) shard.image_size=128 shard.rows_per_file=5000 shard.rows_per_row_group=250
+
+.PHONY: install demo test test-fast sample pipeline bench clean
 
 install: $(STAMP)
 
@@ -27,7 +33,13 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 sample: install
 	$(PY) -m pipeline.synth --out $(SAMPLE_DIR) --photos $(SAMPLE_PHOTOS) --seed $(SAMPLE_SEED) --skip-existing
 
-demo: sample
+pipeline: sample
+	@for job in $(PIPELINE_JOBS); do \
+		echo "pipeline: $$job"; \
+		$(SPARK_SUBMIT) --master '$(SPARK_MASTER)' jobs/$$job.py $(PIPELINE_ARGS) || exit 1; \
+	done
+
+demo: sample pipeline
 	@echo "demo: the synthetic world is in $(SAMPLE_DIR) (see $(SAMPLE_DIR)/world.json)"
 
 test: install
