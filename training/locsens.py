@@ -94,6 +94,9 @@ def margin_ranking_loss(pos: torch.Tensor, neg: torch.Tensor, valid: Optional[to
 class LocSens(pl.LightningModule):
     """LocSens trained on precomputed MCC embeddings (see the module doc)."""
 
+    #: training.run evaluates it with training.locsens_run instead of exporting embeddings.
+    evaluates_after_fit = True
+
     def __init__(self, num_tags: int, optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: Optional[Callable[..., Any]] = None, input_dim: int = 300,
                  modality_dim: int = 300, hidden: Sequence[int] = PAPER_HIDDEN, groups: int = 32,
@@ -127,7 +130,7 @@ class LocSens(pl.LightningModule):
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and hasattr(dm, "tag_embeddings"):
-            self.set_tag_embeddings(torch.as_tensor(dm.tag_embeddings()))
+            self.set_tag_embeddings(torch.tensor(dm.tag_embeddings()))
 
     # --- locations --------------------------------------------------------------------------------
 

@@ -1,0 +1,99 @@
+"""LocSens through the training entry: composed experiments, sigma snapshots evaluated and logged
+to MLflow, resume from last.ckpt, and a 2-process DDP run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from embeddings_fixture import write_embeddings
+from training.run import train
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+torch.set_num_threads(1)
+
+TINY = [
+    "model.input_dim=32", "model.modality_dim=32", "model.hidden=[64,32]", "model.groups=8",
+    "data.batch_size=50", "data.num_workers=0", "data.persistent_workers=false", "data.shards_dir=null",
+    "trainer.log_every_n_steps=1", "trainer.num_sanity_val_steps=0", "callbacks.progress_bar.refresh_rate=0",
+    "model.optimizer.lr=0.05", "evaluation.min_images=5",
+]
+
+
+@pytest.fixture(scope="module")
+def embeddings(tmp_path_factory):
+    return write_embeddings(tmp_path_factory.mktemp("emb"))
+
+
+def compose_cfg(tmp_path: Path, embeddings: Path, *overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("train.yaml", overrides=[
+            f"paths.root_dir={tmp_path}", f"data.embeddings_dir={embeddings}",
+            f"paths.mlflow_tracking_uri=sqlite:///{tmp_path}/mlruns.db", *overrides, *TINY])
+
+
+@pytest.mark.parametrize("experiment, location", [("locsens", "sampling"), ("locsens_raw", "raw"),
+                                                  ("locsens_zeroed", "zeroed"), ("locsens_dropout", "dropout")])
+def test_experiments_compose(tmp_path, embeddings, experiment, location):
+    cfg = compose_cfg(tmp_path, embeddings, f"+experiment={experiment}")
+    assert cfg.task_name == experiment and cfg.model.location == location
+    assert cfg.model._target_ == "training.locsens.LocSens"
+    assert cfg.data._target_ == "training.locsens_data.LocSensDataModule"
+    assert "location_schedule" in cfg.callbacks and "embedding_writer" not in cfg.callbacks
+    paper = compose_cfg(tmp_path, embeddings, f"+experiment={experiment}")
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        full = compose("train.yaml", overrides=[f"+experiment={experiment}"])
+    assert list(full.model.hidden) == [2048, 2048, 2048, 1024, 512] and full.data.batch_size == 1024
+    assert full.model.negatives == 6 and full.model.margin == 0.1 and full.model.optimizer.momentum == 0.9
+    assert paper.model.sigma_schedule[0][0] == 1.0 and paper.model.sigma_schedule[-1][0] == 0.0
+
+
+def test_sigma_schedule_run_evaluates_every_snapshot(tmp_path, embeddings):
+    cfg = compose_cfg(tmp_path, embeddings, "+experiment=locsens", "trainer.max_epochs=2")
+    metrics = train(cfg)
+    for sigma in ("1", "0.1", "0.05", "0.01"):
+        assert f"locsens_sigma_{sigma}/retrieval/P@10_25km" in metrics
+    assert "tagging/A@10" in metrics and "retrieval/P@10_agnostic" in metrics   # the final sigma_0 model
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns.db")
+    runs = mlflow.search_runs(experiment_names=["evaluate"])
+    assert sorted(runs["tags.mlflow.runName"]) == sorted(f"locsens_sigma_{s}" for s in ("1", "0.1", "0.05", "0.01", "0"))
+    assert "metrics.tagging/A_at_10" in runs.columns
+    train_runs = mlflow.search_runs(experiment_names=["train"])
+    assert "metrics.locsens/sigma" in train_runs.columns
+
+
+class CountEpochs(pl.Callback):
+    def __init__(self, out: str):
+        self.out = out
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        with open(self.out, "a") as fh:
+            fh.write(f"{trainer.current_epoch}\n")
+
+
+def test_raw_run_resumes_from_last_checkpoint(tmp_path, embeddings):
+    cfg = compose_cfg(tmp_path, embeddings, "+experiment=locsens_raw", "trainer.max_epochs=1", "evaluate=false")
+    train(cfg)
+    last = tmp_path / "outputs" / "locsens_raw" / "checkpoints" / "last.ckpt"
+    assert last.exists() and (last.parent / "best.ckpt").exists()
+    cfg2 = compose_cfg(tmp_path, embeddings, "+experiment=locsens_raw", "trainer.max_epochs=2", "resume=true")
+    with open_dict(cfg2):
+        cfg2.callbacks.count = {"_target_": "test_locsens_run.CountEpochs", "out": str(tmp_path / "epochs.txt")}
+    metrics = train(cfg2)
+    assert (tmp_path / "epochs.txt").read_text().split() == ["1"]        # only the remaining epoch
+    assert metrics["tagging/A@1"] >= 0
+
+
+@pytest.mark.slow
+def test_ddp_spawn_two_processes(tmp_path, embeddings):
+    cfg = compose_cfg(tmp_path, embeddings, "+experiment=locsens_raw", "trainer=ddp_sim", "trainer.max_epochs=1",
+                      "evaluate=false")
+    metrics = train(cfg)
+    assert np.isfinite(metrics["train/loss"])

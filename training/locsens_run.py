@@ -1,0 +1,78 @@
+"""After LocSens is fitted: evaluate the model(s) the paper reports, one MLflow run each (rank 0).
+
+Location sampling is reported at every sigma stage (the snapshots ``sigma_1`` ... ``sigma_0`` the
+:class:`~training.location_schedule.LocationSchedule` callback saved); the other variants at
+their best checkpoint by validation loss. Evaluation runs are named ``<task>`` or
+``<task>_sigma_<s>`` so that MLflow's compare view lines them up with MCC and the baselines.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from training.locsens import LocSens
+from training.locsens_eval import evaluate_locsens
+from training.location_schedule import LocationSchedule
+
+log = logging.getLogger(__name__)
+
+
+def models_to_evaluate(cfg: DictConfig, model: LocSens, callbacks: list) -> dict[str, Optional[str]]:
+    """Run name -> checkpoint path (None: the weights in memory)."""
+    schedule = next((c for c in callbacks if isinstance(c, LocationSchedule)), None)
+    if model.location == "sampling" and cfg.evaluation.get("snapshots", True) and schedule and schedule.saved:
+        order = [f"sigma_{v:g}" for v, _ in model.sigma_schedule.stages]
+        return {f"{cfg.task_name}_{name}": schedule.saved[name] for name in order if name in schedule.saved}
+    best = next((c.best_model_path for c in callbacks if isinstance(c, ModelCheckpoint)), "")
+    return {cfg.task_name: best or None}
+
+
+def load_net(model: LocSens, checkpoint: Optional[str]) -> torch.nn.Module:
+    """A copy of the model's network with a checkpoint's weights."""
+    net = copy.deepcopy(model.net)
+    if checkpoint:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+        net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
+    return net
+
+
+def evaluate_after_fit(cfg: DictConfig, model: LocSens, datamodule, callbacks: list,
+                       train_run_id: Optional[str] = None) -> dict[str, float]:
+    """Evaluate on ``cfg.evaluation.split``; returns metrics, prefixed by run name for snapshots."""
+    from training.data import place_mask
+    from training.evaluate import log_evaluation
+
+    ev = cfg.evaluation
+    split = datamodule.split_arrays(ev.split)
+    shards_dir = getattr(datamodule, "shards_dir", None)
+    places = place_mask(shards_dir) if shards_dir and Path(shards_dir).exists() else None
+    tag_table = datamodule.tag_embeddings()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    targets = models_to_evaluate(cfg, model, callbacks)
+    out: dict[str, float] = {}
+    for i, (name, checkpoint) in enumerate(targets.items()):
+        log.info("evaluating %s (%s)", name, checkpoint or "weights in memory")
+        metrics = evaluate_locsens(
+            load_net(model, checkpoint).to(device), split, tag_table, place_mask=places,
+            zero_location=model.location == "zeroed", ks=list(ev.ks), min_images=ev.min_images, seed=ev.seed,
+            max_queries=ev.get("max_queries"), pairs=int(ev.get("pairs", 1 << 20)), device=device)
+        config: dict[str, Any] = {"evaluation": OmegaConf.to_container(ev, resolve=True), "model": "LocSens",
+                                  "location": model.location, "task_name": cfg.task_name,
+                                  "checkpoint": checkpoint, "embeddings_dir": str(datamodule.embeddings_dir)}
+        if cfg.get("logger") and any("MLFlowLogger" in str(c.get("_target_", "")) for c in cfg.logger.values()):
+            log_evaluation(metrics, config, tracking_uri=cfg.paths.mlflow_tracking_uri,
+                           artifact_root=cfg.paths.get("mlflow_artifact_root"), run_name=name,
+                           tags={k: v for k, v in {"train_run_id": train_run_id, "checkpoint": checkpoint}.items() if v})
+        last = i == len(targets) - 1
+        out.update({(k if last else f"{name}/{k}"): float(v) for k, v in metrics.items() if np.isfinite(v)})
+        for k in ("tagging/A@1", "tagging/A@10", "retrieval/P@10_25km", "retrieval/P@10_agnostic"):
+            if k in metrics:
+                log.info("%s %s = %.2f", name, k, metrics[k])
+    return out
