@@ -25,6 +25,7 @@ import io
 import logging
 import math
 import multiprocessing as mp
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -41,6 +42,10 @@ from pipeline.contract import Manifest, read_manifest
 from pipeline.metrics import TagSets
 
 log = logging.getLogger(__name__)
+# ShardStream.__len__ is exact for every rank and worker split (plan_epoch): Lightning's generic
+# caution about IterableDataset lengths does not apply, nor its batch-index tracking in predict.
+warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+warnings.filterwarnings("ignore", message=r"Couldn't infer the batch indices fetched")
 
 #: Columns a training/prediction batch needs (the shards hold more).
 BATCH_COLUMNS = ("photo_id", "latitude", "longitude", "tag_ids", "image")

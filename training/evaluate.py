@@ -1,0 +1,142 @@
+"""Evaluation of exported embeddings (SPEC 5): tagging and retrieval, with one MLflow run.
+
+Ranking is chunked matrix products on the available device keeping only the top k (500k test
+images x 100k tags never exists as one matrix); the metrics themselves are
+:mod:`pipeline.metrics`, shared with the frequency baselines. Every score compares image and
+tag embeddings the way the model was trained to (the manifest's ``score``).
+
+    python -m training.evaluate embeddings_dir=outputs/mcc/embeddings
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import hydra
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline import metrics as M
+from training.export import EmbeddingsManifest, arrow_to_embeddings, read_image_embeddings, read_tag_embeddings
+
+log = logging.getLogger(__name__)
+
+
+def _prepare(x: np.ndarray | torch.Tensor, kind: str, device: torch.device) -> torch.Tensor:
+    t = torch.from_numpy(np.array(x, dtype=np.float32)).to(device)  # a writable copy
+    return F.normalize(t, dim=1) if kind == "cosine" else t
+
+
+def top_k(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk: int = 4096,
+          exclude: Optional[torch.Tensor] = None) -> np.ndarray:
+    """For each query row, the indices of the k keys with the highest dot product (best first),
+    computed ``chunk`` queries at a time; ``exclude`` (bool over keys) removes keys from ranking."""
+    k = min(k, keys.shape[0] - (int(exclude.sum()) if exclude is not None else 0))
+    out = np.empty((queries.shape[0], max(k, 0)), dtype=np.int64)
+    for s in range(0, queries.shape[0], chunk):
+        scores = queries[s:s + chunk] @ keys.T
+        if exclude is not None:
+            scores[:, exclude] = float("-inf")
+        out[s:s + chunk] = scores.topk(k, dim=1).indices.cpu().numpy()
+    return out
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def evaluate_embeddings(embeddings_dir: str | Path, *, shards_dir: Optional[str | Path] = None,
+                        split: str = "test", ks: Sequence[int] = (1, 10, 50), min_images: int = 10,
+                        seed: int = 0, chunk: int = 4096, upper_bound: bool = True,
+                        device: Optional[str] = None) -> dict[str, float]:
+    """All SPEC 5 metrics of one model's exported embeddings on ``split``, under stable names."""
+    from training.data import place_mask
+
+    manifest = EmbeddingsManifest.read(embeddings_dir)
+    shards_dir = shards_dir or manifest.extra.get("shards_dir")
+    dev = torch.device(device) if device else default_device()
+    table = read_image_embeddings(embeddings_dir, split)
+    truth = M.TagSets.from_arrow(table.column("tag_ids"))
+    lat, lon = table.column("latitude").to_numpy(), table.column("longitude").to_numpy()
+    tag_vectors, _ = read_tag_embeddings(embeddings_dir)
+    num_tags = tag_vectors.shape[0]
+    images = _prepare(arrow_to_embeddings(table.column("embedding")), manifest.score, dev)
+    tags = _prepare(tag_vectors, manifest.score, dev)
+    out: dict[str, float] = {"eval/images": float(len(truth)), "eval/tags": float(num_tags)}
+
+    # Tagging, with and without place names (supplement Table 2).
+    kmax = min(max(ks), num_tags)
+    ks = [k for k in ks if k <= kmax]
+    ranked = top_k(images, tags, kmax, chunk)
+    out.update(M.tagging_metrics(ranked, truth, num_tags, ks))
+    places = place_mask(shards_dir) if shards_dir else np.zeros(num_tags, dtype=bool)
+    if places.any():
+        exclude = torch.as_tensor(places, device=dev)
+        ranked_np = top_k(images, tags, kmax, chunk, exclude=exclude)
+        out.update(M.tagging_metrics(ranked_np, truth.without(places), num_tags,
+                                     [k for k in ks if k <= ranked_np.shape[1]], suffix="_noplaces"))
+
+    # Location-agnostic retrieval: per-tag top 10 over the split's images.
+    query_tags = M.retrieval_tags(truth, num_tags, min_images)
+    per_tag = top_k(tags[torch.as_tensor(query_tags, device=dev)], images, 10, chunk)
+    out["retrieval/P@10"] = M.p_at_10_agnostic(per_tag, query_tags, truth, num_tags)
+    out["retrieval/queries_tags"] = float(query_tags.size)
+
+    # Location-sensitive retrieval: the same per-tag top 10 for every query location.
+    q_rows, q_tags = M.location_queries(truth, num_tags, seed, min_images)
+    position = np.full(num_tags, -1, dtype=np.int64)
+    position[query_tags] = np.arange(query_tags.size)
+    by_distance = M.p_at_10_by_distance(per_tag[position[q_tags]], q_tags, lat[q_rows], lon[q_rows],
+                                        truth, lat, lon, num_tags)
+    out.update({f"retrieval/P@10_{g}": v for g, v in by_distance.items()})
+    out["retrieval/queries_locations"] = float(q_rows.size)
+    if upper_bound:
+        ub = M.upper_bound_p_at_10_by_distance(q_tags, lat[q_rows], lon[q_rows], truth, lat, lon, num_tags)
+        out.update({f"upper_bound/P@10_{g}": v for g, v in ub.items()})
+    return out
+
+
+def log_evaluation(metrics: Mapping[str, float], config: Mapping[str, Any], *, tracking_uri: str,
+                   artifact_root: Optional[str], run_name: str,
+                   tags: Optional[Mapping[str, str]] = None, experiment: str = "evaluate") -> str:
+    """One MLflow run holding an evaluation's config and metrics (call on rank 0); its run id."""
+    import mlflow
+
+    from pipeline.tracking import stage_run
+
+    with stage_run(experiment, run_name, config, tracking_uri=tracking_uri, artifact_root=artifact_root,
+                   tags=tags) as run:
+        mlflow.log_metrics(M.mlflow_metrics(metrics))
+        mlflow.log_dict(dict(metrics), "metrics.json")
+        return run.info.run_id
+
+
+def format_table(rows: Mapping[str, Mapping[str, float]], names: Sequence[str]) -> str:
+    """A plain-text table of models x metrics (for logs and notes)."""
+    width = max(len(n) for n in names) + 2
+    head = "model".ljust(10) + "".join(n.rjust(width) for n in names)
+    lines = [head]
+    for model, m in rows.items():
+        lines.append(model.ljust(10) + "".join(f"{m.get(n, float('nan')):{width}.2f}" for n in names))
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval.yaml")
+def main(cfg: DictConfig) -> dict[str, float]:
+    metrics = evaluate_embeddings(cfg.embeddings_dir, shards_dir=cfg.get("shards_dir"), **cfg.evaluation)
+    for k, v in metrics.items():
+        log.info("%s = %.3f", k, v)
+    if cfg.get("mlflow", True):
+        log_evaluation(metrics, OmegaConf.to_container(cfg, resolve=True),
+                       tracking_uri=cfg.paths.mlflow_tracking_uri, artifact_root=cfg.paths.mlflow_artifact_root,
+                       run_name=cfg.task_name, tags={"embeddings_dir": str(cfg.embeddings_dir)})
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

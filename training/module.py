@@ -1,0 +1,118 @@
+"""What MCC, MLC and HER share: a torchvision backbone, device-side normalisation, the optimiser
+and schedule from config, validation loss and A@1, and the prediction step used for export.
+
+A subclass defines :meth:`TagModel.compute_loss` (loss and the exported image embedding),
+:meth:`TagModel.tag_embeddings` and :attr:`TagModel.score` (how the two are compared:
+``cosine`` or ``dot``). Evaluation ranks with exactly that score.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from training.backbone import build_backbone
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def multi_hot(values: torch.Tensor, offsets: torch.Tensor, num_tags: int,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(B, V) 0/1 matrix from CSR tags (built on the device, never shipped by the loader)."""
+    batch = offsets.numel() - 1
+    rows = torch.repeat_interleave(torch.arange(batch, device=values.device), offsets.diff())
+    out = torch.zeros(batch, num_tags, dtype=dtype, device=values.device)
+    out[rows, values] = 1
+    return out
+
+
+def score(image_emb: torch.Tensor, tag_emb: torch.Tensor, kind: str) -> torch.Tensor:
+    """(N, V) image-tag scores: cosine similarity or plain dot product."""
+    if kind == "cosine":
+        return F.normalize(image_emb.float(), dim=-1) @ F.normalize(tag_emb.float(), dim=-1).T
+    if kind == "dot":
+        return image_emb.float() @ tag_emb.float().T
+    raise ValueError(f"unknown score {kind!r}")
+
+
+class TagModel(pl.LightningModule):
+    score: str = "cosine"
+
+    def __init__(self, num_tags: int, backbone: Mapping[str, Any],
+                 optimizer: Callable[..., torch.optim.Optimizer],
+                 scheduler: Optional[Callable[..., Any]] = None, compile: bool = False,
+                 channels_last: bool = False):
+        super().__init__()
+        self.num_tags = num_tags
+        self.backbone, self.feature_dim = build_backbone(**dict(backbone))
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.channels_last = channels_last
+        if channels_last:
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        self._compile = compile
+
+    def setup(self, stage: str) -> None:
+        if self._compile and stage == "fit":
+            self.backbone = torch.compile(self.backbone)
+
+    # --- shared pieces --------------------------------------------------------------------------
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) RGB -> backbone features (B, feature_dim)."""
+        x = (images.float() - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.backbone(x)
+
+    def compute_loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, exported image embeddings) for a batch."""
+        raise NotImplementedError
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The exported image embedding."""
+        raise NotImplementedError
+
+    def tag_embeddings(self) -> torch.Tensor:
+        """(V, d) exported tag embeddings, comparable with :meth:`embed` under :attr:`score`."""
+        raise NotImplementedError
+
+    def on_train_epoch_start(self) -> None:
+        # The streaming loaders reshuffle with seed + epoch (persistent workers see it too).
+        loader = self.trainer.train_dataloader
+        for dl in (loader if isinstance(loader, (list, tuple)) else [loader]):
+            dataset = getattr(dl, "dataset", None)
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(self.current_epoch)
+
+    # --- loops ----------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        loss, _ = self.compute_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=1)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss, emb = self.compute_loss(batch)
+        n = batch["image"].shape[0]
+        top1 = score(emb, self.tag_embeddings(), self.score).argmax(dim=1)
+        truth = multi_hot(batch["tag_values"], batch["tag_offsets"], self.num_tags, torch.bool)
+        hit = truth.gather(1, top1[:, None]).float().mean()
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=n)
+        self.log("val/A_at_1", 100.0 * hit, sync_dist=True, batch_size=n)
+
+    def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        return {"photo_id": batch["photo_id"], "embedding": self.embed(batch["image"]).float(),
+                "latitude": batch["latitude"], "longitude": batch["longitude"],
+                "tag_values": batch["tag_values"], "tag_offsets": batch["tag_offsets"]}
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer,
+                                           total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

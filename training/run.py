@@ -1,0 +1,137 @@
+"""Training entry point: ``python -m training.run +experiment=mcc`` (or mlc, her).
+
+:func:`train` is pure of Hydra's machinery (tests call it with a composed config): it fits,
+exports embeddings with the best checkpoint and evaluates them, and returns the metrics.
+
+Lightning's ``ddp`` strategy re-runs this command once per GPU: everything here runs on every
+rank, except the side effects guarded for rank 0 (the MLflow runs, evaluation).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import MLFlowLogger
+from pytorch_lightning.utilities import rank_zero_only
+
+log = logging.getLogger(__name__)
+
+
+def _instantiate_group(group: Optional[DictConfig]) -> list[Any]:
+    if not group:
+        return []
+    return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def _prepare_mlflow(cfg: DictConfig, loggers: list) -> Optional[MLFlowLogger]:
+    """Create the training run on rank 0 (experiment made through pipeline.tracking, so its
+    artifacts sit with the other stages'), with the flattened config and config.yaml."""
+    mlf = next((lg for lg in loggers if isinstance(lg, MLFlowLogger)), None)
+    if mlf is None or rank_zero_only.rank != 0:
+        return mlf
+    import mlflow
+
+    from pipeline.tracking import _check_uri, flatten, get_or_create_experiment
+
+    mlflow.set_tracking_uri(_check_uri(cfg.paths.mlflow_tracking_uri))
+    name = next(c.experiment_name for c in cfg.logger.values() if c._target_.endswith("MLFlowLogger"))
+    get_or_create_experiment(name, cfg.paths.get("mlflow_artifact_root"))  # the logger finds it by name
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    mlf.log_hyperparams(flatten(resolved))
+    mlf.experiment.log_dict(mlf.run_id, resolved, "config.yaml")
+    mlf.experiment.set_tag(mlf.run_id, "run_dir", str(Path(cfg.run_dir).resolve()))
+    return mlf
+
+
+def _resume_path(cfg: DictConfig, checkpoint: Optional[ModelCheckpoint]) -> Optional[str]:
+    if cfg.get("ckpt_path"):
+        return str(cfg.ckpt_path)
+    if cfg.get("resume") and checkpoint is not None and checkpoint.dirpath:
+        last = Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
+        if last.exists():
+            log.info("resuming from %s", last)
+            return str(last)
+        log.info("resume: no %s yet, starting afresh", last)
+    return None
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, export and evaluate one model as configured; returns the metrics (rank 0 has them all)."""
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    # MLflow reads the tracking URI when it is first imported by some loggers: set it first.
+    os.environ["MLFLOW_TRACKING_URI"] = cfg.paths.mlflow_tracking_uri
+
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model, num_tags=datamodule.num_tags)
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    loggers = _instantiate_group(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    mlf = _prepare_mlflow(cfg, loggers)
+    checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+
+    metrics: dict[str, float] = {}
+    if cfg.get("train", True):
+        # Our own checkpoints hold the config's partials (optimiser, schedule): not weights-only.
+        trainer.fit(model, datamodule=datamodule, ckpt_path=_resume_path(cfg, checkpoint), weights_only=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    best = checkpoint.best_model_path if checkpoint is not None else ""
+    if best and checkpoint.best_model_score is not None:  # (ddp_spawn brings back the path only)
+        metrics["best_val_loss"] = float(checkpoint.best_model_score)
+
+    writer = next((c for c in callbacks if hasattr(c, "write_manifest")), None)
+    embeddings_dir = None
+    if cfg.get("export", True) and writer is not None:
+        writer.extra = {"checkpoint": str(Path(best).resolve()) if best else None,
+                        "task_name": cfg.task_name}
+        trainer.predict(model, datamodule=datamodule, ckpt_path=best or None, return_predictions=False,
+                        weights_only=False)
+        embeddings_dir = str(writer.output_dir.resolve())
+
+    if not trainer.is_global_zero:
+        return metrics
+    if mlf is not None:
+        if best:
+            mlf.experiment.set_tag(mlf.run_id, "best_checkpoint", str(Path(best).resolve()))
+        if embeddings_dir:
+            mlf.experiment.set_tag(mlf.run_id, "embeddings_dir", embeddings_dir)
+    if cfg.get("evaluate", True) and getattr(model, "evaluates_after_fit", False):
+        # LocSens scores triplets itself: best checkpoint, or every sigma-stage snapshot.
+        from training.locsens_run import evaluate_after_fit
+
+        metrics.update(evaluate_after_fit(cfg, model, datamodule, callbacks, mlf.run_id if mlf else None))
+    if cfg.get("evaluate", True) and embeddings_dir:
+        from training.evaluate import evaluate_embeddings, log_evaluation
+
+        results = evaluate_embeddings(embeddings_dir, shards_dir=datamodule.shards_dir, **cfg.evaluation)
+        metrics.update(results)
+        for k, v in results.items():
+            log.info("%s = %.3f", k, v)
+        if mlf is not None:
+            eval_id = log_evaluation(
+                results, {"evaluation": OmegaConf.to_container(cfg.evaluation, resolve=True),
+                          "embeddings_dir": embeddings_dir, "model": cfg.model._target_,
+                          "task_name": cfg.task_name},
+                tracking_uri=cfg.paths.mlflow_tracking_uri, artifact_root=cfg.paths.get("mlflow_artifact_root"),
+                run_name=cfg.task_name, tags={"train_run_id": mlf.run_id, "embeddings_dir": embeddings_dir})
+            mlf.experiment.set_tag(mlf.run_id, "eval_run_id", eval_id)
+    if mlf is not None:
+        mlf.finalize("success")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train.yaml")
+def main(cfg: DictConfig) -> Optional[float]:
+    metrics = train(cfg)
+    return metrics.get("best_val_loss")
+
+
+if __name__ == "__main__":
+    main()
