@@ -14,7 +14,8 @@ Conventions:
   speed a vectorised spherical distance decides every pair that is clearly inside or outside a
   threshold; only pairs within :data:`SPHERE_TOLERANCE` of a threshold are measured exactly,
   which gives the same answers as measuring every pair (tested against that).
-- Metric names are stable across models: :data:`GRANULARITIES_KM` keys, ``agnostic``.
+- Metric names are stable across models (``tagging/A@10``, ``retrieval/P@10_750km``); MLflow
+  cannot store ``@``, so log them through :func:`mlflow_metrics` (``tagging/A_at_10``).
 """
 from __future__ import annotations
 
@@ -366,3 +367,14 @@ def retrieval_metric_names(granularities: Mapping[str, float] = GRANULARITIES_KM
                            prefix: str = "retrieval/P@10_") -> list[str]:
     """The stable metric names of location-sensitive retrieval, finest granularity first."""
     return [f"{prefix}{name}" for name in [*granularities, "agnostic"]]
+
+
+def mlflow_metric_name(name: str) -> str:
+    """MLflow rejects ``@`` in metric names: ``tagging/A@10`` is logged as ``tagging/A_at_10``,
+    ``retrieval/P@10_750km`` as ``retrieval/P_at_10_750km``. Use this for every MLflow metric."""
+    return name.replace("@", "_at_")
+
+
+def mlflow_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    """The same metrics under MLflow-safe names, NaNs dropped."""
+    return {mlflow_metric_name(k): float(v) for k, v in metrics.items() if v == v}
