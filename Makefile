@@ -36,7 +36,8 @@ sample: install
 pipeline: sample
 	@for job in $(PIPELINE_JOBS); do \
 		echo "pipeline: $$job"; \
-		$(SPARK_SUBMIT) --master '$(SPARK_MASTER)' jobs/$$job.py $(PIPELINE_ARGS) || exit 1; \
+		$(SPARK_SUBMIT) --master '$(SPARK_MASTER)' --driver-java-options '-Dlog4j2.configurationFile=conf/log4j2.properties' \
+			jobs/$$job.py $(PIPELINE_ARGS) || exit 1; \
 	done
 
 demo: sample pipeline

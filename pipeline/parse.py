@@ -45,6 +45,11 @@ def normalized_tags(user_tags: Column) -> Column:
     return F.array_distinct(F.filter(norm, lambda t: t.isNotNull()))
 
 
+def _strip_line_end(value_col: str) -> Column:
+    """The line without trailing CR/LF (Hadoop's reader leaves a CR before a missing final LF)."""
+    return F.expr(f"trim(TRAILING '\\r\\n' FROM `{value_col}`)")
+
+
 def _int(col: Column) -> Column:
     return col.try_cast("bigint")
 
@@ -66,7 +71,7 @@ def parse_lines(lines: DataFrame, layout: int, *, value_col: str = "value") -> D
         raise ValueError(f"layout {layout!r}: expected one of {sorted(yfcc.LAYOUTS)}")
     names = yfcc.LAYOUTS[layout]
     pos = {name: i for i, name in enumerate(names)}
-    line = F.rtrim(F.col(value_col), F.lit("\r\n"))
+    line = _strip_line_end(value_col)
     df = lines.withColumn("_line", line).withColumn("_f", F.split("_line", "\t", -1))
 
     def field(name: str) -> Column:
@@ -141,7 +146,7 @@ def parse_places_lines(lines: DataFrame, *, value_col: str = "value") -> DataFra
     Mirrors :func:`pipeline.yfcc.parse_places` + :func:`pipeline.yfcc.place_levels`: split on
     ``,`` then ``:``, decode names, take the first Town, region-level and Country entries.
     """
-    f = F.split(F.rtrim(F.col(value_col), F.lit("\r\n")), "\t", -1)
+    f = F.split(_strip_line_end(value_col), "\t", -1)
     entries = F.transform(F.filter(F.split(F.get(f, 1), ",", -1), lambda e: e != ""),
                           lambda e: F.split(e, ":", -1))
     bad_entry = F.exists(entries, lambda p: (F.size(p) != 3) | F.get(p, 0).try_cast("bigint").isNull())
@@ -165,7 +170,7 @@ def parse_places_lines(lines: DataFrame, *, value_col: str = "value") -> DataFra
 
 def parse_hash_lines(lines: DataFrame, *, value_col: str = "value") -> DataFrame:
     """``photo_id`` and ``photo_hash`` of ``yfcc100m_hash`` lines (malformed lines: null id)."""
-    f = F.split(F.rtrim(F.col(value_col), F.lit("\r\n")), "\t", -1)
+    f = F.split(_strip_line_end(value_col), "\t", -1)
     ok = (F.size(f) == 2) & (F.get(f, 1) != "")
     return lines.select(F.when(ok, _int(F.get(f, 0))).alias("photo_id"),
                         F.when(ok, F.get(f, 1)).alias("photo_hash"))
