@@ -159,14 +159,17 @@ def test_place_dependent_prevalence_and_language(synth_world, truth, records):
     assert any(words[w] for w in ("carretera", "iglesia", "casa", "playa", "mercado"))
 
 
-def test_place_names_are_common_tags(records, places):
-    with_town = 0
+def test_about_three_photos_in_four_carry_place_names(records, places):
+    tagged = with_place = 0
     for r, (_, entries) in zip(records, places):
-        town = place_levels(entries)["town"]
-        if town and r.user_tags:
-            norm = set(normalized_tags(r.raw["user_tags"]))
-            with_town += "".join(town.lower().split()) in norm
-    assert 0.4 < with_town / len(records) < 0.9
+        levels = place_levels(entries)
+        norm = set(normalized_tags(r.raw["user_tags"]))
+        if levels["town"] and norm:
+            names = {"".join(str(v).lower().split()) for v in levels.values() if v}
+            tagged += 1
+            with_place += bool(names & norm)
+    # About 3 in 4 (SPEC: 78% in YFCC); users tag alike, so a small world varies around that.
+    assert 0.45 < with_place / tagged < 0.9
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):

@@ -19,8 +19,8 @@ import pyarrow.compute as pc
 from ..yfcc import COLUMNS_25, normalize_tag
 from .geography import Geography
 from .md5 import encode_ascii, md5_many
-from .world import (CAMERA_TAGS, CONCEPTS, DIGIT_TAG_FORMATS, EVENT_TAGS, LANGUAGE_OF_COUNTRY, LANGUAGES,
-                    LOCAL_WORD_PROBABILITY, town_weights)
+from .world import (CAMERA_TAGS, CONCEPTS, DIGIT_TAG_FORMATS, EVENT_TAGS, FLICKR_HOME_WEIGHT, FLICKR_TRAVEL_WEIGHT,
+                    LANGUAGE_OF_COUNTRY, LANGUAGES, LOCAL_WORD_PROBABILITY, town_weights)
 
 CHUNK_ROWS = 100_000          # rows per independently seeded chunk (fixed: part of determinism)
 ID_SPACE = 13_000_000_000     # photo ids spread up to ~1.3e10, past int32 as in the real data
@@ -163,8 +163,9 @@ def build_world(geo: Geography, seed: int, n_photos: int, rates: Rates, vocab_pa
 
     # Flickr's users skew to North America and Europe; big towns draw more people.
     bias = towns["continent_code"].map({"NA": 3.0, "EU": 3.0, "OC": 1.5, "AS": 1.0, "SA": 0.8, "AF": 0.5}).to_numpy()
-    home_w = towns["population"].to_numpy() ** 0.8 * bias
-    dest_w = towns["population"].to_numpy() ** 0.6 * bias
+    country = lambda table: towns["cc"].map(table).fillna(1.0).to_numpy()
+    home_w = towns["population"].to_numpy() ** 1.2 * bias * country(FLICKR_HOME_WEIGHT)
+    dest_w = towns["population"].to_numpy() ** 1.3 * bias * country(FLICKR_TRAVEL_WEIGHT)
     n_users = int(max(20, n_photos // 40))
     users = pd.DataFrame({
         "nsid": [f"{int(a)}@N{int(b):02d}" for a, b in zip(rng.integers(10_000, 99_999_999, n_users),
@@ -265,10 +266,10 @@ def generate_chunk(world: World, chunk: int, start: int, n: int) -> tuple[pa.Tab
     place_tagger = us["place_tagger"].to_numpy()[user] & (u[:, 11] < r.place_tagger / 0.9)
 
     # Tags: a (n, k) matrix of tag ids, -1 for absent; then sorted, de-duplicated, joined.
-    cols = [np.where(u[:, 12] < 0.9, concept_tag, -1)]
-    cols += [np.where(rng.random(n) < 0.4, world.related_tags[concept, j], -1) for j in range(2)]
+    cols = [np.where(u[:, 12] < 0.55, concept_tag, -1)]
+    cols += [np.where(rng.random(n) < 0.25, world.related_tags[concept, j], -1) for j in range(2)]
     form = (rng.random((n, 4)) < 0.5).astype(np.int64)
-    for lvl, p in enumerate((0.85, 0.4, 0.6, 0.1)):
+    for lvl, p in enumerate((0.85, 0.5, 0.75, 0.35)):       # town, region, country, continent
         cols.append(np.where(place_tagger & (rng.random(n) < p), world.town_place_tags[town, lvl, form[:, lvl]], -1))
     cols.append(np.where(rng.random(n) < 0.15, world.camera_tags[rng.integers(0, len(world.camera_tags), n)], -1))
     cols += [np.where(rng.random(n) < 0.2, world.event_tags[rng.integers(0, len(world.event_tags), n)], -1)

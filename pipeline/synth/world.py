@@ -33,6 +33,16 @@ LANGUAGES = ("en", "es", "de", "fr", "it", "pt", "nl")
 #: Probability that a photo taken where a language is spoken uses the local word.
 LOCAL_WORD_PROBABILITY = 0.7
 
+#: Where Flickr's users live, relative to population (Flickr is big in the US and Western Europe,
+#: blocked in mainland China). Multiplies a town's share of home towns.
+FLICKR_HOME_WEIGHT = {"US": 10.0, "GB": 8.0, "CA": 4.0, "AU": 4.0, "NZ": 4.0, "IE": 4.0, "FR": 3.0, "DE": 3.0,
+                      "IT": 3.0, "ES": 3.0, "NL": 3.0, "BE": 2.0, "SE": 2.0, "CH": 2.0, "JP": 2.0, "PT": 2.0,
+                      "BR": 1.5, "MX": 1.5, "AR": 1.5, "CN": 0.05, "IN": 0.3, "ID": 0.3, "BD": 0.2, "PK": 0.2}
+#: Where travellers go, relative to population.
+FLICKR_TRAVEL_WEIGHT = {"FR": 6.0, "IT": 6.0, "ES": 5.0, "GB": 5.0, "US": 5.0, "DE": 3.0, "GR": 4.0, "TH": 3.0,
+                        "JP": 3.0, "PT": 3.0, "NL": 3.0, "AU": 3.0, "MX": 3.0, "PE": 3.0, "EG": 2.0, "MA": 2.0,
+                        "CN": 0.3, "IN": 0.5, "ID": 0.5}
+
 DESERT_COUNTRIES = frozenset("EG SA AE QA KW OM JO IQ IR LY DZ MA TN MR ML NE TD SD NA BH YE EH".split())
 MOUNTAIN_COUNTRIES = frozenset("CH AT NP BT PE BO NO AD LI KG TJ".split())
 
@@ -221,6 +231,7 @@ def describe(params: dict, counts: dict) -> dict:
             "what": "a small square glyph in a corner, present in some photos of every town",
             "color": "HSV: hue=(lon+180)/360, saturation=0.9, value=0.35+0.65*(lat+90)/180",
         },
+        "flickr_weights": {"home": FLICKR_HOME_WEIGHT, "travel": FLICKR_TRAVEL_WEIGHT},
         "coastal_rule": ("settlement-free directions (no GeoNames 1000+ town within 30 km of a point "
                          "45 km away) form one arc of 2-6 of 8 bearings, in a country with a coast"),
         "tags": {
