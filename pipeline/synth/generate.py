@@ -33,6 +33,8 @@ from .metadata import CHUNK_ROWS, Rates, build_world, generate_chunk
 from .world import describe, landmark_color
 
 IMAGE_BATCH = 256
+#: Bumped whenever the generator's output changes, so --skip-existing regenerates old worlds.
+WORLD_VERSION = 2
 #: The authors' released vocabulary (frequency order), shipped with the package: noise tags come from it.
 DEFAULT_VOCAB = Path(__file__).resolve().parent / "data" / "vocab_words_100k.txt"
 _TSV = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
@@ -75,6 +77,7 @@ class SynthParams:
         d.pop("workers")
         d["out"] = str(self.out)
         d["vocab"] = str(self.vocab) if self.vocab else None
+        d["world_version"] = WORLD_VERSION
         return d
 
 
