@@ -1,0 +1,279 @@
+"""The results report of a demo (or real) run: the paper's tables with our numbers beside the
+paper's, figures, and the pipeline's statistics; one Markdown file plus PNGs, logged to MLflow.
+
+    python -m training.report [report.output=outputs/report]
+
+Figures: P@10 per distance granularity for every model; P@10 against sigma (the paper's sigma
+plot); retrieval grids (LocSens's top test images for a hashtag at several locations, paper
+figure 1); and LocSens's tags for one image under several faked locations (supplement figure 5).
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from training.report_tables import (DISTANCE_COLUMNS, LABELS, ORDER, SIGMAS, Results, agnostic_retrieval_table,
+                                    collect_results, location_table, noplaces_table, tagging_table)
+
+log = logging.getLogger(__name__)
+
+
+# --- pipeline statistics ----------------------------------------------------------------------
+
+def pipeline_stats(tracking_uri: str) -> dict[str, dict[str, float]]:
+    """Latest metrics of each pipeline stage's MLflow run (counts, rejects by reason, timings)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    out = {}
+    for stage in ("clean_metadata", "build_vocab", "shard_dataset", "frequency_baselines"):
+        name = f"pipeline/{stage}"
+        if mlflow.get_experiment_by_name(name) is None:
+            continue
+        runs = mlflow.search_runs(experiment_names=[name], max_results=1, order_by=["attributes.start_time DESC"],
+                                  filter_string="attributes.status = 'FINISHED'", output_format="list")
+        if runs:
+            out[stage] = dict(runs[0].data.metrics)
+    return out
+
+
+def stats_section(stats: dict[str, dict[str, float]]) -> str:
+    lines = []
+    clean = stats.get("clean_metadata", {})
+    if clean:
+        lines.append(f"- Input lines: {clean.get('input_lines', float('nan')):,.0f}; kept "
+                     f"{clean.get('kept', float('nan')):,.0f}; rejected {clean.get('rejected', float('nan')):,.0f}")
+        reasons = {k.split("/", 1)[1]: v for k, v in clean.items() if k.startswith("rejected/")}
+        if reasons:
+            lines.append("- Rejected by reason: " + ", ".join(f"{k} {v:,.0f}" for k, v in sorted(reasons.items())))
+    for stage in ("build_vocab", "shard_dataset"):
+        m = stats.get(stage, {})
+        if m:
+            shown = {k: v for k, v in m.items() if not k.startswith("seconds")}
+            lines.append(f"- {stage}: " + ", ".join(f"{k} {v:,.6g}" for k, v in sorted(shown.items())))
+    timings = {f"{s}": m["seconds/total"] for s, m in stats.items() if "seconds/total" in m}
+    if timings:
+        lines.append("- Stage wall time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+    return "\n".join(lines) if lines else "_No pipeline runs found in the tracking store._"
+
+
+# --- figures ----------------------------------------------------------------------------------
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_granularities(results: Results, path: Path) -> Optional[Path]:
+    plt = _plt()
+    models = [n for n in ORDER if n in results and all(f"retrieval/P@10_{g}" in results[n] for g in DISTANCE_COLUMNS)]
+    if not models:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for n in models:
+        ax.plot(range(len(DISTANCE_COLUMNS)), [results[n][f"retrieval/P@10_{g}"] for g in DISTANCE_COLUMNS],
+                marker="o", label=LABELS[n], linestyle="--" if n == "upper_bound" else "-")
+    ax.set_xticks(range(len(DISTANCE_COLUMNS)), ["agnostic", "2500 km", "750 km", "200 km", "25 km", "1 km"])
+    ax.set_ylabel("P@10 (%)")
+    ax.set_title("Location-sensitive retrieval: P@10 per granularity")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_sigma(results: Results, path: Path) -> Optional[Path]:
+    plt = _plt()
+    present = [s for s in SIGMAS if f"locsens_sigma_{s}" in results]
+    if len(present) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    x = np.arange(len(present))
+    for g in DISTANCE_COLUMNS:
+        ax.plot(x, [results[f"locsens_sigma_{s}"].get(f"retrieval/P@10_{g}", np.nan) for s in present],
+                marker="o", label=g)
+    ax.set_xticks(x, [f"sigma={s}" for s in present])
+    ax.set_ylabel("P@10 (%)")
+    ax.set_title("LocSens with location sampling: P@10 against sigma")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+class Figures:
+    """What the qualitative figures need: LocSens, MCC's test embeddings and the test images."""
+
+    def __init__(self, checkpoint: Path, embeddings_dir: Path, shards_dir: Path):
+        import torch
+
+        from training.data import read_split_columns, read_vocab
+        from training.locsens import LocSens
+        from training.locsens_data import LocSensDataModule
+
+        self.model = LocSens.load_from_checkpoint(str(checkpoint), map_location="cpu", optimizer=None).eval()
+        dm = LocSensDataModule(str(embeddings_dir))
+        self.model.set_tag_embeddings(torch.tensor(dm.tag_embeddings()))
+        self.test = dm.split_arrays("test")
+        vocab = read_vocab(shards_dir)
+        self.tags = dict(zip(vocab.column("tag").to_pylist(), vocab.column("index").to_pylist()))
+        self.names = {i: t for t, i in self.tags.items()}
+        table = read_split_columns(shards_dir, "test", ["photo_id", "image"])
+        self.jpeg = dict(zip(table.column("photo_id").to_pylist(), table.column("image").to_pylist()))
+
+    def image(self, row: int):
+        from PIL import Image
+
+        return Image.open(io.BytesIO(self.jpeg[int(self.test["photo_id"][row])])).convert("RGB")
+
+    def retrieval_grid(self, tags: list[str], locations: dict[str, list[float]], top: int, path: Path) -> Optional[Path]:
+        import torch
+
+        from training.locsens_eval import retrieve_images
+        from training.sigma_schedule import normalise_location
+
+        tags = [t for t in tags if t in self.tags]
+        if not tags:
+            return None
+        plt = _plt()
+        names = list(locations)
+        fig, axes = plt.subplots(len(tags) * len(names), top, figsize=(top * 1.4, len(tags) * len(names) * 1.5))
+        axes = np.atleast_2d(axes)
+        gallery = torch.as_tensor(self.test["embedding"])
+        for ti, tag in enumerate(tags):
+            q_loc = normalise_location(torch.tensor([locations[n][0] for n in names]).float(),
+                                       torch.tensor([locations[n][1] for n in names]).float())
+            q_tags = torch.full((len(names),), self.tags[tag])
+            top_rows = retrieve_images(self.model.net, gallery, q_tags, q_loc, self.model.tag_table, k=top)
+            for li, name in enumerate(names):
+                for j in range(top):
+                    ax = axes[ti * len(names) + li, j]
+                    ax.imshow(self.image(top_rows[li, j]))
+                    ax.set_xticks([])
+                    ax.set_yticks([])
+                    if j == 0:
+                        ax.set_ylabel(f"#{tag}\n{name}", fontsize=7)
+        fig.suptitle("LocSens retrieval: top test images for a hashtag at several locations", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+    def faked_locations(self, rows: list[int], locations: dict[str, list[float]], path: Path) -> Optional[Path]:
+        import torch
+
+        from training.locsens_eval import tag_images
+        from training.sigma_schedule import normalise_location
+
+        plt = _plt()
+        names = list(locations)
+        fig, axes = plt.subplots(len(rows), 1 + len(names), figsize=(2.2 * (1 + len(names)), 2.2 * len(rows)))
+        axes = np.atleast_2d(axes)
+        for i, row in enumerate(rows):
+            emb = torch.as_tensor(self.test["embedding"][row:row + 1]).expand(len(names), -1)
+            loc = normalise_location(torch.tensor([locations[n][0] for n in names]).float(),
+                                     torch.tensor([locations[n][1] for n in names]).float())
+            top = tag_images(self.model.net, emb, loc, self.model.tag_table, k=5)
+            axes[i, 0].imshow(self.image(row))
+            axes[i, 0].set_axis_off()
+            for j, name in enumerate(names):
+                ax = axes[i, j + 1]
+                ax.set_axis_off()
+                ax.text(0.0, 1.0, name + ":\n" + "\n".join(self.names[int(t)] for t in top[j]),
+                        va="top", fontsize=8, family="monospace")
+        fig.suptitle("LocSens top-5 tags for an image under faked locations", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+
+# --- the report -------------------------------------------------------------------------------
+
+def build_report(cfg: DictConfig) -> Path:
+    """Write report.md and figures under ``cfg.report.output``; log them to MLflow (``report``)."""
+    out = Path(cfg.report.output)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    uri = cfg.paths.mlflow_tracking_uri
+    results = collect_results(uri)
+    stats = pipeline_stats(uri)
+    figs: dict[str, Optional[Path]] = {
+        "P@10 per granularity": plot_granularities(results, out / "figures" / "p10_by_granularity.png"),
+        "P@10 against sigma": plot_sigma(results, out / "figures" / "p10_vs_sigma.png"),
+    }
+    checkpoint = next((Path(c) for c in cfg.report.locsens_checkpoints if Path(c).exists()), None)
+    if checkpoint and Path(cfg.report.mcc_embeddings, "manifest.json").exists():
+        f = Figures(checkpoint, Path(cfg.report.mcc_embeddings), Path(cfg.paths.shards_dir))
+        locations = {k: list(v) for k, v in cfg.report.locations.items()}
+        figs["Retrieval grid"] = f.retrieval_grid(list(cfg.report.grid_tags), locations, cfg.report.grid_top,
+                                                   out / "figures" / "retrieval_grid.png")
+        rows = _example_rows(f, list(cfg.report.faked_location_tags))
+        figs["Faked locations"] = f.faked_locations(rows, locations, out / "figures" / "faked_locations.png")
+    else:
+        log.warning("no LocSens checkpoint among %s or no MCC embeddings: qualitative figures skipped",
+                    list(cfg.report.locsens_checkpoints))
+
+    parts = [f"# {cfg.report.title}", "",
+             "Ours (paper) in every cell: the paper's numbers are on full YFCC100M (SPEC section 6); ours on "
+             f"the data this run used ({cfg.paths.raw_dir}).", "",
+             "## Image tagging", "", tagging_table(results), "",
+             "## Image tagging, place names omitted", "", noplaces_table(results), "",
+             "## Location-agnostic retrieval", "", agnostic_retrieval_table(results), "",
+             "## Location-sensitive retrieval (P@10)", "", location_table(results), "",
+             "## Figures", ""]
+    for title, path in figs.items():
+        if path is not None:
+            parts += [f"### {title}", "", f"![{title}](figures/{path.name})", ""]
+    parts += ["## Pipeline", "", stats_section(stats), ""]
+    report = out / "report.md"
+    report.write_text("\n".join(parts))
+    (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+    _log_report(cfg, out)
+    log.info("report: %s", report.resolve())
+    return report
+
+
+def _example_rows(f: Figures, tags: list[str]) -> list[int]:
+    """Test images carrying the first of these tags that exist (one per tag), for figure 5."""
+    rows = []
+    truth = f.test["truth"]
+    for tag in tags:
+        idx = f.tags.get(tag)
+        if idx is None:
+            continue
+        hits = np.unique(truth.rows()[truth.values == idx])
+        if hits.size:
+            rows.append(int(hits[0]))
+    return rows[:3] or [0]
+
+
+def _log_report(cfg: DictConfig, out: Path) -> None:
+    import mlflow
+
+    from pipeline.tracking import stage_run
+
+    with stage_run("report", cfg.report.run_name, OmegaConf.to_container(cfg, resolve=True),
+                   tracking_uri=cfg.paths.mlflow_tracking_uri, artifact_root=cfg.paths.get("mlflow_artifact_root")):
+        mlflow.log_artifacts(str(out))
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="report.yaml")
+def main(cfg: DictConfig) -> None:
+    print(build_report(cfg).read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""The paper's result tables (SPEC 6), filled from MLflow, with the paper's numbers beside ours.
+
+Results are read back from the tracking store, the single record of every run: the latest
+evaluation run of each model (experiment ``evaluate``) and of the frequency baselines
+(experiment ``pipeline/frequency_baselines``), mapped to the project's metric names
+(``tagging/A@10``, ``retrieval/P@10_750km``). Pure formatting below :func:`collect_results`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Optional, Sequence
+
+from pipeline.metrics import GRANULARITIES_KM, mlflow_metric_name
+
+Results = dict[str, dict[str, float]]          # model -> metric name -> value
+
+#: SPEC section 6: the paper's numbers on full YFCC100M (None: not reported).
+PAPER_TAGGING = {
+    "global_frequency": (1.82, 13.45, None, None, None), "country_frequency": (28.05, 46.63, 63.14, None, None),
+    "town_frequency": (51.41, 65.49, 71.05, None, None), "mlc": (8.86, 30.59, None, None, None),
+    "mcc": (20.32, 47.64, 68.05, 29.11, 15.15), "her": (15.83, 31.24, None, None, None),
+    "locsens_zeroed": (15.92, 46.60, None, None, None), "locsens_raw": (28.10, 68.21, 85.85, 44.00, 24.04),
+}
+PAPER_NOPLACES = {
+    "country_frequency": (3.80, 17.21, 41.60), "town_frequency": (16.97, 34.95, 47.53),
+    "mcc": (15.15, 36.75, 51.80), "locsens_raw": (17.34, 44.45, 61.10),
+}
+PAPER_AGNOSTIC = {"mlc": 1.01, "mcc": 14.07, "her": 7.02}
+#: Location-sensitive P@10: agnostic, 2500, 750, 200, 25, 1 km.
+PAPER_LOCATION = {
+    "upper_bound": (100, 96.08, 90.51, 80.31, 64.52, 42.46), "mcc": (42.18, 29.23, 24.20, 18.34, 13.25, 4.66),
+    "her": (37.36, 25.03, 20.27, 15.51, 11.23, 3.65), "mlc": (5.28, 2.54, 1.65, 1.00, 0.62, 0.17),
+    "locsens_zeroed": (40.05, 28.32, 24.34, 18.44, 12.79, 3.74), "locsens_raw": (32.74, 28.42, 25.52, 21.83, 15.53, 4.83),
+    "locsens_dropout": (36.95, 30.42, 26.14, 20.46, 14.28, 4.64),
+    "locsens_sigma_1": (40.60, 28.40, 23.84, 18.16, 13.04, 4.13), "locsens_sigma_0.1": (40.03, 29.30, 24.36, 18.83, 13.46, 4.22),
+    "locsens_sigma_0.05": (39.80, 31.25, 25.76, 19.58, 13.78, 4.30),
+    "locsens_sigma_0.01": (37.05, 31.27, 26.65, 20.14, 14.15, 4.44), "locsens_sigma_0": (35.95, 30.61, 27.00, 21.39, 14.75, 4.83),
+}
+LABELS = {
+    "global_frequency": "Global frequency", "country_frequency": "Country frequency", "town_frequency": "Town frequency",
+    "mlc": "MLC", "mcc": "MCC", "her": "HER", "upper_bound": "Upper bound", "locsens_zeroed": "LocSens - zeroed locations",
+    "locsens_raw": "LocSens - raw locations", "locsens_dropout": "LocSens - dropout",
+    **{f"locsens_sigma_{s}": f"LocSens - location sampling, sigma={s}" for s in ("1", "0.1", "0.05", "0.01", "0")},
+}
+ORDER = ["global_frequency", "country_frequency", "town_frequency", "upper_bound", "mlc", "mcc", "her",
+         "locsens_zeroed", "locsens_raw", "locsens_dropout",
+         *[f"locsens_sigma_{s}" for s in ("1", "0.1", "0.05", "0.01", "0")]]
+DISTANCE_COLUMNS = ["agnostic", "2500km", "750km", "200km", "25km", "1km"]
+SIGMAS = ("1", "0.1", "0.05", "0.01", "0")
+
+
+def collect_results(tracking_uri: str) -> Results:
+    """Latest metrics per model from MLflow: evaluation runs by run name, plus the baselines run."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    out: Results = {}
+    names = [n for n in ORDER if n not in ("global_frequency", "country_frequency", "town_frequency")]
+    wanted = {mlflow_metric_name(n): n for n in _metric_names()}
+    if mlflow.get_experiment_by_name("evaluate") is not None:
+        runs = mlflow.search_runs(experiment_names=["evaluate"], order_by=["attributes.start_time DESC"],
+                                  filter_string="attributes.status = 'FINISHED'", output_format="list")
+        for run in runs:
+            name = run.data.tags.get("mlflow.runName", "")
+            if name in names and name not in out:
+                out[name] = {wanted[k]: v for k, v in run.data.metrics.items() if k in wanted}
+                if name == "mcc":    # the upper bound is measured with MCC's evaluation
+                    out["upper_bound"] = {f"retrieval/P@10_{g}": v for k, v in run.data.metrics.items()
+                                          for g in DISTANCE_COLUMNS if k == mlflow_metric_name(f"upper_bound/P@10_{g}")}
+    if mlflow.get_experiment_by_name("pipeline/frequency_baselines") is not None:
+        runs = mlflow.search_runs(experiment_names=["pipeline/frequency_baselines"], max_results=1,
+                                  order_by=["attributes.start_time DESC"],
+                                  filter_string="attributes.status = 'FINISHED'", output_format="list")
+        if runs:
+            out.update(baseline_results(runs[0].data.metrics))
+    return out
+
+
+def baseline_results(metrics: Mapping[str, float]) -> Results:
+    """The frequency-baselines job's metrics (``baselines/town/A_at_10_no_places``) as models."""
+    out: Results = {}
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if len(parts) != 3 or parts[0] != "baselines":
+            continue
+        _, level, metric = parts
+        suffix = "_noplaces" if metric.endswith("_no_places") else ""
+        k = metric.replace("_no_places", "").replace("A_at_", "")
+        out.setdefault(f"{level}_frequency", {})[f"tagging/A@{k}{suffix}"] = value
+    return out
+
+
+def _metric_names() -> list[str]:
+    names = [f"tagging/{m}{s}" for m in ("A@1", "A@10", "A@50", "pct_pred", "pct_cpred") for s in ("", "_noplaces")]
+    names += ["retrieval/P@10"] + [f"retrieval/P@10_{g}" for g in [*GRANULARITIES_KM, "agnostic"]]
+    return names
+
+
+def _cell(ours: Optional[float], paper: Optional[float]) -> str:
+    o = "-" if ours is None or (isinstance(ours, float) and math.isnan(ours)) else f"{ours:.2f}"
+    p = "-" if paper is None else f"{paper:.2f}"
+    return f"{o} ({p})"
+
+
+def _table(header: Sequence[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def tagging_table(results: Results) -> str:
+    """A@1 / A@10 / A@50 / %pred / %cpred, ours (paper)."""
+    cols = ["tagging/A@1", "tagging/A@10", "tagging/A@50", "tagging/pct_pred", "tagging/pct_cpred"]
+    rows = []
+    for name in ORDER:
+        if name in results and any(c in results[name] for c in cols):
+            paper = PAPER_TAGGING.get(name, (None,) * 5)
+            rows.append([LABELS[name]] + [_cell(results[name].get(c), p) for c, p in zip(cols, paper)])
+    return _table(["Method", "A@1", "A@10", "A@50", "%pred", "%cpred"], rows)
+
+
+def noplaces_table(results: Results) -> str:
+    cols = ["tagging/A@1_noplaces", "tagging/A@10_noplaces", "tagging/A@50_noplaces"]
+    rows = [[LABELS[n]] + [_cell(results[n].get(c), p) for c, p in zip(cols, PAPER_NOPLACES.get(n, (None,) * 3))]
+            for n in ORDER if n in results and any(c in results[n] for c in cols)]
+    return _table(["Method", "A@1", "A@10", "A@50"], rows)
+
+
+def agnostic_retrieval_table(results: Results) -> str:
+    rows = [[LABELS[n], _cell(results[n].get("retrieval/P@10"), PAPER_AGNOSTIC.get(n))]
+            for n in ("mlc", "mcc", "her") if n in results and "retrieval/P@10" in results[n]]
+    return _table(["Method", "P@10"], rows)
+
+
+def location_table(results: Results) -> str:
+    """Location-sensitive P@10 per granularity: agnostic, continent ... street."""
+    rows = []
+    for n in ORDER:
+        if n in results and any(f"retrieval/P@10_{g}" in results[n] for g in DISTANCE_COLUMNS):
+            paper = PAPER_LOCATION.get(n, (None,) * 6)
+            rows.append([LABELS[n]] + [_cell(results[n].get(f"retrieval/P@10_{g}"), p)
+                                       for g, p in zip(DISTANCE_COLUMNS, paper)])
+    header = ["Method", "Location agnostic", "Continent (2500 km)", "Country (750 km)", "Region (200 km)",
+              "City (25 km)", "Street (1 km)"]
+    return _table(header, rows)
