@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -66,6 +67,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, export and evaluate one model as configured; returns the metrics (rank 0 has them all)."""
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
     # MLflow reads the tracking URI when it is first imported by some loggers: set it first.
     os.environ["MLFLOW_TRACKING_URI"] = cfg.paths.mlflow_tracking_uri
 
@@ -124,7 +127,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
             mlf.experiment.set_tag(mlf.run_id, "eval_run_id", eval_id)
     if mlf is not None:
         mlf.finalize("success")
+    _write_metrics(Path(cfg.run_dir), metrics)
     return metrics
+
+
+def _write_metrics(run_dir: Path, metrics: dict[str, float]) -> None:
+    """``metrics.json`` in the run dir, written last and atomically: a finished run's marker
+    (``make demo`` skips stages that have one)."""
+    import json
+    import tempfile
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".metrics-", dir=run_dir)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({k: float(v) for k, v in metrics.items()}, fh, indent=2, sort_keys=True)
+    os.replace(tmp, run_dir / "metrics.json")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train.yaml")
