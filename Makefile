@@ -20,7 +20,7 @@ SPARK_MASTER ?= local[*]
 PIPELINE_JOBS := clean_metadata build_vocab shard_dataset frequency_baselines
 PIPELINE_ARGS ?= paths.raw_dir=$(SAMPLE_DIR) shard.image_size=128 shard.rows_per_file=5000 shard.rows_per_row_group=250
 
-.PHONY: install demo test test-fast sample pipeline bench clean
+.PHONY: install demo test test-fast sample pipeline bench clean train-mcc train-mlc train-her
 
 install: $(STAMP)
 
@@ -39,6 +39,17 @@ pipeline: sample
 		$(SPARK_SUBMIT) --master '$(SPARK_MASTER)' --driver-java-options '-Dlog4j2.configurationFile=conf/log4j2.properties' \
 			jobs/$$job.py $(PIPELINE_ARGS) || exit 1; \
 	done
+
+# Image models on the sample's shards (CPU, a few minutes each): fit, export embeddings to
+# outputs/<model>/embeddings, evaluate; MLflow runs in mlruns.db. Any Hydra override in TRAIN_ARGS.
+SHARDS_MANIFEST ?= data/work/shards/manifest.json
+TRAIN_ARGS ?=
+
+$(SHARDS_MANIFEST):
+	$(MAKE) pipeline
+
+train-mcc train-mlc train-her: train-%: install $(SHARDS_MANIFEST)
+	$(PY) -m training.run +experiment=$*_sample $(TRAIN_ARGS)
 
 demo: sample pipeline
 	@echo "demo: the synthetic world is in $(SAMPLE_DIR) (see $(SAMPLE_DIR)/world.json)"

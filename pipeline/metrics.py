@@ -228,6 +228,15 @@ def p_at_10_agnostic(retrieved: np.ndarray, query_tags: np.ndarray, truth: TagSe
     return float(per_query.mean()) if per_query.size else float("nan")
 
 
+def p_at_10_chance(query_tags: np.ndarray, truth: TagSets, num_tags: int) -> float:
+    """Expected P@10 (percent) of a ranking that ignores the images, which is what any frequency
+    baseline does in retrieval: the share of gallery images carrying the tag, mean over tags."""
+    query_tags = np.asarray(query_tags, dtype=np.int64)
+    if query_tags.size == 0 or len(truth) == 0:
+        return float("nan")
+    return 100.0 * float((truth.images_per_tag(num_tags)[query_tags] / len(truth)).mean())
+
+
 # --- distances -------------------------------------------------------------------------------------
 
 def haversine_km(lat1, lon1, lat2, lon2) -> np.ndarray:

@@ -59,8 +59,9 @@ def test_plan_is_seeded_by_epoch_and_identical_across_calls():
 
 
 def test_batch_sizes():
-    assert batch_sizes(250, 3, 100).tolist() == [100, 100, 50]
-    assert batch_sizes(500, 6, 100).tolist() == [100, 100, 100, 100, 50, 50]
+    assert batch_sizes(250, 3, 100).tolist() == [84, 83, 83]
+    assert batch_sizes(64 * 211 + 1, 212, 64).tolist() == [64] * 149 + [63] * 63  # no batch of 1
+    assert batch_sizes(600, 6, 100).tolist() == [100] * 6
     assert batch_sizes(7, 7, 1).tolist() == [1] * 7
     with pytest.raises(ValueError):
         batch_sizes(5, 6, 100)

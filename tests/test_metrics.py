@@ -113,6 +113,12 @@ def test_p_at_10_agnostic_matches_brute_force():
     got = M.p_at_10_agnostic(retrieved, tags, truth, V)
     ref = 100.0 * np.mean([np.mean([t in rows[i] for i in retrieved[q]]) for q, t in enumerate(tags)])
     assert got == pytest.approx(ref)
+    # Chance: the mean of many random rankings.
+    random_runs = [M.p_at_10_agnostic(np.stack([rng.choice(200, 10, replace=False) for _ in tags]), tags,
+                                      truth, V) for _ in range(300)]
+    assert M.p_at_10_chance(tags, truth, V) == pytest.approx(np.mean(random_runs), abs=0.5)
+    assert M.p_at_10_chance(tags, truth, V) == pytest.approx(
+        100.0 * np.mean([sum(t in r for r in rows) / 200 for t in tags]))
 
 
 def test_within_km_matches_geodesic_everywhere():

@@ -4,8 +4,9 @@ The unit of work is one row group of one shard file. Each epoch:
 
 1. the work units are shuffled with ``seed + epoch`` (the same permutation on every rank);
 2. their rows, laid end to end, are cut into ``world_size`` contiguous ranges of equal size (+-1);
-3. every rank cuts its range into the same number of batches (:func:`batches_per_rank`), so no
-   rank waits for another at the end of an epoch, and every row is read exactly once;
+3. every rank cuts its range into the same number of batches (:func:`batches_per_rank`) of
+   near-equal size, so no rank waits for another at the end of an epoch, and every row is read
+   exactly once;
 4. a rank's batches are dealt to its DataLoader workers in contiguous blocks, so a worker reads
    few row groups and each one at most a couple of times;
 5. each worker shuffles rows inside a window of a few batches (seeded), decodes the JPEGs and
@@ -61,20 +62,19 @@ def batches_per_rank(total_rows: int, world_size: int, batch_size: int) -> int:
 
 
 def batch_sizes(rows: int, num_batches: int, batch_size: int) -> np.ndarray:
-    """Split ``rows`` into ``num_batches`` non-empty batches of at most ``batch_size``: full batches
-    first, the remainder spread evenly over the last ones (a rank with fewer rows than the largest
-    gets slightly smaller batches instead of fewer)."""
+    """Split ``rows`` into ``num_batches`` batches of near-equal size (at most ``batch_size``).
+
+    Equal sizes rather than full batches plus a remainder: no rank ends an epoch on a batch of one
+    or two rows (which BatchNorm cannot train on), and a rank with a row less than the largest
+    still yields as many batches.
+    """
     if num_batches == 0:
         return np.zeros(0, dtype=np.int64)
     if rows < num_batches or rows > num_batches * batch_size:
         raise ValueError(f"cannot split {rows} rows into {num_batches} batches of <= {batch_size}: "
                          "use a smaller batch or fewer ranks")
-    full = num_batches if batch_size == 1 else min(num_batches, (rows - num_batches) // (batch_size - 1))
-    rest, n_rest = rows - full * batch_size, num_batches - full
-    sizes = np.full(num_batches, batch_size, dtype=np.int64)
-    if n_rest:
-        sizes[full:] = rest // n_rest
-        sizes[full:full + rest % n_rest] += 1
+    sizes = np.full(num_batches, rows // num_batches, dtype=np.int64)
+    sizes[:rows % num_batches] += 1
     return sizes
 
 

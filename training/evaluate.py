@@ -85,6 +85,7 @@ def evaluate_embeddings(embeddings_dir: str | Path, *, shards_dir: Optional[str 
     query_tags = M.retrieval_tags(truth, num_tags, min_images)
     per_tag = top_k(tags[torch.as_tensor(query_tags, device=dev)], images, 10, chunk)
     out["retrieval/P@10"] = M.p_at_10_agnostic(per_tag, query_tags, truth, num_tags)
+    out["retrieval/P@10_chance"] = M.p_at_10_chance(query_tags, truth, num_tags)
     out["retrieval/queries_tags"] = float(query_tags.size)
 
     # Location-sensitive retrieval: the same per-tag top 10 for every query location.

@@ -1,6 +1,10 @@
 """MLC, the multi-label model (SPEC 3): backbone -> V logits, sigmoid + BCE over the multi-hot
 target of all the image's tags (built on the device). The paper found it unstable.
 
+``reduction="sum"`` sums the loss over the V tags and averages over images; the element mean
+(``"mean"``) divides every tag's gradient by V and, with 10^4-10^5 tags, barely moves the
+weights at SGD learning rates (on the embedded sample it stayed below the frequency prior).
+
 Ranking uses the logits. To keep one export format for every model, the image embedding is the
 backbone feature with a constant 1 appended and tag i's embedding is [w_i, b_i], so that their
 dot product is exactly logit i (``score = "dot"``).
@@ -17,9 +21,12 @@ from training.module import TagModel, multi_hot
 class MLC(TagModel):
     score = "dot"
 
-    def __init__(self, num_tags: int, **kwargs):
+    def __init__(self, num_tags: int, reduction: str = "sum", **kwargs):
         super().__init__(num_tags, **kwargs)
         self.save_hyperparameters(logger=False)
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"reduction {reduction!r}: 'sum' (over tags, mean over images) or 'mean'")
+        self.reduction = reduction
         self.classifier = nn.Linear(self.feature_dim, num_tags)
 
     def embed(self, images):
@@ -30,7 +37,10 @@ class MLC(TagModel):
         f = self.features(batch["image"])
         logits = self.classifier(f).float()
         target = multi_hot(batch["tag_values"], batch["tag_offsets"], self.num_tags)
-        return F.binary_cross_entropy_with_logits(logits, target), torch.cat([f, torch.ones_like(f[:, :1])], 1)
+        loss = F.binary_cross_entropy_with_logits(logits, target, reduction="sum" if self.reduction == "sum" else "mean")
+        if self.reduction == "sum":
+            loss = loss / logits.shape[0]
+        return loss, torch.cat([f, torch.ones_like(f[:, :1])], 1)
 
     def tag_embeddings(self):
         return torch.cat([self.classifier.weight, self.classifier.bias[:, None]], dim=1)
