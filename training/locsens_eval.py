@@ -85,24 +85,25 @@ def evaluate_locsens(net: LocSensNet, split: dict, tag_table: np.ndarray | torch
                      place_mask: Optional[np.ndarray] = None, zero_location: bool = False,
                      ks: Sequence[int] = (1, 10, 50), min_images: int = 10, seed: int = 0,
                      max_queries: Optional[int] = None, pairs: int = 1 << 20,
-                     device: Optional[str] = None) -> dict[str, float]:
+                     device: Optional[str] = None, tagging: bool = True) -> dict[str, float]:
     """Tagging (with and without place names) and location-sensitive retrieval on one split.
 
     ``split`` is :meth:`training.locsens_data.LocSensDataModule.split_arrays`. ``max_queries``
     subsamples the retrieval queries (seeded) when scoring every query against every image is too
     slow for the machine; the number used is reported as ``retrieval/queries_locations``.
+    ``tagging=False`` skips tagging (the paper reports the sigma snapshots on retrieval only).
     """
     dev = torch.device(device) if device else next(net.parameters()).device
     was_training = net.training
     try:
         return _evaluate(net.eval().to(dev), split, tag_table, dev, place_mask, zero_location, ks, min_images,
-                         seed, max_queries, pairs)
+                         seed, max_queries, pairs, tagging)
     finally:
         net.train(was_training)
 
 
 def _evaluate(net, split, tag_table, dev, place_mask, zero_location, ks, min_images, seed, max_queries,
-              pairs) -> dict[str, float]:
+              pairs, tagging) -> dict[str, float]:
     truth: M.TagSets = split["truth"]
     num_tags = int(np.asarray(tag_table).shape[0]) if not torch.is_tensor(tag_table) else tag_table.shape[0]
     tags = torch.nn.functional.normalize(_as(tag_table, dev), dim=-1)
@@ -113,8 +114,9 @@ def _evaluate(net, split, tag_table, dev, place_mask, zero_location, ks, min_ima
 
     kmax = min(max(ks), num_tags)
     ks = [k for k in ks if k <= kmax]
-    out.update(M.tagging_metrics(tag_images(net, images, loc, tags, kmax, pairs), truth, num_tags, ks))
-    if place_mask is not None and np.any(place_mask):
+    if tagging:
+        out.update(M.tagging_metrics(tag_images(net, images, loc, tags, kmax, pairs), truth, num_tags, ks))
+    if tagging and place_mask is not None and np.any(place_mask):
         ranked = tag_images(net, images, loc, tags, kmax, pairs, exclude=torch.as_tensor(place_mask, device=dev))
         out.update(M.tagging_metrics(ranked, truth.without(place_mask), num_tags,
                                      [k for k in ks if k <= ranked.shape[1]], suffix="_noplaces"))

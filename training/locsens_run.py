@@ -58,11 +58,13 @@ def evaluate_after_fit(cfg: DictConfig, model: LocSens, datamodule, callbacks: l
     targets = models_to_evaluate(cfg, model, callbacks)
     out: dict[str, float] = {}
     for i, (name, checkpoint) in enumerate(targets.items()):
+        last = i == len(targets) - 1
         log.info("evaluating %s (%s)", name, checkpoint or "weights in memory")
         metrics = evaluate_locsens(
             load_net(model, checkpoint).to(device), split, tag_table, place_mask=places,
             zero_location=model.location == "zeroed", ks=list(ev.ks), min_images=ev.min_images, seed=ev.seed,
-            max_queries=ev.get("max_queries"), pairs=int(ev.get("pairs", 1 << 20)), device=device)
+            max_queries=ev.get("max_queries"), pairs=int(ev.get("pairs", 1 << 20)), device=device,
+            tagging=last or bool(ev.get("snapshot_tagging", True)))
         config: dict[str, Any] = {"evaluation": OmegaConf.to_container(ev, resolve=True), "model": "LocSens",
                                   "location": model.location, "task_name": cfg.task_name,
                                   "checkpoint": checkpoint, "embeddings_dir": str(datamodule.embeddings_dir)}
@@ -70,7 +72,6 @@ def evaluate_after_fit(cfg: DictConfig, model: LocSens, datamodule, callbacks: l
             log_evaluation(metrics, config, tracking_uri=cfg.paths.mlflow_tracking_uri,
                            artifact_root=cfg.paths.get("mlflow_artifact_root"), run_name=name,
                            tags={k: v for k, v in {"train_run_id": train_run_id, "checkpoint": checkpoint}.items() if v})
-        last = i == len(targets) - 1
         out.update({(k if last else f"{name}/{k}"): float(v) for k, v in metrics.items() if np.isfinite(v)})
         for k in ("tagging/A@1", "tagging/A@10", "retrieval/P@10_25km", "retrieval/P@10_agnostic"):
             if k in metrics:
