@@ -65,6 +65,16 @@ def test_experiment_configs_compose_and_instantiate(tmp_path, shards, experiment
     assert dbg.trainer.fast_dev_run is True and dbg.trainer.max_epochs == 1
 
 
+def test_eval_config_composes():
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("eval.yaml", overrides=["embeddings_dir=/tmp/x"])
+    assert cfg.evaluation.ks == [1, 10, 50] and cfg.evaluation.min_images == 10
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        sample = compose("train.yaml", overrides=["+experiment=mcc_sample"])
+    assert sample.task_name == "mcc" and sample.model.backbone.name == "mobilenet_v3_small"
+    assert sample.data.crop == 64 and sample.model._target_ == "training.mcc.MCC"
+
+
 @pytest.mark.parametrize("experiment", ["mcc", "mlc", "her"])
 def test_fast_dev_run(tmp_path, shards, experiment):
     cfg = compose_cfg(tmp_path, shards, f"+experiment={experiment}", "+debug=fdr", "evaluate=false")
@@ -156,7 +166,7 @@ class RecordIds(pl.Callback):
 @pytest.mark.slow
 def test_ddp_spawn_every_row_once_per_epoch(tmp_path, shards):
     cfg = compose_cfg(tmp_path, shards, "+experiment=mcc", "trainer=ddp_sim", "trainer.max_epochs=2",
-                      "data.num_workers=2", "data.batch_size=6", "evaluate=false")
+                      "data.num_workers=2", "data.batch_size=6", "evaluate=false", "torch_threads=1")
     with open_dict(cfg):
         cfg.callbacks.record = {"_target_": "test_train.RecordIds", "out_dir": str(tmp_path)}
     train(cfg)

@@ -58,7 +58,7 @@ class TagModel(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         if self._compile and stage == "fit":
-            self.backbone = torch.compile(self.backbone)
+            self.backbone.compile()  # in place: checkpoint keys stay those of the plain module
 
     # --- shared pieces --------------------------------------------------------------------------
     def features(self, images: torch.Tensor) -> torch.Tensor:
