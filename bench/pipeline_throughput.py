@@ -75,8 +75,8 @@ def duckdb_sql(dataset: str, places: str, drop_top: int, size: int, out: Path) -
             t AS (SELECT photo_id, lat, lon,
                          list_distinct(list_filter(
                              list_transform(string_split(user_tags, ','),
-                                 x -> regexp_replace(lower(url_decode(replace(x, '+', ' '))), '\\s+', '', 'g')),
-                             x -> x <> '' AND NOT regexp_matches(x, '\\d'))) AS tags
+                                 lambda x: regexp_replace(lower(url_decode(replace(x, '+', ' '))), '\\s+', '', 'g')),
+                             lambda x: x <> '' AND NOT regexp_matches(x, '\\d'))) AS tags
                   FROM d WHERE marker = '0' AND lat BETWEEN -90 AND 90 AND lon BETWEEN -180 AND 180
                         AND NOT (lat = -1 AND lon = -1) AND user_tags <> '')
             SELECT t.*, p.town FROM t JOIN places p USING (photo_id)

@@ -105,8 +105,6 @@ def kept(classified: DataFrame) -> DataFrame:
     return classified.where(F.col("reason").isNull()).select(*CLEAN_COLUMNS)
 
 
-def rejects(classified: DataFrame, line_chars: int) -> DataFrame:
-    """Rejected lines: reason, source file, ids when parsable, and the start of the line."""
-    return classified.where(F.col("reason").isNotNull()).select(
-        "reason", F.col("file"), "photo_id", "line_number",
-        F.substring("value", 1, line_chars).alias("line"))
+def rejects(classified: DataFrame) -> DataFrame:
+    """Rejected lines: reason, source file, ids when parsable, and (malformed lines) their start."""
+    return classified.where(F.col("reason").isNotNull()).select("reason", "file", "photo_id", "line_number", "line")

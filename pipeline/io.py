@@ -98,7 +98,7 @@ def write_parquet(spark: SparkSession, df: DataFrame, target: str, *, partitions
     """
     if partitions is not None:
         df = df.repartition(partitions, *sort_by) if sort_by else df.coalesce(partitions)
-    if sort_by:
+    if sort_by:  # without `partitions`, the existing partitioning is kept (no shuffle)
         df = df.sortWithinPartitions(*sort_by)
     with atomic_output(spark, target) as tmp:
         df.write.mode("errorifexists").parquet(tmp)

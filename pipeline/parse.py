@@ -7,6 +7,7 @@ the tests check that these expressions agree with the pure-Python parser on real
 """
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 from pyspark.sql import Column, DataFrame
@@ -26,23 +27,74 @@ def decode(col: Column) -> Column:
 
     Java's decoder refuses a ``%`` not followed by two hex digits where Python keeps it, so such
     a ``%`` is escaped first; anything still undecodable falls back to the ``+``-decoded text.
+    Text without ``%`` (most tags) only needs ``+`` -> space, which is much cheaper.
     """
+    plus = F.translate(col, "+", " ")
     escaped = F.regexp_replace(col, r"%(?![0-9A-Fa-f]{2})", "%25")
-    return F.coalesce(F.try_url_decode(escaped), F.regexp_replace(col, r"\+", " "))
+    return F.when(col.contains("%"), F.coalesce(F.try_url_decode(escaped), plus)).otherwise(plus)
+
+
+def _ascii(text: Column) -> Column:
+    return F.length(text) == F.octet_length(text)
+
+
+def _remove_space(text: Column) -> Column:
+    """Drop white space as Python's ``\\s`` does; ASCII text takes the cheap ``translate`` path."""
+    return F.when(_ascii(text), F.translate(text, " \t\n\u000b\f\r\u001c\u001d\u001e\u001f", "")) \
+        .otherwise(F.regexp_replace(text, r"(?U)[\s\x1c-\x1f]+", ""))
+
+
+def _usable(text: Column) -> Column:
+    """Non-empty and without a (Unicode) decimal digit."""
+    has_digit = F.when(_ascii(text), F.length(F.translate(text, "0123456789", "")) != F.length(text)) \
+        .otherwise(text.rlike(r"\p{Nd}"))
+    return (text != "") & ~has_digit
 
 
 def normalize_tag(tag: Column, *, encoded: bool = True) -> Column:
     """Decode, lower-case and remove white space (SPEC 2.2); digit and empty tags become null."""
-    text = decode(tag) if encoded else tag
-    text = F.regexp_replace(F.lower(text), r"(?U)\s+", "")
-    return F.when((text != "") & ~text.rlike(r"\p{Nd}"), text)
+    text = _remove_space(F.lower(decode(tag) if encoded else tag))
+    return F.when(_usable(text), text)
 
 
-def normalized_tags(user_tags: Column) -> Column:
-    """Distinct normalised tags of a ``user_tags`` field, first-occurrence order."""
-    raw = F.filter(F.split(user_tags, ",", -1), lambda t: t != "")
-    norm = F.transform(raw, lambda t: normalize_tag(t))
-    return F.array_distinct(F.filter(norm, lambda t: t.isNotNull()))
+_SEP = "\u0000"  # stands for the "," between raw tags while the whole field is normalised at once
+
+
+def _stages(df: DataFrame, steps: list[tuple[str, Column]]) -> DataFrame:
+    """Add columns one projection at a time.
+
+    A value used several times by the next step (in CASE branches, where Spark does not
+    eliminate common subexpressions) is then an attribute, computed once, not an inlined copy
+    of its whole expression. Spark keeps such projections apart instead of collapsing them.
+    """
+    for name, col in steps:
+        df = df.withColumn(name, col)
+    return df
+
+
+def with_normalized_tags(df: DataFrame, user_tags: str, out: str) -> DataFrame:
+    """``df`` with ``out``: the distinct normalised tags of ``user_tags``, first-occurrence order.
+
+    The per-character steps (decode, lower-case, white space, digit test) run once on the whole
+    field instead of once per tag, so no lambda (array functions run lambdas interpreted, with
+    no code generation) is in the row path. The separating commas are first turned into NUL, so a
+    decoded ``%2C`` stays inside its tag; only a tag containing ``%00`` would split differently.
+    """
+    t = F.col("_tags_text")
+    any_digit = F.when(_ascii(t), F.length(F.translate(t, "0123456789", "")) != F.length(t)) \
+        .otherwise(t.rlike(r"\p{Nd}"))
+    drop_digit_tags = F.regexp_replace(t, f"(?<=^|{_SEP})[^{_SEP}\\p{{Nd}}]*\\p{{Nd}}[^{_SEP}]*", "")
+    df = _stages(df, [
+        ("_tags_text", F.translate(F.col(user_tags), ",", _SEP)),
+        ("_tags_text", F.lower(decode(t))),
+        ("_tags_text", _remove_space(t)),
+        ("_tags_text", F.when(any_digit, drop_digit_tags).otherwise(t)),
+    ])
+    return df.withColumn(out, F.array_distinct(F.array_remove(F.split(t, _SEP, -1), ""))).drop("_tags_text")
+
+
+def count_raw_tags(user_tags: Column) -> Column:
+    return F.size(F.array_remove(F.split(user_tags, ",", -1), ""))
 
 
 def _strip_line_end(value_col: str) -> Column:
@@ -61,71 +113,76 @@ def _first_reason(*checks: tuple[Column, str]) -> Column:
     return expr  # type: ignore[return-value]
 
 
-def parse_lines(lines: DataFrame, layout: int, *, value_col: str = "value") -> DataFrame:
+def parse_lines(lines: DataFrame, layout: int, *, value_col: str = "value", line_chars: int = 2000) -> DataFrame:
     """Typed narrow columns of each dataset line plus ``reason`` (null when the line parses).
 
     Keeps one row per input line: a line that cannot be a record gets a reject reason instead
-    of being dropped. Free text not needed downstream (title, description, ...) is not decoded.
+    of being dropped, and keeps its first ``line_chars`` characters (``line``) for debugging;
+    the raw line itself is not carried further. Free text not needed downstream (title,
+    description, ...) is not decoded.
     """
     if layout not in yfcc.LAYOUTS:
         raise ValueError(f"layout {layout!r}: expected one of {sorted(yfcc.LAYOUTS)}")
     names = yfcc.LAYOUTS[layout]
     pos = {name: i for i, name in enumerate(names)}
-    line = _strip_line_end(value_col)
-    df = lines.withColumn("_line", line).withColumn("_f", F.split("_line", "\t", -1))
+    df = _stages(lines, [("_line", _strip_line_end(value_col)), ("_f", F.split("_line", "\t", -1))])
 
     def field(name: str) -> Column:
-        return F.get(F.col("_f"), pos[name])
+        return F.get(F.col("_f"), pos[name]) if name in pos else F.lit(None).cast("string")
 
-    lon_s, lat_s, acc_s = field("longitude"), field("latitude"), field("accuracy")
-    lon, lat = lon_s.try_cast("double"), lat_s.try_cast("double")
+    # Raw fields and casts, each computed once.
+    df = _stages(df, [
+        ("_lon_s", field("longitude")), ("_lat_s", field("latitude")), ("_acc_s", field("accuracy")),
+        ("_lon", F.col("_lon_s").try_cast("double")), ("_lat", F.col("_lat_s").try_cast("double")),
+        ("_marker", _int(field("marker"))), ("_photo_id", _int(field("photo_id"))),
+        ("_date_uploaded_s", field("date_uploaded")), ("_date_uploaded", _int(F.col("_date_uploaded_s"))),
+        ("_line_number_s", field("line_number")), ("_line_number", _int(F.col("_line_number_s"))),
+        ("_acc", _int(F.col("_acc_s"))), ("_user_tags", field("user_tags")),
+    ])
+    lon, lat, lon_s, lat_s, acc_s = (F.col(c) for c in ("_lon", "_lat", "_lon_s", "_lat_s", "_acc_s"))
     both_empty = (lon_s == "") & (lat_s == "")
     unparsable = lon.isNull() | lat.isNull()
     placeholder = (lon == yfcc.PLACEHOLDER_COORDINATE) & (lat == yfcc.PLACEHOLDER_COORDINATE)
     # NaN is larger than every number in Spark, so it fails the upper bounds like Python's compare.
     out_of_range = ~((lon >= -180.0) & (lon <= 180.0) & (lat >= -90.0) & (lat <= 90.0))
-    has_geo = ~both_empty & ~unparsable & ~placeholder
-    marker = _int(field("marker"))
-    photo_id = _int(field("photo_id"))
-    date_uploaded = _int(field("date_uploaded"))
-    line_number = _int(field("line_number")) if "line_number" in pos else F.lit(None).cast("bigint")
-    bad_line_number = (field("line_number") != "") & line_number.isNull() if "line_number" in pos else F.lit(False)
-
-    reason = _first_reason(
+    df = df.withColumn("_has_geo", ~both_empty & ~unparsable & ~placeholder)
+    has_geo, marker = F.col("_has_geo"), F.col("_marker")
+    df = df.withColumn("reason", _first_reason(
         (F.col("_line") == "", "empty_line"),
         (F.size("_f") != layout, "wrong_column_count"),
         (~both_empty & unparsable, "bad_coordinates"),
         (has_geo & out_of_range, "coordinates_out_of_range"),
-        (has_geo & (acc_s != "") & _int(acc_s).isNull(), "bad_accuracy"),
+        (has_geo & (acc_s != "") & F.col("_acc").isNull(), "bad_accuracy"),
         (marker.isNull() | ~marker.isin(yfcc.MARKER_PHOTO, yfcc.MARKER_VIDEO), "bad_marker"),
-        (photo_id.isNull(), "bad_photo_id"),
-        (bad_line_number, "bad_line_number"),
-        ((field("date_uploaded") != "") & date_uploaded.isNull(), "bad_date_uploaded"),
-    )
-    ok = reason.isNull()
+        (F.col("_photo_id").isNull(), "bad_photo_id"),
+        ((F.col("_line_number_s") != "") & F.col("_line_number").isNull(), "bad_line_number"),
+        ((F.col("_date_uploaded_s") != "") & F.col("_date_uploaded").isNull(), "bad_date_uploaded"),
+    ))
+    df = with_normalized_tags(df, "_user_tags", "_tags")
+    ok = F.col("reason").isNull()
 
     def typed(col: Column) -> Column:
         return F.when(ok, col)
 
     cols = [
-        typed(photo_id).alias("photo_id"),
-        typed(line_number).alias("line_number"),
-        typed(field("photo_hash") if "photo_hash" in pos else F.lit(None).cast("string")).alias("photo_hash"),
+        typed(F.col("_photo_id")).alias("photo_id"),
+        typed(F.col("_line_number")).alias("line_number"),
+        typed(field("photo_hash")).alias("photo_hash"),
         typed(field("user_nsid")).alias("user_nsid"),
-        typed(F.try_to_timestamp(F.substring(field("date_taken"), 1, 19),
-                                 F.lit("yyyy-MM-dd HH:mm:ss"))).alias("date_taken"),
-        typed(date_uploaded).alias("date_uploaded"),
+        typed(field("date_taken")).alias("date_taken"),  # camera-local text; junk years exist
+        typed(F.col("_date_uploaded")).alias("date_uploaded"),
         typed(F.when(has_geo, lat)).alias("latitude"),
         typed(F.when(has_geo, lon)).alias("longitude"),
-        typed(F.when(has_geo & (acc_s != ""), _int(acc_s).cast("int"))).alias("accuracy"),
+        typed(F.when(has_geo & (acc_s != ""), F.col("_acc").cast("int"))).alias("accuracy"),
         typed(field("download_url")).alias("download_url"),
         typed(marker.cast("int")).alias("marker"),
-        typed(F.size(F.filter(F.split(field("user_tags"), ",", -1), lambda t: t != ""))).alias("n_raw_tags"),
-        typed(normalized_tags(field("user_tags"))).alias("tags"),
-        reason.alias("reason"),
+        typed(count_raw_tags(F.col("_user_tags"))).alias("n_raw_tags"),
+        typed(F.col("_tags")).alias("tags"),
+        F.col("reason"),
     ]
     keep = [c for c in lines.columns if c != value_col]
-    return df.select(*keep, *cols, F.xxhash64("_line").alias("line_hash"), F.col("_line").alias(value_col))
+    line = F.when(~ok, F.substring("_line", 1, line_chars)).alias("line")
+    return df.select(*keep, *cols, F.xxhash64("_line").alias("line_hash"), line)
 
 
 def detect_layout(first_lines: list[str]) -> Optional[int]:
@@ -140,32 +197,42 @@ def detect_layout(first_lines: list[str]) -> Optional[int]:
 
 # --- places --------------------------------------------------------------------------------------
 
+_ENTRY = r"[+-]?\d+:[^:,]*:[^:,]*"
+#: A well-formed places value: woeid:name:type entries separated by commas (empty ones allowed).
+_PLACES_VALUE = rf"^,*(?:{_ENTRY}(?:,+{_ENTRY})*)?,*$"
+
+
+def _place_pattern(types: tuple[str, ...]) -> str:
+    alternatives = "|".join(re.escape(t) for t in types)
+    return rf"(?:^|,)[^:,]*:([^:,]*):(?:{alternatives})(?:,|$)"
+
+
+def _first_name(found: Column) -> Column:
+    """Decoded first name of a ``regexp_extract_all`` result (null when nothing matched).
+
+    ``regexp_extract`` gives "" both for no match and for an empty name; the array tells apart.
+    """
+    return F.when(F.size(found) > 0, decode(F.get(found, 0)))
+
+
 def parse_places_lines(lines: DataFrame, *, value_col: str = "value") -> DataFrame:
     """``photo_id``, ``town``, ``region``, ``country`` and ``places_reason`` of places lines.
 
-    Mirrors :func:`pipeline.yfcc.parse_places` + :func:`pipeline.yfcc.place_levels`: split on
-    ``,`` then ``:``, decode names, take the first Town, region-level and Country entries.
+    Mirrors :func:`pipeline.yfcc.parse_places` + :func:`pipeline.yfcc.place_levels`: entries
+    split on ``,`` then ``:``, names decoded, the first Town, region-level and Country entries.
+    Regular expressions over the whole value do this without per-entry lambdas.
     """
-    f = F.split(_strip_line_end(value_col), "\t", -1)
-    entries = F.transform(F.filter(F.split(F.get(f, 1), ",", -1), lambda e: e != ""),
-                          lambda e: F.split(e, ":", -1))
-    bad_entry = F.exists(entries, lambda p: (F.size(p) != 3) | F.get(p, 0).try_cast("bigint").isNull())
-    photo_id = _int(F.get(f, 0))
-    reason = (F.when(F.size(f) != 2, F.lit("bad_places_line"))
-              .when(photo_id.isNull(), F.lit("bad_places_line"))
-              .when(bad_entry, F.lit("bad_place_entry")))
-
-    def first_of(types: tuple[str, ...]) -> Column:
-        match = F.filter(entries, lambda p: F.get(p, 2).isin(*types))
-        return F.when(reason.isNull() & (F.size(match) > 0), decode(F.get(F.get(match, 0), 1)))
-
-    return lines.select(
-        photo_id.alias("photo_id"),
-        first_of(("Town",)).alias("town"),
-        first_of(yfcc.REGION_PLACE_TYPES).alias("region"),
-        first_of(("Country",)).alias("country"),
-        reason.alias("places_reason"),
-    )
+    df = _stages(lines, [("_f", F.split(_strip_line_end(value_col), "\t", -1)),
+                         ("_v", F.get(F.col("_f"), 1)), ("_id", _int(F.get(F.col("_f"), 0)))])
+    f, value, photo_id = F.col("_f"), F.col("_v"), F.col("_id")
+    df = df.withColumn("_reason", F.when((F.size(f) != 2) | photo_id.isNull(), F.lit("bad_places_line"))
+                       .when(~value.rlike(_PLACES_VALUE), F.lit("bad_place_entry")))
+    levels = {"town": ("Town",), "region": yfcc.REGION_PLACE_TYPES, "country": ("Country",)}
+    df = _stages(df, [(f"_{k}", F.regexp_extract_all(value, F.lit(_place_pattern(t)), 1)) for k, t in levels.items()])
+    ok = F.col("_reason").isNull()
+    return df.select(photo_id.alias("photo_id"),
+                     *[F.when(ok, _first_name(F.col(f"_{k}"))).alias(k) for k in levels],
+                     F.col("_reason").alias("places_reason"))
 
 
 def parse_hash_lines(lines: DataFrame, *, value_col: str = "value") -> DataFrame:

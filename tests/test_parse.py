@@ -39,8 +39,7 @@ def test_real_lines_agree_with_parse_line(spark, real_head_path):
         assert got["date_uploaded"] == rec.date_uploaded
         assert got["tags"] == yfcc.normalized_tags(rec.raw["user_tags"]), (i, rec.raw["user_tags"])
         assert got["n_raw_tags"] == len([t for t in rec.raw["user_tags"].split(",") if t])
-        if rec.date_taken is not None:
-            assert got["date_taken"] == rec.date_taken
+        assert got["date_taken"] == rec.raw["date_taken"]
 
 
 TRICKY_TAGS = [
@@ -61,6 +60,14 @@ def test_normalize_tag_agrees_on_real_and_tricky_tags(spark, real_head_path):
     got = {r["tag"]: r["norm"] for r in df.select("tag", parse.normalize_tag(F.col("tag")).alias("norm")).collect()}
     mismatches = {t: (got[t], yfcc.normalize_tag(t)) for t in raw if got[t] != yfcc.normalize_tag(t)}
     assert not mismatches
+
+
+def test_whole_field_normalisation_agrees_on_tricky_fields(spark):
+    fields = [",".join(TRICKY_TAGS), ",".join(reversed(TRICKY_TAGS)), "a%2Cb,a%2cb,,x+y,X%20Y,%2C", "",
+              ",,,", "caf%C3%A9,CAF%C3%89,2012+trip,trip", "%C3,%A9", "%E2%80%83em%E2%80%83space,a%1Cb"]
+    df = spark.createDataFrame([(f,) for f in fields], "ut string")
+    got = {r["ut"]: r["tags"] for r in parse.with_normalized_tags(df, "ut", "tags").collect()}
+    assert got == {f: yfcc.normalized_tags(f) for f in fields}
 
 
 def test_decode_keeps_stray_percent_like_unquote_plus(spark):
