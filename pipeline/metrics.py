@@ -124,7 +124,7 @@ class TagSets:
 
 
 def contains(keys: np.ndarray, rows: np.ndarray, tags: np.ndarray, num_tags: int) -> np.ndarray:
-    """Boolean array: does image ``rows[...]`` carry tag ``tags[...]`` (``keys`` from :meth:`TagSets.keys`)."""
+    """Boolean array: does image ``rows[...]`` carry tag ``tags[...]`` (``keys``: :meth:`TagSets.keys`)."""
     rows, tags = np.broadcast_arrays(np.asarray(rows, dtype=np.int64), np.asarray(tags, dtype=np.int64))
     out = np.zeros(rows.shape, dtype=bool)
     if keys.size == 0 or rows.size == 0:

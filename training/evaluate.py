@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import metrics as M
-from training.export import EmbeddingsManifest, arrow_to_embeddings, read_image_embeddings, read_tag_embeddings
+from training.export import (EmbeddingsManifest, arrow_to_embeddings, read_image_embeddings,
+                             read_tag_embeddings)
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,8 @@ def main(cfg: DictConfig) -> dict[str, float]:
         log.info("%s = %.3f", k, v)
     if cfg.get("mlflow", True):
         log_evaluation(metrics, OmegaConf.to_container(cfg, resolve=True),
-                       tracking_uri=cfg.paths.mlflow_tracking_uri, artifact_root=cfg.paths.mlflow_artifact_root,
+                       tracking_uri=cfg.paths.mlflow_tracking_uri,
+                       artifact_root=cfg.paths.mlflow_artifact_root,
                        run_name=cfg.task_name, tags={"embeddings_dir": str(cfg.embeddings_dir)})
     return metrics
 

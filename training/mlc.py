@@ -37,7 +37,7 @@ class MLC(TagModel):
         f = self.features(batch["image"])
         logits = self.classifier(f).float()
         target = multi_hot(batch["tag_values"], batch["tag_offsets"], self.num_tags)
-        loss = F.binary_cross_entropy_with_logits(logits, target, reduction="sum" if self.reduction == "sum" else "mean")
+        loss = F.binary_cross_entropy_with_logits(logits, target, reduction=self.reduction)
         if self.reduction == "sum":
             loss = loss / logits.shape[0]
         return loss, torch.cat([f, torch.ones_like(f[:, :1])], 1)
