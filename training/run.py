@@ -123,7 +123,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
                           "embeddings_dir": embeddings_dir, "model": cfg.model._target_,
                           "task_name": cfg.task_name},
                 tracking_uri=cfg.paths.mlflow_tracking_uri,
-                artifact_root=cfg.paths.get("mlflow_artifact_root"), run_name=cfg.task_name, tags={"train_run_id": mlf.run_id, "embeddings_dir": embeddings_dir})
+                artifact_root=cfg.paths.get("mlflow_artifact_root"), run_name=cfg.task_name,
+                tags={"train_run_id": mlf.run_id, "embeddings_dir": embeddings_dir})
             mlf.experiment.set_tag(mlf.run_id, "eval_run_id", eval_id)
     if mlf is not None:
         mlf.finalize("success")
