@@ -20,7 +20,7 @@ SPARK_MASTER ?= local[*]
 PIPELINE_JOBS := clean_metadata build_vocab shard_dataset frequency_baselines
 PIPELINE_ARGS ?= paths.raw_dir=$(SAMPLE_DIR) shard.image_size=128 shard.rows_per_file=5000 shard.rows_per_row_group=250
 
-.PHONY: install demo test test-fast sample pipeline bench clean train-mcc train-mlc train-her
+.PHONY: install demo test test-fast sample pipeline bench clean train-mcc train-mlc train-her report ui
 
 install: $(STAMP)
 
@@ -51,8 +51,60 @@ $(SHARDS_MANIFEST):
 train-mcc train-mlc train-her: train-%: install $(SHARDS_MANIFEST)
 	$(PY) -m training.run +experiment=$*_sample $(TRAIN_ARGS)
 
-demo: sample pipeline
-	@echo "demo: the synthetic world is in $(SAMPLE_DIR) (see $(SAMPLE_DIR)/world.json)"
+# The demo: every stage in order on the embedded sample, as file targets: a stage runs when its
+# output marker is missing or older than its input's, so a second `make demo` skips finished
+# stages and FORCE=1 reruns all of them. A failed stage says which and stops, leaving earlier
+# outputs intact: fix it and rerun `make demo` to carry on. Seconds per stage: outputs/demo_timings.tsv.
+MLFLOW_PORT ?= 5000
+DEMO_VOCAB ?= 2000
+DEMO_MODELS ?= mcc mlc her
+DEMO_LOCSENS ?= locsens locsens_raw
+DEMO_STAGES := sample pipeline $(DEMO_MODELS) $(DEMO_LOCSENS) report
+DEMO_PIPELINE_ARGS ?= $(PIPELINE_ARGS) vocab.size=$(DEMO_VOCAB)
+SAMPLE_MARKER := $(SAMPLE_DIR)/world.json
+PIPELINE_MARKER := data/work/baselines/baselines.json
+MODEL_MARKERS := $(foreach m,$(DEMO_MODELS),outputs/$(m)/metrics.json)
+LOCSENS_MARKERS := $(foreach m,$(DEMO_LOCSENS),outputs/$(m)/metrics.json)
+REPORT_MARKER := outputs/report/report.md
+ifneq ($(FORCE),)
+MAKEFLAGS += --always-make
+endif
+
+# $(call demo_stage,name,command): announce "stage i/N", run, time, or say which stage failed.
+define demo_stage
+	@i=0; for s in $(DEMO_STAGES); do i=$$((i+1)); [ "$$s" = "$(1)" ] && break; done; \
+	echo ""; echo "==> demo stage $$i/$(words $(DEMO_STAGES)): $(1)"; mkdir -p outputs; start=$$(date +%s); \
+	if ! ( $(2) ); then echo ""; echo "demo: stage '$(1)' FAILED (messages above); earlier stages' outputs are intact"; exit 1; fi; \
+	secs=$$(( $$(date +%s) - start )); printf '%s\t%s\n' "$(1)" "$$secs" >> outputs/demo_timings.tsv; \
+	echo "    $(1) done in $${secs} s"
+endef
+
+demo: install $(REPORT_MARKER)
+	@echo ""; echo "demo: complete. Report: $(REPORT_MARKER); runs: make ui (MLflow UI on http://127.0.0.1:$(MLFLOW_PORT))"
+	@echo "seconds per stage (this and earlier runs):"; cat outputs/demo_timings.tsv 2>/dev/null || true
+
+$(SAMPLE_MARKER): $(wildcard pipeline/synth/*.py) | install
+	$(call demo_stage,sample,$(PY) -m pipeline.synth --out $(SAMPLE_DIR) --photos $(SAMPLE_PHOTOS) --seed $(SAMPLE_SEED))
+
+$(PIPELINE_MARKER): $(SAMPLE_MARKER)
+	$(call demo_stage,pipeline,$(MAKE) --no-print-directory pipeline PIPELINE_ARGS="$(DEMO_PIPELINE_ARGS)")
+
+# Image models on the shards; LocSens on MCC's embeddings.
+$(MODEL_MARKERS): outputs/%/metrics.json: $(PIPELINE_MARKER)
+	$(call demo_stage,$*,$(PY) -m training.run +experiment=$*_sample $(TRAIN_ARGS))
+
+$(LOCSENS_MARKERS): outputs/%/metrics.json: outputs/mcc/metrics.json
+	$(call demo_stage,$*,$(PY) -m training.run +experiment=$*_sample $(TRAIN_ARGS))
+
+$(REPORT_MARKER): $(MODEL_MARKERS) $(LOCSENS_MARKERS)
+	$(call demo_stage,report,$(PY) -m training.report > /dev/null)
+
+report: install
+	$(PY) -m training.report
+
+# The MLflow UI over the project's tracking store, on loopback only.
+ui: install
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath mlruns.db) --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 test: install
 	$(PY) -m pytest
