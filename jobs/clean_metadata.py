@@ -66,7 +66,9 @@ def main(cfg: DictConfig) -> None:
 
         classified = clean.classify(parsed, places, continents, hashes=hashes, dictionary=dictionary)
         classified = classified.persist(StorageLevel.MEMORY_AND_DISK)
-        with st.timed("classify_and_write"):
+        with st.timed("classify"):
+            n_classified = classified.count()
+        with st.timed("write"):
             # Rows are already hash-partitioned by photo_id (duplicate check): sorting within
             # partitions makes reruns write the same files without another shuffle.
             io.write_parquet(spark, clean.kept(classified), cfg.outputs.clean, sort_by=["photo_id"])
@@ -90,6 +92,8 @@ def main(cfg: DictConfig) -> None:
                           "dataset": dataset_path, "layout": layout}, "reject_summary.json")
         st.artifact_text(markdown_table(summary, ["reason", "lines", "share"]), "reject_summary.md")
         check_conservation("clean_metadata", n_input, {"kept": n_kept, "rejected": n_rejected})
+        if n_classified != n_input:
+            raise PipelineError(f"clean_metadata: {n_input:,} input lines but {n_classified:,} classified rows")
         if no_continent:
             log.warning("%d kept photos have a country with no continent (add clean.country_aliases)",
                         no_continent)
