@@ -159,16 +159,26 @@ class LocSens(pl.LightningModule):
 
     def triplet_loss(self, batch: dict[str, torch.Tensor], train: bool,
                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Margin loss of a batch's positives and negatives.
+
+        The first MLP layer is applied by modality (:meth:`LocSensNet.first_layer_parts`): each
+        image and location part once per positive, each tag part once per distinct tag of the
+        batch, then summed per triplet; identical to concatenating, at a fraction of the cost.
+        """
         tag_ids = batch["tag_ids"]
         pos_tag = draw_positive_tags(tag_ids, generator)
         trip = sample_negatives(tag_ids, pos_tag, self.num_tags, self.hparams.negatives,
                                 self.hparams.negatives_mode, self.hparams.negative_tries, generator)
-        image = self.net.project_image(batch["embedding"].float())
-        loc = self.net.project_location(self.location_input(batch["latitude"], batch["longitude"], train, generator))
-        pos = self.net.score_projected(image, self.net.project_tag(self.tag_table[pos_tag]), loc)
-        n = trip.neg_tag.shape[1]
-        neg = self.net.score_projected(image[trip.neg_image], self.net.project_tag(self.tag_table[trip.neg_tag]),
-                                       loc.unsqueeze(1).expand(-1, n, -1))
+        net = self.net
+        w_i, w_t, w_l = net.first_layer_parts()
+        image = net.project_image(batch["embedding"].float()) @ w_i.T
+        loc_in = self.location_input(batch["latitude"], batch["longitude"], train, generator)
+        loc = net.project_location(loc_in) @ w_l.T + net.first.bias
+        b, n = trip.neg_tag.shape
+        uniq, inverse = torch.unique(torch.cat([pos_tag, trip.neg_tag.reshape(-1)]), return_inverse=True)
+        tag = (net.project_tag(self.tag_table[uniq]) @ w_t.T)[inverse]
+        pos = net.head(image + tag[:b] + loc)
+        neg = net.head(image[trip.neg_image] + tag[b:].view(b, n, -1) + loc.unsqueeze(1))
         return margin_ranking_loss(pos, neg, trip.valid, self.hparams.margin)
 
     def training_step(self, batch, batch_idx):
