@@ -97,21 +97,27 @@ def run_duckdb(raw: Path, work: Path, threads: int, drop_top: int, size: int) ->
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     t = time.perf_counter()
-    dataset = raw / "yfcc100m_dataset"
-    tmp = None
-    if not dataset.exists():
+    temps = []
+
+    def plain(name: str) -> Path:
+        """The file itself, or a single-threaded ``bzip2 -dc`` copy of its .bz2 (DuckDB reads no bzip2)."""
+        if (raw / name).exists():
+            return raw / name
         tmp = tempfile.NamedTemporaryFile(dir=work, suffix=".tsv", delete=False)
         with open(tmp.name, "wb") as fh:
-            subprocess.run(["bzip2", "-dc", str(raw / "yfcc100m_dataset.bz2")], stdout=fh, check=True)
-        dataset = Path(tmp.name)
+            subprocess.run(["bzip2", "-dc", str(raw / f"{name}.bz2")], stdout=fh, check=True)
+        temps.append(tmp.name)
+        return Path(tmp.name)
+
+    dataset, places = plain("yfcc100m_dataset"), plain("yfcc100m_places")
     con = duckdb.connect()
     con.execute(f"SET threads = {threads}")
-    for sql in duckdb_sql(str(dataset), str(raw / "yfcc100m_places"), drop_top, size, out):
+    for sql in duckdb_sql(str(dataset), str(places), drop_top, size, out):
         con.execute(sql)
     kept = con.execute("SELECT count(*) FROM clean").fetchone()[0]
     con.close()
-    if tmp is not None:
-        os.unlink(tmp.name)
+    for name in temps:
+        os.unlink(name)
     return time.perf_counter() - t, kept
 
 

@@ -58,7 +58,6 @@ def main(cfg: DictConfig) -> None:
             rejected = applied.where(F.col("reason").isNotNull()).select(
                 "photo_id", "reason", F.size("tag_ids").alias("vocab_tags"))
             io.write_parquet(spark, rejected, out.dataset_rejects, partitions=1, sort_by=["photo_id"])
-            applied.unpersist()
         with st.timed("place_names"):
             io.write_parquet(spark, place_names.place_names(clean), out.place_names, partitions=1,
                              sort_by=["level", "name"])
@@ -67,7 +66,8 @@ def main(cfg: DictConfig) -> None:
         rejects = spark.read.parquet(out.dataset_rejects)
         by_reason = {r["reason"]: r["count"] for r in rejects.groupBy("reason").count().collect()}
         by_split = {r["split"]: r["count"] for r in dataset.groupBy("split").count().collect()}
-        stats = vocab.dataset_stats(clean, dataset, voc)
+        stats = vocab.dataset_stats(applied, dataset, n_vocab)
+        applied.unpersist()
         names = spark.read.parquet(out.place_names)
         stats.update({f"split/{k}": v for k, v in by_split.items()})
         stats.update({f"rejected/{k}": v for k, v in by_reason.items()})

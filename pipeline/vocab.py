@@ -40,7 +40,7 @@ def apply_vocabulary(clean: DataFrame, vocab: DataFrame, min_tags: int, max_tags
     exploded = clean.select("photo_id", F.posexplode("tags").alias("_pos", "tag")).join(v, "tag")
     grouped = exploded.groupBy("photo_id").agg(
         F.array_sort(F.collect_list(F.struct("_pos", "index", "tag"))).alias("_v"))
-    df = clean.drop("tags").join(grouped, "photo_id", "left")
+    df = clean.withColumn("n_tags", F.size("tags")).drop("tags").join(grouped, "photo_id", "left")
     df = df.select(
         "*",
         F.coalesce(F.transform("_v", lambda s: s["index"]), F.array().cast("array<int>")).alias("tag_ids"),
@@ -51,19 +51,21 @@ def apply_vocabulary(clean: DataFrame, vocab: DataFrame, min_tags: int, max_tags
                          .when(n > max_tags, F.lit("too_many_vocab_tags")))
 
 
-def dataset_stats(clean: DataFrame, dataset: DataFrame, vocab: DataFrame) -> dict[str, float]:
-    """Images, tags per image and vocabulary coverage, as one aggregate each (no row collect)."""
-    c = clean.agg(F.count(F.lit(1)).alias("images"), F.sum(F.size("tags")).alias("tag_occurrences")).first()
-    v = F.broadcast(vocab.select("tag"))
-    covered = clean.select(F.explode("tags").alias("tag")).join(v, "tag", "left_semi").count()
+def dataset_stats(applied: DataFrame, dataset: DataFrame, n_vocab: int) -> dict[str, float]:
+    """Images, tags per image and vocabulary coverage, from one aggregate per table (no row collect).
+
+    ``applied`` is :func:`apply_vocabulary`'s output (every clean image, its vocabulary tags and
+    its original tag count), ``dataset`` the images kept.
+    """
+    a = applied.agg(F.count(F.lit(1)).alias("images"), F.sum("n_tags").alias("tags"),
+                    F.sum(F.size("tag_ids")).alias("covered")).first()
     d = dataset.agg(F.count(F.lit(1)).alias("images"), F.avg(F.size("tag_ids")).alias("tags_per_image"),
                     F.sum(F.size("tag_ids")).alias("tag_occurrences")).first()
     used = dataset.select(F.explode("tag_ids")).distinct().count()
-    n_vocab = vocab.count()
     return {
-        "clean_images": c["images"], "clean_tag_occurrences": c["tag_occurrences"] or 0,
+        "clean_images": a["images"], "clean_tag_occurrences": a["tags"] or 0,
         "images": d["images"], "tags_per_image": d["tags_per_image"] or 0.0,
         "tag_occurrences": d["tag_occurrences"] or 0, "vocab_size": n_vocab,
-        "vocab_coverage_of_tag_occurrences": covered / max(c["tag_occurrences"] or 0, 1),
+        "vocab_coverage_of_tag_occurrences": (a["covered"] or 0) / max(a["tags"] or 0, 1),
         "vocab_tags_used": used,
     }

@@ -124,3 +124,17 @@ def test_real_lines_all_accounted_for(spark, tmp_path, real_head_path):
     assert kept.count() == 0 and sum(reasons.values()) == 1000
     assert set(reasons) <= set(clean.REJECT_REASONS)
     assert reasons.get("no_places", 0) > 0 and reasons.get("no_geo", 0) > 0
+
+
+def test_folder_of_parts_plain_and_bz2(spark, tmp_path):
+    import bz2
+
+    lines = [at("nyc", i) for i in range(1, 7)]
+    raw = write_raw(tmp_path / "raw", [], {i: TOWNS["nyc"] for i in range(1, 7)})
+    (raw / "yfcc100m_dataset").unlink()
+    parts = raw / "yfcc100m_dataset"
+    parts.mkdir()
+    (parts / "part-0").write_text("\n".join(lines[:3]) + "\n")
+    (parts / "part-1.bz2").write_bytes(bz2.compress(("\n".join(lines[3:]) + "\n").encode()))
+    _, kept, rej = _run_clean(spark, tmp_path, raw)
+    assert sorted(r["photo_id"] for r in kept.collect()) == list(range(1, 7)) and rej.count() == 0
