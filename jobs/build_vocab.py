@@ -23,7 +23,7 @@ from pipeline.stage import check_conservation, markdown_table, stage, start_spar
 
 log = logging.getLogger("pipeline.build_vocab")
 
-DATASET_COLUMNS = ("photo_id", "photo_hash", "user_nsid", "latitude", "longitude", "tags", "tag_ids",
+DATASET_COLUMNS = ("photo_id", "photo_hash", "user_nsid", "latitude", "longitude", "tag_ids",
                    "town", "region", "country", "continent", "download_url", "split")
 
 
@@ -53,8 +53,8 @@ def main(cfg: DictConfig) -> None:
         with st.timed("filter_and_split"):
             applied = vocab.apply_vocabulary(clean, voc, min_tags, max_tags).persist(StorageLevel.MEMORY_AND_DISK)
             kept = splits.assign_splits(applied.where(F.col("reason").isNull()), test, val, seed)
-            io.write_parquet(spark, kept.select(*DATASET_COLUMNS), out.dataset,
-                             partitions=cfg.spark.shuffle_partitions, sort_by=["photo_id"])
+            # Already hash-partitioned by photo_id (the join): sorted within partitions, no shuffle.
+            io.write_parquet(spark, kept.select(*DATASET_COLUMNS), out.dataset, sort_by=["photo_id"])
             rejected = applied.where(F.col("reason").isNotNull()).select(
                 "photo_id", "reason", F.size("tag_ids").alias("vocab_tags"))
             io.write_parquet(spark, rejected, out.dataset_rejects, partitions=1, sort_by=["photo_id"])

@@ -14,13 +14,14 @@ LEVELS: tuple[str, ...] = ("continent", "country", "region", "town")
 
 
 def place_names(clean: DataFrame) -> DataFrame:
-    """Distinct ``name, level`` pairs over the clean table (a name may name several levels)."""
-    parts = [clean.select(normalize_tag(F.col(level), encoded=False).alias("name"), F.lit(level).alias("level"))
-             for level in LEVELS]
-    df = parts[0]
-    for p in parts[1:]:
-        df = df.unionByName(p)
-    return df.where(F.col("name").isNotNull()).distinct()
+    """Distinct ``name, level`` pairs over the clean table (a name may name several levels).
+
+    Raw names are de-duplicated first, so normalisation runs once per distinct place, not per photo.
+    """
+    raw = clean.select(F.array(*[F.struct(F.col(lv).alias("raw"), F.lit(lv).alias("level")) for lv in LEVELS])
+                       .alias("p")).select(F.explode("p").alias("p")).select("p.raw", "p.level").distinct()
+    names = raw.select(normalize_tag(F.col("raw"), encoded=False).alias("name"), "level")
+    return names.where(F.col("name").isNotNull()).distinct()
 
 
 def place_tag_ids(vocab: DataFrame, names: DataFrame) -> DataFrame:

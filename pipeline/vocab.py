@@ -34,17 +34,15 @@ def select_vocabulary(counts: DataFrame, drop_top: int, size: int) -> tuple[Data
 
 
 def apply_vocabulary(clean: DataFrame, vocab: DataFrame, min_tags: int, max_tags: int) -> DataFrame:
-    """Clean rows with ``tag_ids``/``tags`` restricted to the vocabulary (file order kept) and
-    ``reason`` (null = kept; images need ``min_tags``..``max_tags`` vocabulary tags)."""
+    """Clean rows with ``tag_ids`` (vocabulary indices of their tags, file order kept), ``n_tags``
+    (tags before the vocabulary) and ``reason`` (null = kept; images need ``min_tags``..``max_tags``
+    vocabulary tags). Only (photo_id, position, index) triples are shuffled."""
     v = F.broadcast(vocab.select("tag", "index"))
     exploded = clean.select("photo_id", F.posexplode("tags").alias("_pos", "tag")).join(v, "tag")
-    grouped = exploded.groupBy("photo_id").agg(
-        F.array_sort(F.collect_list(F.struct("_pos", "index", "tag"))).alias("_v"))
+    grouped = exploded.groupBy("photo_id").agg(F.array_sort(F.collect_list(F.struct("_pos", "index"))).alias("_v"))
     df = clean.withColumn("n_tags", F.size("tags")).drop("tags").join(grouped, "photo_id", "left")
     df = df.select(
-        "*",
-        F.coalesce(F.transform("_v", lambda s: s["index"]), F.array().cast("array<int>")).alias("tag_ids"),
-        F.coalesce(F.transform("_v", lambda s: s["tag"]), F.array().cast("array<string>")).alias("tags"),
+        "*", F.coalesce(F.transform("_v", lambda s: s["index"]), F.array().cast("array<int>")).alias("tag_ids"),
     ).drop("_v")
     n = F.size("tag_ids")
     return df.withColumn("reason", F.when(n < min_tags, F.lit("too_few_vocab_tags"))

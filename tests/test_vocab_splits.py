@@ -30,7 +30,7 @@ def test_apply_vocabulary_keeps_order_and_rejects(spark):
         "photo_id long, tags array<string>")
     voc = spark.createDataFrame([(0, "b", 5), (1, "c", 4), (2, "d", 3)], "index int, tag string, count long")
     rows = {r["photo_id"]: r for r in vocab.apply_vocabulary(clean, voc, 1, 2).collect()}
-    assert rows[1]["tag_ids"] == [1, 0] and rows[1]["tags"] == ["c", "b"] and rows[1]["reason"] is None
+    assert rows[1]["tag_ids"] == [1, 0] and rows[1]["n_tags"] == 3 and rows[1]["reason"] is None
     assert rows[2]["reason"] == "too_few_vocab_tags" and rows[2]["tag_ids"] == []
     assert rows[3]["reason"] == "too_many_vocab_tags"
     assert rows[4]["reason"] == "too_few_vocab_tags"
