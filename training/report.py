@@ -124,7 +124,8 @@ class Figures:
         from training.locsens import LocSens
         from training.locsens_data import LocSensDataModule
 
-        self.model = LocSens.load_from_checkpoint(str(checkpoint), map_location="cpu", optimizer=None).eval()
+        self.model = LocSens.load_from_checkpoint(str(checkpoint), map_location="cpu", optimizer=None,
+                                                  weights_only=False).eval()
         dm = LocSensDataModule(str(embeddings_dir))
         self.model.set_tag_embeddings(torch.tensor(dm.tag_embeddings()))
         self.test = dm.split_arrays("test")
