@@ -66,6 +66,25 @@ def main(cfg: DictConfig) -> None:
         io.write_text(spark, f"{out.baselines}/baselines.md", table + "\n")
         io.write_text(spark, f"{out.baselines}/baselines.json", json.dumps(rows, indent=2))
         log.info("frequency baselines on %d test images:\n%s", test.count(), table)
+    log_comparable_runs(cfg, result, ks)
+
+
+def log_comparable_runs(cfg: DictConfig, result: list[dict], ks: list[int]) -> None:
+    """One run per baseline in the ``evaluate`` experiment, named (``town_frequency``) and measured
+    (``tagging/A_at_10``, ``..._noplaces``) like the models' evaluation runs, so that MLflow's
+    compare view puts the baselines beside MCC and LocSens."""
+    import mlflow
+
+    from pipeline.metrics import mlflow_metrics
+    from pipeline.tracking import stage_run
+
+    for level in baselines.LEVELS:
+        metrics = {f"tagging/A@{r['k']}{'' if r['variant'] == 'all' else '_noplaces'}": r["accuracy"]
+                   for r in result if r["level"] == level}
+        with stage_run("evaluate", f"{level}_frequency", {"model": f"{level} frequency baseline", "ks": ks},
+                       tracking_uri=cfg.paths.mlflow_tracking_uri,
+                       artifact_root=cfg.paths.get("mlflow_artifact_root"), tags={"stage": "frequency_baselines"}):
+            mlflow.log_metrics(mlflow_metrics(metrics))
 
 
 if __name__ == "__main__":

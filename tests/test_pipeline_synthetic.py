@@ -66,6 +66,13 @@ def test_synthetic_world_end_to_end(spark, tmp_path):
         assert a[(level, "removed")]["A@10"] < a[(level, "kept")]["A@10"]
     b = _metrics(uri, "pipeline/frequency_baselines")
     assert b["baselines/town/A_at_1"] == pytest.approx(a[("town", "kept")]["A@1"])
+    # The same numbers as comparable runs beside the models' evaluations (MLflow compare view).
+    import mlflow
+
+    runs = {r.data.tags["mlflow.runName"]: r.data.metrics
+            for r in mlflow.search_runs(experiment_names=["evaluate"], output_format="list")}
+    assert runs["town_frequency"]["tagging/A_at_1"] == pytest.approx(a[("town", "kept")]["A@1"])
+    assert runs["country_frequency"]["tagging/A_at_10_noplaces"] == pytest.approx(a[("country", "removed")]["A@10"])
 
 
 def test_23_column_bz2_world(spark, tmp_path):
