@@ -209,24 +209,18 @@ class SharedEpoch:
         return self.value.value
 
 
-class ShardStream(IterableDataset):
-    """One split of a shard directory as a stream of ready-made batches for one rank."""
+class PlannedStream(IterableDataset):
+    """A stream of batches over (file, row group) work units, planned per epoch by
+    :func:`plan_epoch` for one rank (subclasses read and convert the rows)."""
 
-    def __init__(self, shards_dir: str | Path, split: str, *, batch_size: int, crop: int,
-                 resize: Optional[int] = None, train: bool = False, shuffle: bool = False,
-                 shuffle_window: int = 8, seed: int = 0, world_size: int = 1, rank: int = 0,
-                 manifest: Optional[Manifest] = None, columns: Sequence[str] = BATCH_COLUMNS):
+    def __init__(self, unit_rows: Sequence[int], *, batch_size: int, shuffle: bool, seed: int,
+                 world_size: int, rank: int):
         super().__init__()
-        self.shards_dir = Path(shards_dir)
-        manifest = manifest or read_manifest(self.shards_dir)
-        self.split = split
-        self.units = manifest.work_units(split)
-        self.batch_size, self.crop, self.resize = batch_size, crop, resize
-        self.train, self.shuffle, self.shuffle_window = train, shuffle, max(1, shuffle_window)
-        self.seed, self.world_size, self.rank = seed, world_size, rank
-        self.columns = list(columns)
+        self.unit_rows = list(unit_rows)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.world_size, self.rank = world_size, rank
         self.epoch = SharedEpoch(0)
-        self.total_rows = sum(n for _, _, n in self.units)
+        self.total_rows = sum(self.unit_rows)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch.set(epoch)
@@ -235,9 +229,26 @@ class ShardStream(IterableDataset):
         return batches_per_rank(self.total_rows, self.world_size, self.batch_size)
 
     def plan(self, epoch: int, worker: int = 0, num_workers: int = 1) -> list[Batch]:
-        return plan_epoch([n for _, _, n in self.units], batch_size=self.batch_size,
-                          world_size=self.world_size, rank=self.rank, num_workers=num_workers,
-                          worker=worker, seed=self.seed, epoch=epoch, shuffle=self.shuffle)
+        return plan_epoch(self.unit_rows, batch_size=self.batch_size, world_size=self.world_size, rank=self.rank,
+                          num_workers=num_workers, worker=worker, seed=self.seed, epoch=epoch, shuffle=self.shuffle)
+
+
+class ShardStream(PlannedStream):
+    """One split of a shard directory as a stream of ready-made batches for one rank."""
+
+    def __init__(self, shards_dir: str | Path, split: str, *, batch_size: int, crop: int,
+                 resize: Optional[int] = None, train: bool = False, shuffle: bool = False,
+                 shuffle_window: int = 8, seed: int = 0, world_size: int = 1, rank: int = 0,
+                 manifest: Optional[Manifest] = None, columns: Sequence[str] = BATCH_COLUMNS):
+        self.shards_dir = Path(shards_dir)
+        manifest = manifest or read_manifest(self.shards_dir)
+        self.split = split
+        self.units = manifest.work_units(split)
+        super().__init__([n for _, _, n in self.units], batch_size=batch_size, shuffle=shuffle, seed=seed,
+                         world_size=world_size, rank=rank)
+        self.crop, self.resize = crop, resize
+        self.train, self.shuffle_window = train, max(1, shuffle_window)
+        self.columns = list(columns)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()

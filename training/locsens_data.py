@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, get_worker_info
 
 from pipeline.metrics import TagSets
-from training.data import SharedEpoch, batches_per_rank, plan_epoch
+from training.data import PlannedStream
 from training.export import EmbeddingsManifest, arrow_to_embeddings, read_image_embeddings, read_tag_embeddings
 
 COLUMNS = ["photo_id", "embedding", "latitude", "longitude", "tag_ids"]
@@ -46,12 +46,11 @@ def to_tensors(table: pa.Table, max_tags: int) -> dict[str, torch.Tensor]:
     }
 
 
-class EmbeddingStream(IterableDataset):
+class EmbeddingStream(PlannedStream):
     """One split of an embeddings export as a stream of batches for one rank."""
 
     def __init__(self, embeddings_dir: str | Path, split: str, *, batch_size: int, shuffle: bool = False,
                  seed: int = 0, world_size: int = 1, rank: int = 0, max_tags: int = 15):
-        super().__init__()
         self.dir = Path(embeddings_dir)
         manifest = EmbeddingsManifest.read(self.dir)
         if split not in manifest.splits:
@@ -61,24 +60,15 @@ class EmbeddingStream(IterableDataset):
             meta = pq.ParquetFile(self.dir / f["path"]).metadata
             self.units += [(f["path"], g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)
                            if meta.row_group(g).num_rows > 0]
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.world_size, self.rank, self.max_tags = world_size, rank, max_tags
-        self.epoch = SharedEpoch(0)
-        self.total_rows = sum(n for _, _, n in self.units)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch.set(epoch)
-
-    def __len__(self) -> int:
-        return batches_per_rank(self.total_rows, self.world_size, self.batch_size)
+        super().__init__([n for _, _, n in self.units], batch_size=batch_size, shuffle=shuffle, seed=seed,
+                         world_size=world_size, rank=rank)
+        self.max_tags = max_tags
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         epoch = self.epoch.get() if self.shuffle else 0
-        plan = plan_epoch([n for _, _, n in self.units], batch_size=self.batch_size, world_size=self.world_size,
-                          rank=self.rank, num_workers=workers, worker=worker, seed=self.seed, epoch=epoch,
-                          shuffle=self.shuffle)
+        plan = self.plan(epoch, worker, workers)
         rng = np.random.default_rng([self.seed, epoch, self.rank, worker])
         files: dict[str, pq.ParquetFile] = {}
         cache: dict[int, pa.Table] = {}
