@@ -7,6 +7,8 @@ A subclass defines :meth:`TagModel.compute_loss` (loss and the exported image em
 """
 from __future__ import annotations
 
+import abc
+
 from typing import Any, Callable, Mapping, Optional
 
 import pytorch_lightning as pl
@@ -38,7 +40,7 @@ def score(image_emb: torch.Tensor, tag_emb: torch.Tensor, kind: str) -> torch.Te
     raise ValueError(f"unknown score {kind!r}")
 
 
-class TagModel(pl.LightningModule):
+class TagModel(pl.LightningModule, abc.ABC):
     score: str = "cosine"
 
     def __init__(self, num_tags: int, backbone: Mapping[str, Any],
@@ -68,17 +70,17 @@ class TagModel(pl.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.backbone(x)
 
+    @abc.abstractmethod
     def compute_loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, exported image embeddings) for a batch."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """The exported image embedding."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def tag_embeddings(self) -> torch.Tensor:
         """(V, d) exported tag embeddings, comparable with :meth:`embed` under :attr:`score`."""
-        raise NotImplementedError
 
     def on_train_epoch_start(self) -> None:
         # The streaming loaders reshuffle with seed + epoch (persistent workers see it too).
