@@ -36,8 +36,7 @@ def main(cfg: DictConfig) -> None:
         raise PipelineError(f"setting baselines.k={ks!r}: expected a list of positive integers")
     spark = start_spark(cfg, "frequency_baselines")
     out = cfg.outputs
-    for key in ("dataset", "vocab", "place_names"):
-        io.require_input(spark, out[key], f"outputs.{key}", "jobs/build_vocab.py")
+    io.require_build_vocab_outputs(spark, out)
 
     with stage(cfg, "frequency_baselines") as st:
         dataset = spark.read.parquet(out.dataset)

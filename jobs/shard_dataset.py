@@ -77,8 +77,7 @@ def main(cfg: DictConfig) -> None:
         raise PipelineError(f"setting shard.jpeg_quality={quality}: expected 1..100")
     spark = start_spark(cfg, "shard_dataset")
     out = cfg.outputs
-    for key in ("dataset", "vocab", "place_names"):
-        io.require_input(spark, out[key], f"outputs.{key}", "jobs/build_vocab.py")
+    io.require_build_vocab_outputs(spark, out)
 
     with stage(cfg, "shard_dataset") as st:
         dataset = spark.read.parquet(out.dataset)

@@ -47,6 +47,12 @@ def require_input(spark: SparkSession, path: str, setting: str, produced_by: str
     return path
 
 
+def require_build_vocab_outputs(spark: SparkSession, outputs) -> None:
+    """The dataset, vocabulary and place names that jobs after build_vocab read."""
+    for key in ("dataset", "vocab", "place_names"):
+        require_input(spark, outputs[key], f"outputs.{key}", "jobs/build_vocab.py")
+
+
 def remove(spark: SparkSession, path: str) -> None:
     fs, hpath = _fs_and_path(spark, path)
     if fs.exists(hpath):
