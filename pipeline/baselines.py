@@ -41,7 +41,7 @@ def top_tags(train: DataFrame, level: str, k: int, excluded: Optional[DataFrame]
     w = Window.partitionBy("key").orderBy(F.col("n").desc(), F.col("tag").asc())
     top = counts.withColumn("r", F.row_number().over(w)).where(F.col("r") <= k)
     return top.groupBy("key").agg(
-        F.transform(F.array_sort(F.collect_list(F.struct("r", "tag"))), lambda s: s["tag"]).alias("ranked"))
+        F.array_sort(F.collect_list(F.struct("r", "tag"))).getField("tag").alias("ranked"))
 
 
 def with_predictions(test: DataFrame, train: DataFrame, k: int, place_ids: DataFrame,

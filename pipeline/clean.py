@@ -36,10 +36,15 @@ def _or_reason(current: Column, cond: Column, reason: str) -> Column:
 
 
 def one_per_photo(df: DataFrame, *value_cols: str) -> DataFrame:
-    """One deterministic row per photo_id (the smallest values), however many lines repeat it."""
-    packed = F.min(F.struct(*value_cols)).alias("_v")
-    return (df.where(F.col("photo_id").isNotNull()).groupBy("photo_id").agg(packed)
-            .select("photo_id", *[F.col(f"_v.{c}").alias(c) for c in value_cols]))
+    """One deterministic row per photo_id (the smallest values), however many lines repeat it.
+
+    A window rather than ``min(struct)``: an aggregate over strings cannot use hash aggregation,
+    and its sort-based plan sorts every row twice (partial and final) where the window sorts once;
+    the result is already sorted by photo_id for the join that follows.
+    """
+    w = Window.partitionBy("photo_id").orderBy(*[F.col(c).asc_nulls_first() for c in value_cols])
+    return (df.where(F.col("photo_id").isNotNull()).withColumn("_first", F.row_number().over(w))
+            .where(F.col("_first") == 1).select("photo_id", *value_cols))
 
 
 def filter_by_dictionary(df: DataFrame, dictionary: DataFrame) -> DataFrame:
@@ -54,7 +59,7 @@ def filter_by_dictionary(df: DataFrame, dictionary: DataFrame) -> DataFrame:
                 .join(words, "_tag", "left_semi"))
     regrouped = (exploded.groupBy("_row_id")
                  .agg(F.array_sort(F.collect_list(F.struct("_pos", "_tag"))).alias("_kept")))
-    kept_tags = F.transform(F.col("_kept"), lambda s: s["_tag"])
+    kept_tags = F.col("_kept._tag")
     return (df.join(regrouped, "_row_id", "left")
             .withColumn("tags", F.when(F.col("reason").isNull(),
                                        F.coalesce(kept_tags, F.array().cast("array<string>"))))

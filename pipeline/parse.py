@@ -38,26 +38,27 @@ def _ascii(text: Column) -> Column:
     return F.length(text) == F.octet_length(text)
 
 
+_WHITE_SPACE = " \t\n\u000b\f\r\u001c\u001d\u001e\u001f"
+
+
 def _remove_space(text: Column) -> Column:
     """Drop white space as Python's ``\\s`` does; ASCII text takes the cheap ``translate`` path."""
-    return F.when(_ascii(text), F.translate(text, " \t\n\u000b\f\r\u001c\u001d\u001e\u001f", "")) \
+    return F.when(_ascii(text), F.translate(text, _WHITE_SPACE, "")) \
         .otherwise(F.regexp_replace(text, r"(?U)[\s\x1c-\x1f]+", ""))
 
 
-def _usable(text: Column) -> Column:
-    """Non-empty and without a (Unicode) decimal digit."""
-    has_digit = F.when(_ascii(text), F.length(F.translate(text, "0123456789", "")) != F.length(text)) \
-        .otherwise(text.rlike(r"\p{Nd}"))
-    return (text != "") & ~has_digit
+def _has_digit(text: Column) -> Column:
+    """Any (Unicode) decimal digit, like Python's ``\\d`` on str."""
+    return text.rlike(r"\p{Nd}")
 
 
 def normalize_tag(tag: Column, *, encoded: bool = True) -> Column:
     """Decode, lower-case and remove white space (SPEC 2.2); digit and empty tags become null."""
     text = _remove_space(F.lower(decode(tag) if encoded else tag))
-    return F.when(_usable(text), text)
+    return F.when((text != "") & ~_has_digit(text), text)
 
 
-_SEP = "\u0000"  # stands for the "," between raw tags while the whole field is normalised at once
+_SEP = "\u0000"  # stands for the "," between raw tags while an encoded field is decoded whole
 
 
 def _stages(df: DataFrame, steps: list[tuple[str, Column]]) -> DataFrame:
@@ -72,34 +73,43 @@ def _stages(df: DataFrame, steps: list[tuple[str, Column]]) -> DataFrame:
     return df
 
 
+def _drop_digit_tags(text: Column, sep: str) -> Column:
+    """Remove every ``sep``-separated tag that contains a decimal digit (leaves empty tags)."""
+    return F.regexp_replace(text, f"(?<=^|{sep})[^{sep}\\p{{Nd}}]*\\p{{Nd}}[^{sep}]*", "")
+
+
 def with_normalized_tags(df: DataFrame, user_tags: str, out: str) -> DataFrame:
     """``df`` with ``out``: the distinct normalised tags of ``user_tags``, first-occurrence order.
 
     The per-character steps (decode, lower-case, white space, digit test) run once on the whole
     field instead of once per tag, so no lambda (array functions run lambdas interpreted, with
-    no code generation) is in the row path. The separating commas are first turned into NUL, so a
-    decoded ``%2C`` stays inside its tag; only a tag containing ``%00`` would split differently.
+    no code generation) is in the row path. Most fields are plain ASCII without ``%``: for them
+    decoding is ``+`` -> space, so one ``translate`` drops ``+`` and white space together and
+    the field splits on its own commas. A field with ``%`` (or raw non-ASCII text) takes the
+    full path: commas become NUL first, so a decoded ``%2C`` stays inside its tag (only a tag
+    containing ``%00`` would split differently).
     """
-    t = F.col("_tags_text")
-    any_digit = F.when(_ascii(t), F.length(F.translate(t, "0123456789", "")) != F.length(t)) \
-        .otherwise(t.rlike(r"\p{Nd}"))
-    drop_digit_tags = F.regexp_replace(t, f"(?<=^|{_SEP})[^{_SEP}\\p{{Nd}}]*\\p{{Nd}}[^{_SEP}]*", "")
+    raw, t, full = F.col(user_tags), F.col("_tags_text"), F.col("_tags_full")
     df = _stages(df, [
-        ("_tags_text", F.translate(F.col(user_tags), ",", _SEP)),
-        ("_tags_text", F.lower(decode(t))),
-        ("_tags_text", _remove_space(t)),
-        ("_tags_text", F.when(any_digit, drop_digit_tags).otherwise(t)),
+        ("_tags_full", raw.contains("%") | ~_ascii(raw)),
+        ("_tags_text", F.when(full, F.translate(raw, ",", _SEP))
+         .otherwise(F.lower(F.translate(raw, "+" + _WHITE_SPACE, "")))),
+        ("_tags_text", F.when(full, F.lower(decode(t))).otherwise(t)),
+        ("_tags_text", F.when(full, _remove_space(t)).otherwise(t)),
+        ("_tags_text", F.when(_has_digit(t), F.when(full, _drop_digit_tags(t, _SEP))
+                              .otherwise(_drop_digit_tags(t, ","))).otherwise(t)),
     ])
-    return df.withColumn(out, F.array_distinct(F.array_remove(F.split(t, _SEP, -1), ""))).drop("_tags_text")
+    tags = F.split(t, F.when(full, F.lit(_SEP)).otherwise(F.lit(",")), -1)
+    return df.withColumn(out, F.array_distinct(F.array_remove(tags, ""))).drop("_tags_text", "_tags_full")
 
 
 def count_raw_tags(user_tags: Column) -> Column:
     return F.size(F.array_remove(F.split(user_tags, ",", -1), ""))
 
 
-def _strip_line_end(value_col: str) -> Column:
-    """The line without trailing CR/LF (Hadoop's reader leaves a CR before a missing final LF)."""
-    return F.expr(f"trim(TRAILING '\\r\\n' FROM `{value_col}`)")
+def _strip_line_end(text: Column | str) -> Column:
+    """``text`` without trailing CR/LF (Hadoop's reader leaves a CR before a missing final LF)."""
+    return F.rtrim(F.col(text) if isinstance(text, str) else text, F.lit("\r\n"))
 
 
 def _int(col: Column) -> Column:
@@ -125,10 +135,16 @@ def parse_lines(lines: DataFrame, layout: int, *, value_col: str = "value", line
         raise ValueError(f"layout {layout!r}: expected one of {sorted(yfcc.LAYOUTS)}")
     names = yfcc.LAYOUTS[layout]
     pos = {name: i for i, name in enumerate(names)}
-    df = _stages(lines, [("_line", _strip_line_end(value_col)), ("_f", F.split("_line", "\t", -1))])
+    # Only the last field can end in CR/LF, so only it is stripped: copying every whole line
+    # to strip it would cost more than the split itself.
+    value = F.col(value_col)
+    df = lines.withColumn("_f", F.split(value, "\t", -1))
 
     def field(name: str) -> Column:
-        return F.get(F.col("_f"), pos[name]) if name in pos else F.lit(None).cast("string")
+        if name not in pos:
+            return F.lit(None).cast("string")
+        got = F.get(F.col("_f"), pos[name])
+        return _strip_line_end(got) if pos[name] == layout - 1 else got
 
     # Raw fields and casts, each computed once.
     df = _stages(df, [
@@ -148,7 +164,7 @@ def parse_lines(lines: DataFrame, layout: int, *, value_col: str = "value", line
     df = df.withColumn("_has_geo", ~both_empty & ~unparsable & ~placeholder)
     has_geo, marker = F.col("_has_geo"), F.col("_marker")
     df = df.withColumn("reason", _first_reason(
-        (F.col("_line") == "", "empty_line"),
+        ((F.length(value) <= 2) & (_strip_line_end(value) == ""), "empty_line"),
         (F.size("_f") != layout, "wrong_column_count"),
         (~both_empty & unparsable, "bad_coordinates"),
         (has_geo & out_of_range, "coordinates_out_of_range"),
@@ -181,8 +197,8 @@ def parse_lines(lines: DataFrame, layout: int, *, value_col: str = "value", line
         F.col("reason"),
     ]
     keep = [c for c in lines.columns if c != value_col]
-    line = F.when(~ok, F.substring("_line", 1, line_chars)).alias("line")
-    return df.select(*keep, *cols, F.xxhash64("_line").alias("line_hash"), line)
+    line = F.when(~ok, F.substring(_strip_line_end(value), 1, line_chars)).alias("line")
+    return df.select(*keep, *cols, F.xxhash64(value).alias("line_hash"), line)
 
 
 def detect_layout(first_lines: list[str]) -> Optional[int]:
@@ -203,16 +219,18 @@ _PLACES_VALUE = rf"^,*(?:{_ENTRY}(?:,+{_ENTRY})*)?,*$"
 
 
 def _place_pattern(types: tuple[str, ...]) -> str:
+    """The first entry of one of ``types``; group 1 is its name *with* the following ``:``.
+
+    The kept ``:`` tells an entry with an empty name (":") from no entry at all (""), which
+    ``regexp_extract`` alone cannot, without the cost of ``regexp_extract_all``.
+    """
     alternatives = "|".join(re.escape(t) for t in types)
-    return rf"(?:^|,)[^:,]*:([^:,]*):(?:{alternatives})(?:,|$)"
+    return rf"(?:^|,)[^:,]*:([^:,]*:)(?:{alternatives})(?:,|$)"
 
 
 def _first_name(found: Column) -> Column:
-    """Decoded first name of a ``regexp_extract_all`` result (null when nothing matched).
-
-    ``regexp_extract`` gives "" both for no match and for an empty name; the array tells apart.
-    """
-    return F.when(F.size(found) > 0, decode(F.get(found, 0)))
+    """Decoded name of a :func:`_place_pattern` match (null when nothing matched)."""
+    return F.when(found != "", decode(F.substring(found, F.lit(1), F.length(found) - 1)))
 
 
 def parse_places_lines(lines: DataFrame, *, value_col: str = "value") -> DataFrame:
@@ -222,22 +240,20 @@ def parse_places_lines(lines: DataFrame, *, value_col: str = "value") -> DataFra
     split on ``,`` then ``:``, names decoded, the first Town, region-level and Country entries.
     Regular expressions over the whole value do this without per-entry lambdas.
     """
-    df = _stages(lines, [("_f", F.split(_strip_line_end(value_col), "\t", -1)),
-                         ("_v", F.get(F.col("_f"), 1)), ("_id", _int(F.get(F.col("_f"), 0)))])
+    df = _stages(lines, [("_f", F.split(value_col, "\t", -1)),
+                         ("_v", _strip_line_end(F.get(F.col("_f"), 1))), ("_id", _int(F.get(F.col("_f"), 0)))])
     f, value, photo_id = F.col("_f"), F.col("_v"), F.col("_id")
     df = df.withColumn("_reason", F.when((F.size(f) != 2) | photo_id.isNull(), F.lit("bad_places_line"))
                        .when(~value.rlike(_PLACES_VALUE), F.lit("bad_place_entry")))
     levels = {"town": ("Town",), "region": yfcc.REGION_PLACE_TYPES, "country": ("Country",)}
-    df = _stages(df, [(f"_{k}", F.regexp_extract_all(value, F.lit(_place_pattern(t)), 1)) for k, t in levels.items()])
     ok = F.col("_reason").isNull()
-    return df.select(photo_id.alias("photo_id"),
-                     *[F.when(ok, _first_name(F.col(f"_{k}"))).alias(k) for k in levels],
+    df = _stages(df, [(f"_{k}", F.when(ok, F.regexp_extract(value, _place_pattern(t), 1))) for k, t in levels.items()])
+    return df.select(photo_id.alias("photo_id"), *[_first_name(F.col(f"_{k}")).alias(k) for k in levels],
                      F.col("_reason").alias("places_reason"))
 
 
 def parse_hash_lines(lines: DataFrame, *, value_col: str = "value") -> DataFrame:
     """``photo_id`` and ``photo_hash`` of ``yfcc100m_hash`` lines (malformed lines: null id)."""
-    f = F.split(_strip_line_end(value_col), "\t", -1)
-    ok = (F.size(f) == 2) & (F.get(f, 1) != "")
-    return lines.select(F.when(ok, _int(F.get(f, 0))).alias("photo_id"),
-                        F.when(ok, F.get(f, 1)).alias("photo_hash"))
+    df = _stages(lines, [("_f", F.split(value_col, "\t", -1)), ("_h", _strip_line_end(F.get(F.col("_f"), 1)))])
+    ok = (F.size("_f") == 2) & (F.col("_h") != "")
+    return df.select(F.when(ok, _int(F.get(F.col("_f"), 0))).alias("photo_id"), F.when(ok, F.col("_h")).alias("photo_hash"))

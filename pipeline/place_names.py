@@ -16,10 +16,12 @@ LEVELS: tuple[str, ...] = ("continent", "country", "region", "town")
 def place_names(clean: DataFrame) -> DataFrame:
     """Distinct ``name, level`` pairs over the clean table (a name may name several levels).
 
-    Raw names are de-duplicated first, so normalisation runs once per distinct place, not per photo.
+    Photos are first reduced to their distinct (continent, country, region, town) places, a
+    cheap aggregate with few keys, so exploding and normalising run once per place, not per photo.
     """
-    raw = clean.select(F.array(*[F.struct(F.col(lv).alias("raw"), F.lit(lv).alias("level")) for lv in LEVELS])
-                       .alias("p")).select(F.explode("p").alias("p")).select("p.raw", "p.level").distinct()
+    places = clean.select(*LEVELS).distinct()
+    pairs = F.array(*[F.struct(F.col(lv).alias("raw"), F.lit(lv).alias("level")) for lv in LEVELS])
+    raw = places.select(F.explode(pairs).alias("p")).select("p.raw", "p.level").distinct()
     names = raw.select(normalize_tag(F.col("raw"), encoded=False).alias("name"), "level")
     return names.where(F.col("name").isNotNull()).distinct()
 

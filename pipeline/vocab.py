@@ -42,7 +42,8 @@ def apply_vocabulary(clean: DataFrame, vocab: DataFrame, min_tags: int, max_tags
     grouped = exploded.groupBy("photo_id").agg(F.array_sort(F.collect_list(F.struct("_pos", "index"))).alias("_v"))
     df = clean.withColumn("n_tags", F.size("tags")).drop("tags").join(grouped, "photo_id", "left")
     df = df.select(
-        "*", F.coalesce(F.transform("_v", lambda s: s["index"]), F.array().cast("array<int>")).alias("tag_ids"),
+        # ``_v.index`` pulls the field out of every struct (codegen'd, unlike a transform lambda).
+        "*", F.coalesce(F.col("_v.index"), F.array().cast("array<int>")).alias("tag_ids"),
     ).drop("_v")
     n = F.size("tag_ids")
     return df.withColumn("reason", F.when(n < min_tags, F.lit("too_few_vocab_tags"))

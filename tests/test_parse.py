@@ -64,7 +64,11 @@ def test_normalize_tag_agrees_on_real_and_tricky_tags(spark, real_head_path):
 
 def test_whole_field_normalisation_agrees_on_tricky_fields(spark):
     fields = [",".join(TRICKY_TAGS), ",".join(reversed(TRICKY_TAGS)), "a%2Cb,a%2cb,,x+y,X%20Y,%2C", "",
-              ",,,", "caf%C3%A9,CAF%C3%89,2012+trip,trip", "%C3,%A9", "%E2%80%83em%E2%80%83space,a%1Cb"]
+              ",,,", "caf%C3%A9,CAF%C3%89,2012+trip,trip", "%C3,%A9", "%E2%80%83em%E2%80%83space,a%1Cb",
+              # no "%" and ASCII: the fast path (split on the field's own commas)
+              "trip,2012+trip,TRIP,a+b,A+B,ab1c,,x", "New+York,new+york,+,1,++a++", "2012,2013",
+              # raw non-ASCII without "%": the full path
+              "caf\u00e9,CAF\u00c9,x\u3000y,\u0663a,b"]
     df = spark.createDataFrame([(f,) for f in fields], "ut string")
     got = {r["ut"]: r["tags"] for r in parse.with_normalized_tags(df, "ut", "tags").collect()}
     assert got == {f: yfcc.normalized_tags(f) for f in fields}
@@ -85,6 +89,8 @@ PLACES = [
     "",
     "12345:NoType",
     "abc:Name:Town",
+    "7::Town,8:Somewhere:Town,9:Land:Country",
+    "5:Nowhere:Suburb,,6:Xanadu:Province",
 ]
 
 
