@@ -4,9 +4,18 @@
 
 For each size, in the same run: a synthetic metadata-only world (``python -m pipeline.synth
 --no-images``, cached under --work), the two Spark jobs timed end to end (JVM start included),
-then the same parse / filter / place join / tag normalisation / tag counting / vocabulary in
-DuckDB, the single-machine engine a user might pick instead. Prints lines/s for both, the ratio,
-and Spark's cost per line relative to the smallest size (flat = scales linearly).
+then DuckDB, the single-machine engine a user might pick instead, twice
+(:mod:`duckdb_pipeline`):
+
+* **same work**: the same outputs as the Spark jobs (every line kept or rejected with its
+  reason, place levels and continents, one row per photo, vocabulary, 1..15-tag dataset with
+  splits, place names, statistics); kept photos, rejects per reason, vocabulary and dataset
+  sizes are checked equal to Spark's, and the run fails if they are not;
+* **filter + count only**: just the kept photos and the vocabulary, the least a user could do.
+
+Prints lines/s, the Spark/DuckDB time ratios, and the cost per line at each size relative to
+the smallest (flat = scales linearly; with fixed start-up costs it falls as sizes grow), plus
+the marginal cost of the extra lines.
 
 For ``.bz2`` input Spark splits the file and decompresses the parts in parallel; DuckDB's CSV
 reader has no bzip2 codec (gzip and zstd only), so its time includes a single-threaded
@@ -27,7 +36,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import yfcc  # noqa: E402
+sys.path.insert(0, str(ROOT / "bench"))
+
+import duckdb_pipeline  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from pipeline.geography import country_continents  # noqa: E402
 
 
 def world(work: Path, n: int, seed: int, compress: bool) -> Path:
@@ -59,41 +73,12 @@ def run_spark(raw: Path, work: Path, master: str, partitions: int) -> tuple[floa
     return elapsed, stats
 
 
-def duckdb_sql(dataset: str, places: str, drop_top: int, size: int, out: Path) -> list[str]:
-    cols = ", ".join(f"'{c}': 'VARCHAR'" for c in yfcc.COLUMNS_25)
-    read = (f"read_csv('{dataset}', delim='\t', quote='', escape='', header=false, columns={{{cols}}}, "
-            "null_padding=true, ignore_errors=true, max_line_size=4000000)")
-    return [
-        f"""CREATE TEMP TABLE places AS
-            SELECT TRY_CAST(column0 AS BIGINT) AS photo_id,
-                   regexp_extract(column1, '(?:^|,)\\d+:([^:,]*):Town(?:,|$)', 1) AS town
-            FROM read_csv('{places}', delim='\t', quote='', escape='', header=false,
-                          columns={{'column0': 'VARCHAR', 'column1': 'VARCHAR'}}, null_padding=true)""",
-        f"""CREATE TEMP TABLE clean AS
-            WITH d AS (SELECT TRY_CAST(photo_id AS BIGINT) AS photo_id, TRY_CAST(longitude AS DOUBLE) AS lon,
-                              TRY_CAST(latitude AS DOUBLE) AS lat, marker, user_tags FROM {read}),
-            t AS (SELECT photo_id, lat, lon,
-                         list_distinct(list_filter(
-                             list_transform(string_split(user_tags, ','),
-                                 lambda x: regexp_replace(lower(url_decode(replace(x, '+', ' '))), '\\s+', '', 'g')),
-                             lambda x: x <> '' AND NOT regexp_matches(x, '\\d'))) AS tags
-                  FROM d WHERE marker = '0' AND lat BETWEEN -90 AND 90 AND lon BETWEEN -180 AND 180
-                        AND NOT (lat = -1 AND lon = -1) AND user_tags <> '')
-            SELECT t.*, p.town FROM t JOIN places p USING (photo_id)
-            WHERE p.town <> '' AND len(t.tags) > 0""",
-        f"""CREATE TEMP TABLE vocab AS
-            SELECT row_number() OVER (ORDER BY n DESC, tag) - 1 - {drop_top} AS idx, tag, n FROM
-              (SELECT tag, count(*) AS n FROM (SELECT unnest(tags) AS tag FROM clean) GROUP BY tag)
-            QUALIFY idx >= 0 AND idx < {size}""",
-        f"COPY clean TO '{out}/clean.parquet' (FORMAT parquet)",
-        f"COPY vocab TO '{out}/vocab.parquet' (FORMAT parquet)",
-    ]
-
-
-def run_duckdb(raw: Path, work: Path, threads: int, drop_top: int, size: int) -> tuple[float, int]:
+def run_duckdb(raw: Path, work: Path, threads: int, cfg, *, full: bool) -> tuple[float, dict]:
+    """Seconds and counts of the DuckDB pipeline (:mod:`duckdb_pipeline`), bz2 decompression included."""
     import duckdb
+    import pandas as pd
 
-    out = work / f"duckdb_{raw.name}"
+    out = work / f"duckdb_{'full' if full else 'minimal'}_{raw.name}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     t = time.perf_counter()
@@ -109,16 +94,39 @@ def run_duckdb(raw: Path, work: Path, threads: int, drop_top: int, size: int) ->
         temps.append(tmp.name)
         return Path(tmp.name)
 
-    dataset, places = plain("yfcc100m_dataset"), plain("yfcc100m_places")
+    dataset, places = str(plain("yfcc100m_dataset")), str(plain("yfcc100m_places"))
     con = duckdb.connect()
     con.execute(f"SET threads = {threads}")
-    for sql in duckdb_sql(str(dataset), str(places), drop_top, size, out):
+    v = cfg.vocab
+    if full:
+        aliases = OmegaConf.to_container(cfg.clean.country_aliases)
+        con.register("_cc", pd.DataFrame(country_continents(aliases), columns=["country", "continent"]))
+        con.execute("CREATE TEMP TABLE continents AS SELECT * FROM _cc")
+        statements = duckdb_pipeline.full_sql(dataset, places, str(out), drop_top=v.drop_top, size=v.size,
+                                              min_tags=v.min_tags, max_tags=v.max_tags, test=cfg.splits.test,
+                                              val=cfg.splits.val, seed=cfg.splits.seed)
+    else:
+        statements = duckdb_pipeline.minimal_sql(dataset, places, v.drop_top, v.size, str(out))
+    for sql in statements:
         con.execute(sql)
-    kept = con.execute("SELECT count(*) FROM clean").fetchone()[0]
+    if full:
+        counts = dict(zip(("clean_images", "images", "vocab_size"),
+                          con.execute("SELECT clean_images, images, (SELECT count(*) FROM vocab) FROM stats").fetchone()))
+        counts["rejected"] = dict(con.execute(
+            "SELECT reason, count(*) FROM classified WHERE reason IS NOT NULL GROUP BY reason").fetchall())
+    else:
+        counts = {"clean_images": con.execute("SELECT count(*) FROM clean").fetchone()[0]}
     con.close()
     for name in temps:
         os.unlink(name)
-    return time.perf_counter() - t, kept
+    return time.perf_counter() - t, counts
+
+
+def spark_rejects(work: Path, raw: Path) -> dict[str, int]:
+    import pyarrow.parquet as pq
+
+    reasons = pq.read_table(work / f"spark_{raw.name}" / "data" / "work" / "clean_rejects", columns=["reason"])
+    return {r["values"]: r["counts"] for r in reasons.column("reason").value_counts().to_pylist()}
 
 
 def main() -> None:
@@ -132,26 +140,37 @@ def main() -> None:
     p.add_argument("--partitions", type=int, default=8)
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    cfg = OmegaConf.load(ROOT / "conf" / "pipeline.yaml")  # vocab, splits, aliases: the jobs' defaults
     cases = [(n, False) for n in args.sizes] + ([(args.bz2_size, True)] if args.bz2_size else [])
     results = []
     for n, bz in cases:
         raw = world(args.work, n, args.seed, bz)
         spark_s, stats = run_spark(raw, args.work, args.master, args.partitions)
-        duck_s, duck_kept = run_duckdb(raw, args.work, args.threads, 10, 100_000)
-        results.append({"lines": n, "bz2": bz, "spark_s": spark_s, "duckdb_s": duck_s,
-                        "spark_kept": stats["clean_images"], "duckdb_kept": duck_kept})
-        r = results[-1]
-        print(f"{n:>10,} lines{' .bz2' if bz else '     '}  spark {spark_s:7.1f}s {n / spark_s:>9,.0f} lines/s   "
-              f"duckdb {duck_s:7.1f}s {n / duck_s:>9,.0f} lines/s   spark/duckdb time {spark_s / duck_s:4.2f}x   "
-              f"kept spark {r['spark_kept']:,} duckdb {duck_kept:,}", flush=True)
-    base = next(r for r in results if not r["bz2"])
-    for r in results:
-        if not r["bz2"]:
-            per_line = (r["spark_s"] / r["lines"]) / (base["spark_s"] / base["lines"])
-            print(f"spark cost per line at {r['lines']:,} relative to {base['lines']:,}: {per_line:.2f}")
+        full_s, full = run_duckdb(raw, args.work, args.threads, cfg, full=True)
+        min_s, minimal = run_duckdb(raw, args.work, args.threads, cfg, full=False)
+        same = {"clean_images": stats["clean_images"] == full["clean_images"] == minimal["clean_images"],
+                "images": stats["images"] == full["images"], "vocab_size": stats["vocab_size"] == full["vocab_size"],
+                "rejects_by_reason": spark_rejects(args.work, raw) == full["rejected"]}
+        results.append({"lines": n, "bz2": bz, "spark_s": spark_s, "duckdb_full_s": full_s, "duckdb_minimal_s": min_s,
+                        "kept": stats["clean_images"], "dataset_images": stats["images"], "same_outputs": same})
+        print(f"{n:>10,} lines{' .bz2' if bz else '     '}  spark {spark_s:6.1f}s {n / spark_s:>8,.0f} lines/s | "
+              f"duckdb same work {full_s:5.1f}s {n / full_s:>8,.0f} lines/s, spark/duckdb {spark_s / full_s:4.2f}x | "
+              f"duckdb filter+count only {min_s:5.1f}s, spark/duckdb {spark_s / min_s:4.2f}x", flush=True)
+        print(f"{'':>16}kept {stats['clean_images']:,}, dataset {stats['images']:,}; outputs agree: "
+              + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same.items()), flush=True)
+    plain = [r for r in results if not r["bz2"]]
+    base = plain[0]
+    for r in plain[1:]:
+        for engine in ("spark_s", "duckdb_full_s"):
+            per_line = (r[engine] / r["lines"]) / (base[engine] / base["lines"])
+            marginal = (r[engine] - base[engine]) / (r["lines"] - base["lines"]) / (base[engine] / base["lines"])
+            print(f"{engine[:-2]:>12} cost per line at {r['lines']:,} / at {base['lines']:,}: {per_line:.2f} "
+                  f"(marginal line {base['lines']:,}->{r['lines']:,}: {marginal:.2f})")
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "pipeline_throughput.json").write_text(json.dumps(results, indent=2))
+    if not all(all(r["same_outputs"].values()) for r in results):
+        sys.exit("Spark and DuckDB outputs differ: the comparison is not like for like")
 
 
 if __name__ == "__main__":
