@@ -17,6 +17,9 @@ SAMPLE_SEED ?= 7
 # The Spark pipeline on the sample: jobs in order, through spark-submit (any key=value override).
 SPARK_SUBMIT := $(VENV)/bin/spark-submit
 SPARK_MASTER ?= local[*]
+# The parallel (throughput) collector: the jobs are batch work, and G1's concurrent bookkeeping
+# cost ~10% of wall time on 2 cores (bench/pipeline_throughput.py).
+SPARK_JAVA_OPTS ?= -XX:+UseParallelGC -Dlog4j2.configurationFile=conf/log4j2.properties
 PIPELINE_JOBS := clean_metadata build_vocab shard_dataset frequency_baselines
 PIPELINE_ARGS ?= paths.raw_dir=$(SAMPLE_DIR) shard.image_size=128 shard.rows_per_file=5000 shard.rows_per_row_group=250
 
@@ -36,7 +39,7 @@ sample: install
 pipeline: sample
 	@for job in $(PIPELINE_JOBS); do \
 		echo "pipeline: $$job"; \
-		$(SPARK_SUBMIT) --master '$(SPARK_MASTER)' --driver-java-options '-Dlog4j2.configurationFile=conf/log4j2.properties' \
+		$(SPARK_SUBMIT) --master '$(SPARK_MASTER)' --driver-java-options '$(SPARK_JAVA_OPTS)' \
 			jobs/$$job.py $(PIPELINE_ARGS) || exit 1; \
 	done
 

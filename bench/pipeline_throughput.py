@@ -17,6 +17,8 @@ Prints lines/s, the Spark/DuckDB time ratios, and the cost per line at each size
 the smallest (flat = scales linearly; with fixed start-up costs it falls as sizes grow), plus
 the marginal cost of the extra lines.
 
+Spark runs as ``make pipeline`` runs it: ``local[2]``, 4 GB driver, the parallel garbage collector.
+
 For ``.bz2`` input Spark splits the file and decompresses the parts in parallel; DuckDB's CSV
 reader has no bzip2 codec (gzip and zstd only), so its time includes a single-threaded
 ``bzip2 -dc`` to a temporary file first.
@@ -63,7 +65,7 @@ def run_spark(raw: Path, work: Path, master: str, partitions: int) -> tuple[floa
     t = time.perf_counter()
     for job in ("clean_metadata", "build_vocab"):
         r = subprocess.run([submit, "--master", master, "--driver-memory", "4g",
-                            "--driver-java-options", f"-Dlog4j2.configurationFile={ROOT}/conf/log4j2.properties",
+                            "--driver-java-options", f"-XX:+UseParallelGC -Dlog4j2.configurationFile={ROOT}/conf/log4j2.properties",
                             str(ROOT / "jobs" / f"{job}.py"), *args],
                            cwd=ROOT, env=env, capture_output=True, text=True)
         if r.returncode != 0:

@@ -30,7 +30,8 @@ def spark_session(app_name: str, master: Optional[str] = None, *, ui: bool = Tru
         .config("spark.ui.enabled", str(ui).lower())
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.adaptive.enabled", "true")
-        .config("spark.driver.extraJavaOptions", "-Dlog4j2.level=warn")
+        # Outside spark-submit the JVM starts here: quiet logs, the throughput collector.
+        .config("spark.driver.extraJavaOptions", "-XX:+UseParallelGC -Dlog4j2.level=warn")
     )
     if shuffle_partitions is not None:
         builder = builder.config("spark.sql.shuffle.partitions", str(shuffle_partitions))
