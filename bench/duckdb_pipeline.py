@@ -17,9 +17,7 @@ DuckDB has no xxhash64, so splits come from its own ``hash``: same sizes, differ
 from __future__ import annotations
 
 from pipeline import yfcc
-
-_PLACE_ENTRY = r"[+-]?\d+:[^:,]*:[^:,]*"
-_PLACES_VALUE = rf"^,*(?:{_PLACE_ENTRY}(?:,+{_PLACE_ENTRY})*)?,*$"
+from pipeline.parse import PLACES_VALUE
 
 
 def _read_lines(path: str) -> str:
@@ -117,7 +115,7 @@ def full_sql(dataset: str, places: str, out: str, *, drop_top: int, size: int, m
             WITH s AS (SELECT string_split(line, chr(9)) AS f FROM {_read_lines(places)}),
             v AS (SELECT TRY_CAST(f[1] AS BIGINT) AS photo_id, len(f) AS n, rtrim(f[2], chr(13)) AS v FROM s),
             r AS (SELECT photo_id, CASE WHEN n <> 2 OR photo_id IS NULL THEN 'bad_places_line'
-                                        WHEN NOT regexp_full_match(v, '{_PLACES_VALUE}') THEN 'bad_place_entry' END AS places_reason,
+                                        WHEN NOT regexp_full_match(v, '{PLACES_VALUE}') THEN 'bad_place_entry' END AS places_reason,
                          {_place('v', ('Town',))} AS town, {region} AS region, {_place('v', ('Country',))} AS country FROM v)
             SELECT DISTINCT ON (photo_id) photo_id, places_reason,
                    CASE WHEN places_reason IS NULL THEN town END AS town,

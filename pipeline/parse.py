@@ -215,7 +215,7 @@ def detect_layout(first_lines: list[str]) -> Optional[int]:
 
 _ENTRY = r"[+-]?\d+:[^:,]*:[^:,]*"
 #: A well-formed places value: woeid:name:type entries separated by commas (empty ones allowed).
-_PLACES_VALUE = rf"^,*(?:{_ENTRY}(?:,+{_ENTRY})*)?,*$"
+PLACES_VALUE = rf"^,*(?:{_ENTRY}(?:,+{_ENTRY})*)?,*$"
 
 
 def _place_pattern(types: tuple[str, ...]) -> str:
@@ -244,7 +244,7 @@ def parse_places_lines(lines: DataFrame, *, value_col: str = "value") -> DataFra
                          ("_v", _strip_line_end(F.get(F.col("_f"), 1))), ("_id", _int(F.get(F.col("_f"), 0)))])
     f, value, photo_id = F.col("_f"), F.col("_v"), F.col("_id")
     df = df.withColumn("_reason", F.when((F.size(f) != 2) | photo_id.isNull(), F.lit("bad_places_line"))
-                       .when(~value.rlike(_PLACES_VALUE), F.lit("bad_place_entry")))
+                       .when(~value.rlike(PLACES_VALUE), F.lit("bad_place_entry")))
     levels = {"town": ("Town",), "region": yfcc.REGION_PLACE_TYPES, "country": ("Country",)}
     ok = F.col("_reason").isNull()
     df = _stages(df, [(f"_{k}", F.when(ok, F.regexp_extract(value, _place_pattern(t), 1))) for k, t in levels.items()])
