@@ -158,10 +158,10 @@ def parse_lines(lines: DataFrame, layout: int, *, value_col: str = "value", line
     lon, lat, lon_s, lat_s, acc_s = (F.col(c) for c in ("_lon", "_lat", "_lon_s", "_lat_s", "_acc_s"))
     both_empty = (lon_s == "") & (lat_s == "")
     unparsable = lon.isNull() | lat.isNull()
-    placeholder = (lon == yfcc.PLACEHOLDER_COORDINATE) & (lat == yfcc.PLACEHOLDER_COORDINATE)
+    no_geo_pair = (lon == yfcc.PLACEHOLDER_COORDINATE) & (lat == yfcc.PLACEHOLDER_COORDINATE)
     # NaN is larger than every number in Spark, so it fails the upper bounds like Python's compare.
     out_of_range = ~((lon >= -180.0) & (lon <= 180.0) & (lat >= -90.0) & (lat <= 90.0))
-    df = df.withColumn("_has_geo", ~both_empty & ~unparsable & ~placeholder)
+    df = df.withColumn("_has_geo", ~both_empty & ~unparsable & ~no_geo_pair)
     has_geo, marker = F.col("_has_geo"), F.col("_marker")
     df = df.withColumn("reason", _first_reason(
         ((F.length(value) <= 2) & (_strip_line_end(value) == ""), "empty_line"),
