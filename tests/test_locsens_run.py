@@ -39,11 +39,17 @@ def compose_cfg(tmp_path: Path, embeddings: Path, *overrides: str) -> DictConfig
             f"paths.mlflow_tracking_uri=sqlite:///{tmp_path}/mlruns.db", *overrides, *TINY])
 
 
-@pytest.mark.parametrize("experiment, location", [("locsens", "sampling"), ("locsens_raw", "raw"),
-                                                  ("locsens_zeroed", "zeroed"), ("locsens_dropout", "dropout")])
-def test_experiments_compose(tmp_path, embeddings, experiment, location):
+@pytest.mark.parametrize("experiment, location, negatives", [
+    ("locsens", "sampling", "retrieval"), ("locsens_raw", "raw", "tagging"), ("locsens_zeroed", "zeroed", "tagging"),
+    ("locsens_dropout", "dropout", "retrieval"), ("locsens_raw_retrieval", "raw", "retrieval"),
+    ("locsens_zeroed_retrieval", "zeroed", "retrieval")])
+def test_experiments_compose(tmp_path, embeddings, experiment, location, negatives):
     cfg = compose_cfg(tmp_path, embeddings, f"+experiment={experiment}")
     assert cfg.task_name == experiment and cfg.model.location == location
+    assert cfg.model.negatives_mode == negatives     # the paper trains one model per task
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        sample = compose("train.yaml", overrides=[f"+experiment={experiment}_sample"])
+    assert sample.task_name == experiment and sample.model.negatives_mode == negatives
     assert cfg.model._target_ == "training.locsens.LocSens"
     assert cfg.data._target_ == "training.locsens_data.LocSensDataModule"
     assert "location_schedule" in cfg.callbacks and "embedding_writer" not in cfg.callbacks

@@ -30,6 +30,22 @@ def test_tables_put_the_paper_beside_ours():
     assert "| MCC | 10.00 (42.18) | 10.00 (29.23) |" in location_table(results)
 
 
+def test_each_table_reports_the_model_trained_for_its_task():
+    """Tagging tables: the tagging-trained raw model; retrieval table: the retrieval-trained one
+    when it was run (else the tagging one); retrieval-only models never enter the tagging tables."""
+    dist = lambda v: {f"retrieval/P@10_{g}": v for g in ("agnostic", "2500km", "750km", "200km", "25km", "1km")}
+    results = {"locsens_raw": {"tagging/A@1": 30.0, "tagging/A@1_noplaces": 20.0, **dist(11.0)},
+               "locsens_raw_retrieval": {"tagging/A@1": 5.0, "tagging/A@1_noplaces": 4.0, **dist(22.0)},
+               "locsens_sigma_0": {"tagging/A@1": 6.0, "tagging/A@1_noplaces": 3.0, **dist(33.0)}}
+    assert "| LocSens - raw locations | 30.00 (28.10) |" in tagging_table(results)
+    assert "| LocSens - raw locations | 20.00 (17.34) |" in noplaces_table(results)
+    assert "sigma" not in tagging_table(results) and "sigma" not in noplaces_table(results)
+    location = location_table(results)
+    assert "| LocSens - raw locations | 22.00 (32.74) |" in location and "sigma=0 | 33.00 (35.95)" in location
+    del results["locsens_raw_retrieval"]
+    assert "| LocSens - raw locations | 11.00 (32.74) |" in location_table(results)
+
+
 def test_report_reads_mlflow_and_draws_figures(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlruns.db"
     mlflow.set_tracking_uri(uri)

@@ -66,7 +66,8 @@ def evaluate_after_fit(cfg: DictConfig, model: LocSens, datamodule, callbacks: l
             max_queries=ev.get("max_queries"), pairs=int(ev.get("pairs", 1 << 20)), device=device,
             tagging=last or bool(ev.get("snapshot_tagging", True)))
         config: dict[str, Any] = {"evaluation": OmegaConf.to_container(ev, resolve=True), "model": "LocSens",
-                                  "location": model.location, "task_name": cfg.task_name,
+                                  "location": model.location,
+                                  "negatives_mode": model.hparams.negatives_mode, "task_name": cfg.task_name,
                                   "checkpoint": checkpoint, "embeddings_dir": str(datamodule.embeddings_dir)}
         if cfg.get("logger") and any("MLFlowLogger" in str(c.get("_target_", "")) for c in cfg.logger.values()):
             log_evaluation(metrics, config, tracking_uri=cfg.paths.mlflow_tracking_uri,

@@ -20,7 +20,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from training.report_tables import (DISTANCE_COLUMNS, LABELS, ORDER, SIGMAS, Results, agnostic_retrieval_table,
-                                    collect_results, location_table, noplaces_table, tagging_table)
+                                    collect_results, location_table, noplaces_table, retrieval_results,
+                                    tagging_table)
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ def _plt():
 
 def plot_granularities(results: Results, path: Path) -> Optional[Path]:
     plt = _plt()
+    results = retrieval_results(results)
     models = [n for n in ORDER if n in results and all(f"retrieval/P@10_{g}" in results[n] for g in DISTANCE_COLUMNS)]
     if not models:
         return None
@@ -215,17 +217,15 @@ def build_report(cfg: DictConfig) -> Path:
         "P@10 per granularity": plot_granularities(results, out / "figures" / "p10_by_granularity.png"),
         "P@10 against sigma": plot_sigma(results, out / "figures" / "p10_vs_sigma.png"),
     }
-    checkpoint = next((Path(c) for c in cfg.report.locsens_checkpoints if Path(c).exists()), None)
-    if checkpoint and Path(cfg.report.mcc_embeddings, "manifest.json").exists():
-        f = Figures(checkpoint, Path(cfg.report.mcc_embeddings), Path(cfg.paths.shards_dir))
-        locations = {k: list(v) for k, v in cfg.report.locations.items()}
+    locations = {k: list(v) for k, v in cfg.report.locations.items()}
+    f = _figures(cfg, "retrieval_checkpoints")
+    if f is not None:
         figs["Retrieval grid"] = f.retrieval_grid(list(cfg.report.grid_tags), locations, cfg.report.grid_top,
                                                    out / "figures" / "retrieval_grid.png")
+    f = _figures(cfg, "tagging_checkpoints")
+    if f is not None:
         rows = _example_rows(f, list(cfg.report.faked_location_tags))
         figs["Faked locations"] = f.faked_locations(rows, locations, out / "figures" / "faked_locations.png")
-    else:
-        log.warning("no LocSens checkpoint among %s or no MCC embeddings: qualitative figures skipped",
-                    list(cfg.report.locsens_checkpoints))
 
     parts = [f"# {cfg.report.title}", "",
              "Ours (paper) in every cell: the paper's numbers are on full YFCC100M (SPEC section 6); ours on "
@@ -245,6 +245,16 @@ def build_report(cfg: DictConfig) -> Path:
     _log_report(cfg, out)
     log.info("report: %s", report.resolve())
     return report
+
+
+def _figures(cfg: DictConfig, key: str) -> Optional[Figures]:
+    """Figures drawn with the first LocSens checkpoint of ``cfg.report[key]`` that exists."""
+    candidates = list(cfg.report[key])
+    checkpoint = next((Path(c) for c in candidates if Path(c).exists()), None)
+    if checkpoint is None or not Path(cfg.report.mcc_embeddings, "manifest.json").exists():
+        log.warning("no LocSens checkpoint among %s or no MCC embeddings: its figure is skipped", candidates)
+        return None
+    return Figures(checkpoint, Path(cfg.report.mcc_embeddings), Path(cfg.paths.shards_dir))
 
 
 def _example_rows(f: Figures, tags: list[str]) -> list[int]:

@@ -47,6 +47,12 @@ ORDER = ["global_frequency", "country_frequency", "town_frequency", "upper_bound
          *[f"locsens_sigma_{s}" for s in ("1", "0.1", "0.05", "0.01", "0")]]
 DISTANCE_COLUMNS = ["agnostic", "2500km", "750km", "200km", "25km", "1km"]
 SIGMAS = ("1", "0.1", "0.05", "0.01", "0")
+#: The paper trains separate models for its two tasks: tagging models (negatives replace the image or
+#: the tag) in the tagging tables, retrieval models (negatives replace only the image) in the
+#: retrieval table. Row -> the run that fills it in the retrieval table, when that run exists.
+RETRIEVAL_SOURCE = {"locsens_raw": "locsens_raw_retrieval", "locsens_zeroed": "locsens_zeroed_retrieval"}
+#: Rows that are retrieval models only (the paper reports them in the retrieval table alone).
+RETRIEVAL_ONLY = frozenset({"locsens_dropout", *(f"locsens_sigma_{s}" for s in SIGMAS)})
 
 
 def collect_results(tracking_uri: str) -> Results:
@@ -56,6 +62,7 @@ def collect_results(tracking_uri: str) -> Results:
     mlflow.set_tracking_uri(tracking_uri)
     out: Results = {}
     names = [n for n in ORDER if n not in ("global_frequency", "country_frequency", "town_frequency")]
+    names += list(RETRIEVAL_SOURCE.values())
     wanted = {mlflow_metric_name(n): n for n in _metric_names()}
     if mlflow.get_experiment_by_name("evaluate") is not None:
         runs = mlflow.search_runs(experiment_names=["evaluate"], order_by=["attributes.start_time DESC"],
@@ -112,7 +119,7 @@ def tagging_table(results: Results) -> str:
     """A@1 / A@10 / A@50 / %pred / %cpred, ours (paper)."""
     cols = ["tagging/A@1", "tagging/A@10", "tagging/A@50", "tagging/pct_pred", "tagging/pct_cpred"]
     rows = []
-    for name in ORDER:
+    for name in _tagging_rows():
         if name in results and any(c in results[name] for c in cols):
             paper = PAPER_TAGGING.get(name, (None,) * 5)
             rows.append([LABELS[name]] + [_cell(results[name].get(c), p) for c, p in zip(cols, paper)])
@@ -122,8 +129,17 @@ def tagging_table(results: Results) -> str:
 def noplaces_table(results: Results) -> str:
     cols = ["tagging/A@1_noplaces", "tagging/A@10_noplaces", "tagging/A@50_noplaces"]
     rows = [[LABELS[n]] + [_cell(results[n].get(c), p) for c, p in zip(cols, PAPER_NOPLACES.get(n, (None,) * 3))]
-            for n in ORDER if n in results and any(c in results[n] for c in cols)]
+            for n in _tagging_rows() if n in results and any(c in results[n] for c in cols)]
     return _table(["Method", "A@1", "A@10", "A@50"], rows)
+
+
+def _tagging_rows() -> list[str]:
+    return [n for n in ORDER if n not in RETRIEVAL_ONLY]
+
+
+def retrieval_results(results: Results) -> Results:
+    """The results the retrieval table shows: each row from its retrieval model where one was run."""
+    return {**results, **{row: results[src] for row, src in RETRIEVAL_SOURCE.items() if src in results}}
 
 
 def agnostic_retrieval_table(results: Results) -> str:
@@ -134,6 +150,7 @@ def agnostic_retrieval_table(results: Results) -> str:
 
 def location_table(results: Results) -> str:
     """Location-sensitive P@10 per granularity: agnostic, continent ... street."""
+    results = retrieval_results(results)
     rows = []
     for n in ORDER:
         if n in results and any(f"retrieval/P@10_{g}" in results[n] for g in DISTANCE_COLUMNS):
