@@ -172,6 +172,57 @@ def test_about_three_photos_in_four_carry_place_names(records, places):
     assert 0.45 < with_place / tagged < 0.9
 
 
+def test_pixels_carry_the_place_in_the_frame(synth_world, records, truth):
+    """Most photos are framed in their town's colour (hue: longitude), so pixels tell the region."""
+    import colorsys
+
+    from pipeline.synth.geography import load_geography
+    from pipeline.synth.world import landmark_color
+
+    towns = load_geography().towns
+    by_id = truth.set_index("photo_id")
+    close = {True: [], False: []}
+    for r in records[:600]:
+        t = by_id.loc[r.photo_id]
+        path = synth_world / "images" / image_relpath(r.photo_hash)
+        if r.is_video or t.missing_image or t.corrupt_image:
+            continue
+        with Image.open(path) as im:
+            px = np.asarray(im.convert("RGB"), dtype=np.float64)
+        band = px[1:5, 24:40].reshape(-1, 3).mean(axis=0) / 255      # middle of the top edge
+        want = landmark_color(towns["lat"].to_numpy()[t.town_index], towns["lon"].to_numpy()[t.town_index]) / 255
+        hue = lambda rgb: colorsys.rgb_to_hsv(*rgb)[0]
+        d = abs(hue(band) - hue(want))
+        close[bool(t.ambient)].append(min(d, 1 - d) < 0.05)
+    assert len(close[True]) > 300 and np.mean(close[True]) > 0.9
+    assert np.mean(close[False]) < 0.5
+
+
+def test_prominent_concepts_are_tagged_more_often(records, truth):
+    by_id = truth.set_index("photo_id")
+    names = [{c.name, *c.local_names.values()} for c in CONCEPTS]
+    tagged = {"faint": [], "prominent": []}
+    for r in records:
+        t = by_id.loc[r.photo_id]
+        if r.user_tags and t.salience < 0.5:
+            tagged["faint"].append(bool(names[t.concept] & set(r.user_tags)))
+        elif r.user_tags and t.salience > 0.8:
+            tagged["prominent"].append(bool(names[t.concept] & set(r.user_tags)))
+    assert np.mean(tagged["prominent"]) > 1.5 * np.mean(tagged["faint"])
+
+
+def test_camera_tags_name_the_camera_that_took_the_photo(records):
+    """People tag the camera they own: a camera tag always matches the capture_device column."""
+    brands = {"canon": "canon", "nikon": "nikon", "iphone": "iphone", "sony": "sony", "lumix": "panasonic",
+              "olympus": "olympus", "fuji": "fujifilm", "pentax": "pentax"}
+    seen = 0
+    for r in records:
+        for tag in set(r.user_tags) & set(brands):
+            seen += 1
+            assert brands[tag] in (r.capture_device or "").lower(), (tag, r.capture_device)
+    assert seen > 50
+
+
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     a, b, c = (generate(SynthParams(out=tmp_path / n, photos=400, seed=s, images=False), progress=None)
                for n, s in (("a", 5), ("b", 5), ("c", 6)))

@@ -34,7 +34,7 @@ from .world import describe, landmark_color
 
 IMAGE_BATCH = 256
 #: Bumped whenever the generator's output changes, so --skip-existing regenerates old worlds.
-WORLD_VERSION = 2
+WORLD_VERSION = 3
 #: The authors' released vocabulary (frequency order), shipped with the package: noise tags come from it.
 DEFAULT_VOCAB = Path(__file__).resolve().parent / "data" / "vocab_words_100k.txt"
 _TSV = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
@@ -89,8 +89,8 @@ def _render_job(args) -> int:
     """Worker: draw, encode and write one batch of images."""
     from .render import render_batch, write_images
 
-    root, relpaths, looks, rgb, landmark, seeds, corrupt, size = args
-    pixels = render_batch(looks, rgb, landmark, seeds, size)
+    root, relpaths, looks, rgb, landmark, ambient, salience, seeds, corrupt, size = args
+    pixels = render_batch(looks, rgb, landmark, seeds, size, ambient, salience)
     return write_images(Path(root), relpaths, pixels, corrupt)
 
 
@@ -199,6 +199,7 @@ def _submit_images(pool, out: Path, truth, looks_tab, look_ids, geo, params: Syn
     for i in range(0, len(sel), IMAGE_BATCH):
         s = slice(i, i + IMAGE_BATCH)
         args = (str(out / "images"), rel[s], looks[s], rgb[s], sel["landmark"].to_numpy()[s],
-                sel["image_seed"].to_numpy()[s], sel["corrupt_image"].to_numpy()[s], params.image_size)
+                sel["ambient"].to_numpy()[s], sel["salience"].to_numpy()[s], sel["image_seed"].to_numpy()[s],
+                sel["corrupt_image"].to_numpy()[s], params.image_size)
         jobs.append(pool.submit(_render_job, args) if pool is not None else _render_job(args))
     return jobs

@@ -24,6 +24,10 @@ from .world import (CAMERA_TAGS, CONCEPTS, DIGIT_TAG_FORMATS, EVENT_TAGS, FLICKR
 
 CHUNK_ROWS = 100_000          # rows per independently seeded chunk (fixed: part of determinism)
 ID_SPACE = 13_000_000_000     # photo ids spread up to ~1.3e10, past int32 as in the real data
+SALIENCE_MEAN = 0.65          # mean of the per-photo concept salience, uniform on [0.3, 1]
+#: Mean photos per user. Small enough that a test gallery holds about one photo per user, as on
+#: Flickr, so images near a query location come from many people with their own tags.
+PHOTOS_PER_USER = 12
 T_FIRST, T_LAST = 1_104_537_600, 1_396_224_000   # 2005-01-01 .. 2014-03-31, epoch seconds
 
 LICENSES = (
@@ -52,6 +56,8 @@ class Rates:
     no_town: float = 0.03            # geotagged, but the places record has no Town
     place_tagger: float = 0.75       # photos that carry place-name tags
     travel: float = 0.3              # photos taken away from the user's home town
+    landmark: float = 0.4            # photos that show their town's landmark glyph
+    ambient: float = 0.85            # photos framed in their town's colour (the look of the place)
     long_description: float = 1e-4   # ~200 KB descriptions (real lines get that long)
     missing_image: float = 0.002     # photos absent from the image mirror
     corrupt_image: float = 0.001     # truncated JPEGs
@@ -99,6 +105,7 @@ class World:
     concept_tags: np.ndarray       # (concepts, languages) tag ids (English where no local word)
     related_tags: np.ndarray       # (concepts, 2) tag ids
     camera_tags: np.ndarray
+    device_camera_tag: np.ndarray  # per entry of DEVICES: its brand's camera tag id, -1 for none
     event_tags: np.ndarray
     digit_tags: np.ndarray
     noise_tags: np.ndarray         # tag ids, most frequent first
@@ -166,7 +173,7 @@ def build_world(geo: Geography, seed: int, n_photos: int, rates: Rates, vocab_pa
     country = lambda table: towns["cc"].map(table).fillna(1.0).to_numpy()
     home_w = towns["population"].to_numpy() ** 1.2 * bias * country(FLICKR_HOME_WEIGHT)
     dest_w = towns["population"].to_numpy() ** 1.3 * bias * country(FLICKR_TRAVEL_WEIGHT)
-    n_users = int(max(20, n_photos // 40))
+    n_users = int(max(20, n_photos // PHOTOS_PER_USER))
     users = pd.DataFrame({
         "nsid": [f"{int(a)}@N{int(b):02d}" for a, b in zip(rng.integers(10_000, 99_999_999, n_users),
                                                             rng.integers(0, 8, n_users))],
@@ -189,9 +196,27 @@ def build_world(geo: Geography, seed: int, n_photos: int, rates: Rates, vocab_pa
     return World(geo=geo, seed=seed, n_photos=n_photos, rates=rates, tags=tags,
                  town_cum=np.cumsum(town_weights(towns), axis=1), town_place_tags=town_place_tags,
                  town_lang=town_lang, concept_tags=concept_tags, related_tags=related,
-                 camera_tags=tags.ids(CAMERA_TAGS), event_tags=tags.ids(EVENT_TAGS), digit_tags=tags.ids(digit),
+                 camera_tags=tags.ids(CAMERA_TAGS), device_camera_tag=_device_camera_tags(tags),
+                 event_tags=tags.ids(EVENT_TAGS), digit_tags=tags.ids(digit),
                  noise_tags=noise_ids, noise_cum=cum(noise_p), users=users, user_cum=cum(activity),
                  dest_cum=cum(dest_w), places_arrow=places_arrow)
+
+
+#: Brand word in a capture device's name -> the camera tag its owners write.
+_BRAND_TAG = {"canon": "canon", "nikon": "nikon", "iphone": "iphone", "sony": "sony", "panasonic": "lumix",
+              "olympus": "olympus", "fujifilm": "fuji", "pentax": "pentax"}
+
+
+def _device_camera_tags(tags: TagTable) -> np.ndarray:
+    """Camera tag id of each entry of ``DEVICES`` (-1 where the brand has no tag): people tag the
+    camera they own, so camera tags follow the ``capture_device`` column."""
+    out = np.full(len(DEVICES), -1, dtype=np.int32)
+    for i, device in enumerate(DEVICES):
+        words = device.lower().split()
+        brand = next((_BRAND_TAG[w] for w in words if w in _BRAND_TAG), None)
+        if brand is not None:
+            out[i] = tags.index[brand]
+    return out
 
 
 def _places_strings(towns: pd.DataFrame) -> np.ndarray:
@@ -266,14 +291,18 @@ def generate_chunk(world: World, chunk: int, start: int, n: int) -> tuple[pa.Tab
     place_tagger = us["place_tagger"].to_numpy()[user] & (u[:, 11] < r.place_tagger / 0.9)
 
     # Tags: a (n, k) matrix of tag ids, -1 for absent; then sorted, de-duplicated, joined.
-    cols = [np.where(u[:, 12] < 0.55, concept_tag, -1)]
-    cols += [np.where(rng.random(n) < 0.25, world.related_tags[concept, j], -1) for j in range(2)]
+    # How prominent the concept is in the photo (0.3 faint .. 1 fills the frame): people tag what
+    # stands out, so the concept's tags get likelier with it (0.55 and 0.25 on average).
+    salience = 0.3 + 0.7 * u[:, 23]
+    cols = [np.where(u[:, 12] < 0.55 * salience / SALIENCE_MEAN, concept_tag, -1)]
+    cols += [np.where(rng.random(n) < 0.25 * salience / SALIENCE_MEAN, world.related_tags[concept, j], -1)
+             for j in range(2)]
     form = (rng.random((n, 4)) < 0.5).astype(np.int64)
     for lvl, p in enumerate((0.85, 0.5, 0.75, 0.35)):       # town, region, country, continent
         cols.append(np.where(place_tagger & (rng.random(n) < p), world.town_place_tags[town, lvl, form[:, lvl]], -1))
-    cols.append(np.where(rng.random(n) < 0.15, world.camera_tags[rng.integers(0, len(world.camera_tags), n)], -1))
-    cols += [np.where(rng.random(n) < 0.2, world.event_tags[rng.integers(0, len(world.event_tags), n)], -1)
-             for _ in range(2)]
+    camera = world.device_camera_tag[us["device"].to_numpy()[user]]      # the brand of the user's camera
+    cols.append(np.where((camera >= 0) & (rng.random(n) < 0.15), camera, -1))
+    cols.append(np.where(rng.random(n) < 0.12, world.event_tags[rng.integers(0, len(world.event_tags), n)], -1))
     cols.append(np.where(rng.random(n) < 0.25, world.digit_tags[rng.integers(0, len(world.digit_tags), n)], -1))
     cols += [np.where(rng.random(n) < 0.5, us[h].to_numpy()[user], -1) for h in ("habit0", "habit1")]
     n_noise = np.minimum(rng.poisson(2.0, n) + (rng.random(n) < 0.04) * rng.integers(6, 13, n), 12)
@@ -365,7 +394,8 @@ def generate_chunk(world: World, chunk: int, start: int, n: int) -> tuple[pa.Tab
         "continent_code": towns["continent_code"].to_numpy()[town], "concept": concept,
         "tag_language": np.array(LANGUAGES)[np.where(local, lang, 0)], "traveller": travelling,
         "video": video, "no_geo": no_geo, "no_town": no_town, "no_tags": no_tags, "n_tags": counts,
-        "landmark": u[:, 20] < 0.4, "missing_image": video | (u[:, 21] < r.missing_image),
+        "landmark": u[:, 20] < r.landmark, "ambient": u[:, 19] < r.ambient, "salience": salience,
+        "missing_image": video | (u[:, 21] < r.missing_image),
         "corrupt_image": ~video & (u[:, 22] < r.corrupt_image),
         "image_seed": rng.integers(0, 2**63 - 1, n), "photo_hash": photo_hash.to_numpy(zero_copy_only=False),
     })

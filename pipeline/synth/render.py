@@ -1,13 +1,15 @@
 """Procedural photos: each concept has a colour, texture and shape signature a small CNN can learn.
 
-Images are drawn in batches as numpy arrays (background gradient, texture, shape, optional town
-landmark glyph, then jitter and noise) and encoded to JPEG one by one with Pillow. Everything is
-a function of the per-photo seed, so a world regenerates bit-identically.
+Images are drawn in batches as numpy arrays (background gradient, texture and shape, all fainter
+for a less salient concept; optional town frame and landmark glyph; then jitter and noise) and
+encoded to JPEG one by one with Pillow. Everything is a function of the per-photo seed, so a
+world regenerates bit-identically.
 """
 from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -17,6 +19,9 @@ from .world import CONCEPTS, VARIANTS, Look, concept_variant
 SHAPES = ("none", "circle", "square", "triangle", "ring", "cross", "diamond", "house", "temple",
           "dome", "bridge", "bars")
 TEXTURES = ("none", "stripes", "checker", "dots", "waves", "grid")
+#: Width of the ambient frame, as a share of the image side: wide enough that a training crop
+#: (72 -> 64 px) never removes it.
+AMBIENT_WIDTH = 0.1
 
 
 def look_table() -> tuple[np.ndarray, dict[tuple[int, str], int]]:
@@ -109,11 +114,14 @@ def _texture(kind: np.ndarray, x, y, freq, angle, phase) -> np.ndarray:
 
 
 def render_batch(looks: np.ndarray, landmark_rgb: np.ndarray, has_landmark: np.ndarray,
-                 seeds: np.ndarray, size: int) -> np.ndarray:
+                 seeds: np.ndarray, size: int, has_ambient: Optional[np.ndarray] = None,
+                 salience: Optional[np.ndarray] = None) -> np.ndarray:
     """Draw a batch of images, uint8 (B, size, size, 3).
 
-    ``looks`` are rows of :func:`look_table`; ``landmark_rgb`` (B, 3) the town glyph colours shown
-    where ``has_landmark``; ``seeds`` one per photo (positions, jitter and noise derive from it).
+    ``looks`` are rows of :func:`look_table`; ``landmark_rgb`` (B, 3) the town's colours, shown as
+    a corner glyph where ``has_landmark`` and as the edge frame ("ambient") where ``has_ambient``;
+    ``seeds`` one per photo (positions, jitter and noise derive from it); ``salience`` (0.3 .. 1,
+    default 1) how prominent the concept is: faint concepts fade towards grey and shrink.
     """
     b = len(seeds)
     rng = np.random.default_rng(np.asarray(seeds, dtype=np.uint64))
@@ -121,7 +129,10 @@ def render_batch(looks: np.ndarray, landmark_rgb: np.ndarray, has_landmark: np.n
     col = lambda arr: arr.reshape(b, 1, 1)
     g = (np.arange(size, dtype=np.float32) + 0.5) / size
     y, x = g[None, :, None], g[None, None, :]
-    sky, ground = looks[:, 0:3], looks[:, 3:6]
+    sal = np.ones(b, np.float32) if salience is None else np.asarray(salience, np.float32)
+    fade = (1 - sal)[:, None] * 0.7
+    sky = looks[:, 0:3] * (1 - fade) + 128 * fade
+    ground = looks[:, 3:6] * (1 - fade) + 128 * fade
     tex_kind, tex_col, tex_freq, tex_angle = looks[:, 6], looks[:, 7:10], looks[:, 10], looks[:, 11]
     shape_kind, shape_col = looks[:, 12], looks[:, 13:16]
 
@@ -132,11 +143,20 @@ def render_batch(looks: np.ndarray, landmark_rgb: np.ndarray, has_landmark: np.n
     # Texture over the whole frame, with random phase and +-10 degree rotation.
     tex = _texture(tex_kind, x, y, tex_freq * (0.85 + 0.3 * p[:, 1]), tex_angle + 20 * (p[:, 2] - 0.5),
                    p[:, 3])[..., None]
-    img = img * (1 - 0.55 * tex) + tex_col[:, None, None, :] * 0.55 * tex
+    tex = tex * col(0.55 * sal)[..., None]
+    img = img * (1 - tex) + tex_col[:, None, None, :] * tex
     # The concept's shape at a random position and scale.
-    cx, cy, r = 0.3 + 0.4 * p[:, 4], 0.35 + 0.35 * p[:, 5], 0.18 + 0.12 * p[:, 6]
+    cx, cy, r = 0.3 + 0.4 * p[:, 4], 0.35 + 0.35 * p[:, 5], (0.18 + 0.12 * p[:, 6]) * (0.55 + 0.45 * sal)
     mask = _shape_mask(shape_kind, x, y, cx, cy, r)[..., None]
-    img = np.where(mask, shape_col[:, None, None, :] * (0.85 + 0.3 * col(p[:, 7])[..., None]), img)
+    alpha = col(0.3 + 0.7 * sal)[..., None]
+    shape_px = shape_col[:, None, None, :] * (0.85 + 0.3 * col(p[:, 7])[..., None])
+    img = np.where(mask, alpha * shape_px + (1 - alpha) * img, img)
+    # The look of the place: a frame along the edges in the town's colour. Under the brightness
+    # jitter below, like the glyph, so it tells the region (hue: longitude) better than the latitude.
+    if has_ambient is not None:
+        edge = np.minimum(np.minimum(x, 1 - x), np.minimum(y, 1 - y)) < AMBIENT_WIDTH
+        frame = (edge & col(np.asarray(has_ambient, bool)))[..., None]
+        img = np.where(frame, landmark_rgb[:, None, None, :].astype(np.float32), img)
     # The town landmark: a small square glyph in a random corner.
     corner_x = col(np.where(p[:, 8] < 0.5, 0.04, 0.78))
     corner_y = col(np.where(p[:, 9] < 0.5, 0.04, 0.78))

@@ -5,8 +5,10 @@ Three kinds of visual concept, the three kinds the paper discusses:
 - ``regional``: everywhere, but the look depends on the continent (temple, church, house...);
 - ``invariant``: everywhere, looks the same everywhere (cat, tomato...).
 Some concepts are named in the local language (road / carretera / strasse). Town "landmarks" are a
-small glyph whose colour encodes the town's coordinates, so pixels carry some location, as real
-photos do. :func:`describe` writes all of it as the machine-readable ``world.json``.
+small glyph whose colour encodes the town's coordinates, and most photos are framed in that colour
+(the "ambient" look of a place), so pixels carry location, coarsely, as real photos do. A photo's
+concept is more or less prominent (its salience), and people tag what stands out. :func:`describe`
+writes all of it as the machine-readable ``world.json``.
 """
 from __future__ import annotations
 
@@ -231,11 +233,20 @@ def describe(params: dict, counts: dict) -> dict:
             "what": "a small square glyph in a corner, present in some photos of every town",
             "color": "HSV: hue=(lon+180)/360, saturation=0.9, value=0.35+0.65*(lat+90)/180",
         },
+        "ambient": {
+            "what": ("a frame along the edges in the town's landmark colour, in most photos: the look of a "
+                     "place; under the brightness jitter, so it tells the region better than the town"),
+        },
+        "salience": {
+            "what": ("per photo, 0.3..1: how prominent its concept is (faint concepts fade towards grey and "
+                     "shrink); the concept's own and related tags get likelier with it"),
+        },
         "flickr_weights": {"home": FLICKR_HOME_WEIGHT, "travel": FLICKR_TRAVEL_WEIGHT},
         "coastal_rule": ("settlement-free directions (no GeoNames 1000+ town within 30 km of a point "
                          "45 km away) form one arc of 2-6 of 8 bearings, in a country with a coast"),
         "tags": {
-            "camera": list(CAMERA_TAGS), "event": list(EVENT_TAGS), "digit_formats": list(DIGIT_TAG_FORMATS),
+            "camera": list(CAMERA_TAGS), "camera_rule": "the brand of the user's capture device",
+            "event": list(EVENT_TAGS), "digit_formats": list(DIGIT_TAG_FORMATS),
             "place": "town, region, country, continent names, joined (newyork) or spaced (new+york)",
             "noise": "words drawn Zipf-like from the authors' released vocabulary, minus place and concept words",
         },
