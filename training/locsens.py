@@ -103,8 +103,8 @@ class LocSens(pl.LightningModule):
                  margin: float = 0.1, negatives: int = 6, negatives_mode: str = "tagging",
                  negative_tries: int = 8, location: str = "raw", location_dropout: float = 0.5,
                  fusion_schedule: Sequence[Sequence[float]] = ((0.0, 0.5), (1.0, 0.25), (1.0, 0.25)),
-                 sigma_schedule: Sequence[Sequence[float]] = ((1.0, 0.3), (0.1, 0.175), (0.05, 0.175),
-                                                              (0.01, 0.175), (0.0, 0.175)),
+                 sigma_schedule: Sequence[Sequence[float]] = ((1.0, 0.5), (0.1, 0.125), (0.05, 0.125),
+                                                              (0.01, 0.125), (0.0, 0.125)),
                  sigma_interpolate: bool = False, val_seed: int = 0):
         super().__init__()
         if location not in LOCATION_MODES:
