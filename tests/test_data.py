@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 from pipeline.contract import read_manifest
-from training.data import ShardStream, batch_sizes, batches_per_rank, draw_one_tag, plan_epoch
+from training.data import (ShardStream, batch_sizes, batches_per_rank, draw_one_tag, plan_epoch, read_split_columns,
+                           read_split_images)
 from shard_fixture import make_shards
 
 torch.set_num_threads(1)
@@ -21,6 +22,17 @@ def shards(tmp_path_factory):
     d = tmp_path_factory.mktemp("shards")
     make_shards(d, rows={"train": 70, "val": 23, "test": 30}, row_group_size=9, files_per_split=3)
     return d
+
+
+def test_read_split_images_returns_exactly_the_photos_asked_for(shards):
+    """The report's figures read a few JPEGs by photo_id, never the whole split's images."""
+    ids = read_split_columns(shards, "test", ["photo_id"]).column("photo_id").to_pylist()
+    wanted = [ids[0], ids[13], ids[-1], ids[13]]        # across files and row groups, one repeated
+    got = read_split_images(shards, "test", wanted)
+    assert sorted(got) == sorted(set(wanted))
+    assert all(b[:2] == b"\xff\xd8" for b in got.values())      # JPEG bytes
+    assert read_split_images(shards, "test", []) == {}
+    assert read_split_images(shards, "test", [-12345]) == {}
 
 
 def _rows_of(plan, unit_rows):

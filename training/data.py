@@ -291,6 +291,22 @@ def read_split_columns(shards_dir: str | Path, split: str, columns: Sequence[str
     return pa.concat_tables(tables)
 
 
+def read_split_images(shards_dir: str | Path, split: str, photo_ids: Sequence[int],
+                      manifest: Optional[Manifest] = None) -> dict[int, bytes]:
+    """The JPEG bytes of a few photos of a split, by photo_id: a filtered read, so only the
+    row groups whose statistics may hold them are decoded, not the split's every image."""
+    manifest = manifest or read_manifest(shards_dir)
+    wanted = sorted({int(i) for i in photo_ids})
+    out: dict[int, bytes] = {}
+    if not wanted:
+        return out
+    for f in manifest.splits[split].files:
+        t = pq.read_table(Path(shards_dir) / f.path, columns=["photo_id", "image"],
+                          filters=[("photo_id", "in", wanted)])
+        out.update(zip(t.column("photo_id").to_pylist(), t.column("image").to_pylist()))
+    return out
+
+
 def read_vocab(shards_dir: str | Path, manifest: Optional[Manifest] = None) -> pa.Table:
     manifest = manifest or read_manifest(shards_dir)
     return pq.read_table(Path(shards_dir) / manifest.vocab_path).sort_by("index")

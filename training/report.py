@@ -116,31 +116,51 @@ def plot_sigma(results: Results, path: Path) -> Optional[Path]:
     return path
 
 
-class Figures:
-    """What the qualitative figures need: LocSens, MCC's test embeddings and the test images."""
+class FigureData:
+    """What every qualitative figure shares, read once: MCC's test embeddings, the vocabulary, and
+    the JPEGs of the test images actually shown (never the whole split's images)."""
 
-    def __init__(self, checkpoint: Path, embeddings_dir: Path, shards_dir: Path):
+    def __init__(self, embeddings_dir: Path, shards_dir: Path):
         import torch
 
-        from training.data import read_split_columns, read_vocab
-        from training.locsens import LocSens
+        from training.data import read_vocab
         from training.locsens_data import LocSensDataModule
 
-        self.model = LocSens.load_from_checkpoint(str(checkpoint), map_location="cpu", optimizer=None,
-                                                  weights_only=False).eval()
         dm = LocSensDataModule(str(embeddings_dir))
-        self.model.set_tag_embeddings(torch.tensor(dm.tag_embeddings()))
+        self.shards_dir = shards_dir
+        self.tag_table = torch.tensor(dm.tag_embeddings())
         self.test = dm.split_arrays("test")
         vocab = read_vocab(shards_dir)
         self.tags = dict(zip(vocab.column("tag").to_pylist(), vocab.column("index").to_pylist()))
         self.names = {i: t for t, i in self.tags.items()}
-        table = read_split_columns(shards_dir, "test", ["photo_id", "image"])
-        self.jpeg = dict(zip(table.column("photo_id").to_pylist(), table.column("image").to_pylist()))
+        self.jpeg: dict[int, bytes] = {}
+
+    def prefetch(self, rows) -> None:
+        """Read the JPEGs of these test rows in one filtered pass over the split."""
+        from training.data import read_split_images
+
+        ids = [int(self.test["photo_id"][r]) for r in np.asarray(rows).ravel()]
+        missing = [i for i in ids if i not in self.jpeg]
+        if missing:
+            self.jpeg.update(read_split_images(self.shards_dir, "test", missing))
 
     def image(self, row: int):
         from PIL import Image
 
+        self.prefetch([row])
         return Image.open(io.BytesIO(self.jpeg[int(self.test["photo_id"][row])])).convert("RGB")
+
+
+class Figures:
+    """The qualitative figures of one LocSens checkpoint over the shared :class:`FigureData`."""
+
+    def __init__(self, checkpoint: Path, data: FigureData):
+        from training.locsens import LocSens
+
+        self.model = LocSens.load_from_checkpoint(str(checkpoint), map_location="cpu", optimizer=None,
+                                                  weights_only=False).eval()
+        self.model.set_tag_embeddings(data.tag_table)
+        self.data = data
 
     def retrieval_grid(self, tags: list[str], locations: dict[str, list[float]], top: int, path: Path) -> Optional[Path]:
         import torch
@@ -148,23 +168,25 @@ class Figures:
         from training.locsens_eval import retrieve_images
         from training.sigma_schedule import normalise_location
 
-        tags = [t for t in tags if t in self.tags]
+        d = self.data
+        tags = [t for t in tags if t in d.tags]
         if not tags:
             return None
         plt = _plt()
         names = list(locations)
         fig, axes = plt.subplots(len(tags) * len(names), top, figsize=(top * 1.4, len(tags) * len(names) * 1.5))
         axes = np.atleast_2d(axes)
-        gallery = torch.as_tensor(self.test["embedding"])
+        gallery = torch.as_tensor(d.test["embedding"])
         for ti, tag in enumerate(tags):
             q_loc = normalise_location(torch.tensor([locations[n][0] for n in names]).float(),
                                        torch.tensor([locations[n][1] for n in names]).float())
-            q_tags = torch.full((len(names),), self.tags[tag])
+            q_tags = torch.full((len(names),), d.tags[tag])
             top_rows = retrieve_images(self.model.net, gallery, q_tags, q_loc, self.model.tag_table, k=top)
+            d.prefetch(top_rows)
             for li, name in enumerate(names):
                 for j in range(top):
                     ax = axes[ti * len(names) + li, j]
-                    ax.imshow(self.image(top_rows[li, j]))
+                    ax.imshow(d.image(top_rows[li, j]))
                     ax.set_xticks([])
                     ax.set_yticks([])
                     if j == 0:
@@ -181,21 +203,23 @@ class Figures:
         from training.locsens_eval import tag_images
         from training.sigma_schedule import normalise_location
 
+        d = self.data
+        d.prefetch(rows)
         plt = _plt()
         names = list(locations)
         fig, axes = plt.subplots(len(rows), 1 + len(names), figsize=(2.2 * (1 + len(names)), 2.2 * len(rows)))
         axes = np.atleast_2d(axes)
         for i, row in enumerate(rows):
-            emb = torch.as_tensor(self.test["embedding"][row:row + 1]).expand(len(names), -1)
+            emb = torch.as_tensor(d.test["embedding"][row:row + 1]).expand(len(names), -1)
             loc = normalise_location(torch.tensor([locations[n][0] for n in names]).float(),
                                      torch.tensor([locations[n][1] for n in names]).float())
             top = tag_images(self.model.net, emb, loc, self.model.tag_table, k=5)
-            axes[i, 0].imshow(self.image(row))
+            axes[i, 0].imshow(d.image(row))
             axes[i, 0].set_axis_off()
             for j, name in enumerate(names):
                 ax = axes[i, j + 1]
                 ax.set_axis_off()
-                ax.text(0.0, 1.0, name + ":\n" + "\n".join(self.names[int(t)] for t in top[j]),
+                ax.text(0.0, 1.0, name + ":\n" + "\n".join(d.names[int(t)] for t in top[j]),
                         va="top", fontsize=8, family="monospace")
         fig.suptitle("LocSens top-5 tags for an image under faked locations", fontsize=9)
         fig.tight_layout()
@@ -218,13 +242,15 @@ def build_report(cfg: DictConfig) -> Path:
         "P@10 against sigma": plot_sigma(results, out / "figures" / "p10_vs_sigma.png"),
     }
     locations = {k: list(v) for k, v in cfg.report.locations.items()}
-    f = _figures(cfg, "retrieval_checkpoints")
+    data = FigureData(Path(cfg.report.mcc_embeddings), Path(cfg.paths.shards_dir)) \
+        if Path(cfg.report.mcc_embeddings, "manifest.json").exists() else None
+    f = _figures(cfg, "retrieval_checkpoints", data)
     if f is not None:
         figs["Retrieval grid"] = f.retrieval_grid(list(cfg.report.grid_tags), locations, cfg.report.grid_top,
                                                    out / "figures" / "retrieval_grid.png")
-    f = _figures(cfg, "tagging_checkpoints")
+    f = _figures(cfg, "tagging_checkpoints", data)
     if f is not None:
-        rows = _example_rows(f, list(cfg.report.faked_location_tags))
+        rows = _example_rows(data, list(cfg.report.faked_location_tags))
         figs["Faked locations"] = f.faked_locations(rows, locations, out / "figures" / "faked_locations.png")
 
     parts = [f"# {cfg.report.title}", "",
@@ -247,22 +273,22 @@ def build_report(cfg: DictConfig) -> Path:
     return report
 
 
-def _figures(cfg: DictConfig, key: str) -> Optional[Figures]:
+def _figures(cfg: DictConfig, key: str, data: Optional[FigureData]) -> Optional[Figures]:
     """Figures drawn with the first LocSens checkpoint of ``cfg.report[key]`` that exists."""
     candidates = list(cfg.report[key])
     checkpoint = next((Path(c) for c in candidates if Path(c).exists()), None)
-    if checkpoint is None or not Path(cfg.report.mcc_embeddings, "manifest.json").exists():
+    if checkpoint is None or data is None:
         log.warning("no LocSens checkpoint among %s or no MCC embeddings: its figure is skipped", candidates)
         return None
-    return Figures(checkpoint, Path(cfg.report.mcc_embeddings), Path(cfg.paths.shards_dir))
+    return Figures(checkpoint, data)
 
 
-def _example_rows(f: Figures, tags: list[str]) -> list[int]:
+def _example_rows(data: FigureData, tags: list[str]) -> list[int]:
     """Test images carrying the first of these tags that exist (one per tag), for figure 5."""
     rows = []
-    truth = f.test["truth"]
+    truth = data.test["truth"]
     for tag in tags:
-        idx = f.tags.get(tag)
+        idx = data.tags.get(tag)
         if idx is None:
             continue
         hits = np.unique(truth.rows()[truth.values == idx])
