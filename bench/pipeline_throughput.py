@@ -44,6 +44,7 @@ import duckdb_pipeline  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from pipeline.geography import country_continents  # noqa: E402
+from pipeline.spark import BATCH_JVM_OPTIONS  # noqa: E402
 
 
 def world(work: Path, n: int, seed: int, compress: bool) -> Path:
@@ -62,10 +63,10 @@ def run_spark(raw: Path, work: Path, master: str, partitions: int) -> tuple[floa
     args = [f"paths.root_dir={root}", f"paths.raw_dir={raw}", f"paths.mlflow_tracking_uri=sqlite:///{root}/mlruns.db",
             f"spark.shuffle_partitions={partitions}"]
     submit = str(Path(sys.executable).with_name("spark-submit"))
+    java_opts = f"{BATCH_JVM_OPTIONS} -Dlog4j2.configurationFile={ROOT}/conf/log4j2.properties"
     t = time.perf_counter()
     for job in ("clean_metadata", "build_vocab"):
-        r = subprocess.run([submit, "--master", master, "--driver-memory", "4g",
-                            "--driver-java-options", f"-XX:+UseParallelGC -Dlog4j2.configurationFile={ROOT}/conf/log4j2.properties",
+        r = subprocess.run([submit, "--master", master, "--driver-memory", "4g", "--driver-java-options", java_opts,
                             str(ROOT / "jobs" / f"{job}.py"), *args],
                            cwd=ROOT, env=env, capture_output=True, text=True)
         if r.returncode != 0:
