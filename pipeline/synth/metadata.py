@@ -24,7 +24,8 @@ from .world import (CAMERA_TAGS, CONCEPTS, DIGIT_TAG_FORMATS, EVENT_TAGS, FLICKR
 
 CHUNK_ROWS = 100_000          # rows per independently seeded chunk (fixed: part of determinism)
 ID_SPACE = 13_000_000_000     # photo ids spread up to ~1.3e10, past int32 as in the real data
-SALIENCE_MEAN = 0.65          # mean of the per-photo concept salience, uniform on [0.3, 1]
+SALIENCE_MIN = 0.3            # per-photo concept salience is uniform on [SALIENCE_MIN, 1]
+SALIENCE_MEAN = (SALIENCE_MIN + 1.0) / 2
 #: Mean photos per user. Small enough that a test gallery holds about one photo per user, as on
 #: Flickr, so images near a query location come from many people with their own tags.
 PHOTOS_PER_USER = 12
@@ -293,7 +294,7 @@ def generate_chunk(world: World, chunk: int, start: int, n: int) -> tuple[pa.Tab
     # Tags: a (n, k) matrix of tag ids, -1 for absent; then sorted, de-duplicated, joined.
     # How prominent the concept is in the photo (0.3 faint .. 1 fills the frame): people tag what
     # stands out, so the concept's tags get likelier with it (0.55 and 0.25 on average).
-    salience = 0.3 + 0.7 * u[:, 23]
+    salience = SALIENCE_MIN + (1 - SALIENCE_MIN) * u[:, 23]
     cols = [np.where(u[:, 12] < 0.55 * salience / SALIENCE_MEAN, concept_tag, -1)]
     cols += [np.where(rng.random(n) < 0.25 * salience / SALIENCE_MEAN, world.related_tags[concept, j], -1)
              for j in range(2)]
