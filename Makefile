@@ -23,7 +23,7 @@ SPARK_JAVA_OPTS ?= -XX:+UseParallelGC -Dlog4j2.configurationFile=conf/log4j2.pro
 PIPELINE_JOBS := clean_metadata build_vocab shard_dataset frequency_baselines
 PIPELINE_ARGS ?= paths.raw_dir=$(SAMPLE_DIR) shard.image_size=128 shard.rows_per_file=5000 shard.rows_per_row_group=250
 
-.PHONY: install demo test test-fast sample pipeline bench clean train-mcc train-mlc train-her report ui
+.PHONY: install demo test test-fast sample pipeline bench clean train-mcc train-mlc train-her report ui repeats
 
 install: $(STAMP)
 
@@ -103,6 +103,19 @@ $(REPORT_MARKER): $(MODEL_MARKERS) $(LOCSENS_MARKERS)
 	$(call demo_stage,report,$(PY) -m training.report > /dev/null)
 
 report: install
+	$(PY) -m training.report
+
+# Repeats: train experiments again with other seeds on the same inputs (after `make demo`), then
+# report. The report averages an experiment's repeats (same name, same embeddings, same settings
+# but the seed) and shows mean ± standard deviation; all are scored on the same queries.
+REPEAT_EXPERIMENTS ?= locsens locsens_raw_retrieval locsens_zeroed_retrieval
+SEEDS ?= 1 2 3
+repeats: install
+	@mkdir -p outputs/repeats; for seed in $(SEEDS); do for e in $(REPEAT_EXPERIMENTS); do \
+		log=outputs/repeats/$${e}_seed$$seed.log; echo "repeats: $$e seed=$$seed (log: $$log)"; \
+		$(PY) -m training.run +experiment=$${e}_sample seed=$$seed $(TRAIN_ARGS) > $$log 2>&1 \
+			|| { echo "repeats: $$e seed=$$seed FAILED, see $$log"; exit 1; }; \
+	done; done
 	$(PY) -m training.report
 
 # The MLflow UI over the project's tracking store, on loopback only.

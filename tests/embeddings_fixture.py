@@ -45,6 +45,7 @@ def write_embeddings(out: Path, *, dim: int = 32, num_tags: int = 40, rows=(("tr
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, out / rel, row_group_size=row_group)
         splits[split] = {"files": [{"path": rel, "rows": n}], "rows": n}
-    manifest = EmbeddingsManifest(model="MCC", score="cosine", dim=dim, num_tags=num_tags, splits=splits)
+    manifest = EmbeddingsManifest(model="MCC", score="cosine", dim=dim, num_tags=num_tags, splits=splits,
+                                  export_id="fixture")
     (out / MANIFEST_NAME).write_text(manifest.to_json())
     return out

@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 from embeddings_fixture import write_embeddings
+from training.export import EmbeddingsManifest
 from training.run import train
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -71,6 +72,8 @@ def test_sigma_schedule_run_evaluates_every_snapshot(tmp_path, embeddings):
     runs = mlflow.search_runs(experiment_names=["evaluate"])
     assert sorted(runs["tags.mlflow.runName"]) == sorted(f"locsens_sigma_{s}" for s in ("1", "0.1", "0.05", "0.01", "0"))
     assert "metrics.tagging/A_at_10" in runs.columns
+    # Each run names the export it scored, so the report can skip runs on re-exported embeddings.
+    assert set(runs["tags.embeddings_export_id"]) == {EmbeddingsManifest.read(embeddings).export_id}
     train_runs = mlflow.search_runs(experiment_names=["train"])
     assert "metrics.locsens/sigma" in train_runs.columns
 

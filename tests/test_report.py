@@ -8,7 +8,9 @@ from hydra import compose, initialize_config_dir
 
 from pipeline.metrics import mlflow_metrics
 from training.report import build_report
-from training.report_tables import baseline_results, location_table, noplaces_table, tagging_table
+from training.export import MANIFEST_NAME, EmbeddingsManifest
+from training.report_tables import (baseline_results, collect_results, location_table, noplaces_table, summarise,
+                                    tagging_table)
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -64,3 +66,47 @@ def test_report_reads_mlflow_and_draws_figures(tmp_path):
     assert (report.parent / "figures" / "p10_vs_sigma.png").exists()
     runs = mlflow.search_runs(experiment_names=["report"], output_format="list")
     assert runs and any(a.path == "report.md" for a in mlflow.MlflowClient().list_artifacts(runs[0].info.run_id))
+
+
+def test_repeats_are_averaged_with_their_spread():
+    got = summarise([{"retrieval/P@10_agnostic": 20.0, "tagging/A@1": 5.0}, {"retrieval/P@10_agnostic": 22.0}])
+    assert got["repeats"] == 2 and got["retrieval/P@10_agnostic"] == 21.0
+    assert abs(got["retrieval/P@10_agnostic_sd"] - 2 ** 0.5) < 1e-9
+    assert got["tagging/A@1"] == 5.0 and "tagging/A@1_sd" not in got       # one value: no spread
+    assert summarise([{"tagging/A@1": 5.0}]) == {"tagging/A@1": 5.0}
+    row = location_table({"locsens_sigma_1": got})
+    assert "| LocSens - location sampling, sigma=1 (2 runs) | 21.00 ± 1.41 (40.60) |" in row
+
+
+def _write_manifest(directory: Path, export_id: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest = EmbeddingsManifest(model="MCC", score="cosine", dim=4, num_tags=2, splits={}, export_id=export_id)
+    (directory / MANIFEST_NAME).write_text(manifest.to_json())
+
+
+def test_report_averages_repeats_and_skips_runs_on_overwritten_embeddings(tmp_path):
+    """Repeats (same settings but the seed, on the embeddings now on disk) are averaged; a run with
+    other settings under the same name, or one made on embeddings since re-exported, is not."""
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    mlflow.set_tracking_uri(uri)
+    train, evaluate = mlflow.create_experiment("train"), mlflow.create_experiment("evaluate")
+    emb = tmp_path / "embeddings"
+    _write_manifest(emb, "new")
+
+    def run(agnostic: float, export_id: str, **params) -> None:
+        with mlflow.start_run(experiment_id=train, run_name="locsens_raw_retrieval") as t:
+            mlflow.log_params({"model.lr": 0.1, "seed": 1, "data.seed": 1, **params})
+        with mlflow.start_run(experiment_id=evaluate, run_name="locsens_raw_retrieval",
+                              tags={"train_run_id": t.info.run_id, "embeddings_dir": str(emb),
+                                    "embeddings_export_id": export_id}):
+            mlflow.log_params({"evaluation.min_images": 10})
+            mlflow.log_metrics(mlflow_metrics({"retrieval/P@10_agnostic": agnostic}))
+
+    run(50.0, "old")                                  # made on the embeddings before the re-export
+    run(30.0, "new", **{"model.lr": 0.5})             # another experiment under the same name
+    run(20.0, "new", seed=2, **{"data.seed": 2})
+    run(24.0, "new", seed=3, **{"data.seed": 3})      # the latest
+    got = collect_results(uri)["locsens_raw_retrieval"]
+    assert got["repeats"] == 2 and got["retrieval/P@10_agnostic"] == 22.0
+    _write_manifest(emb, "newer")                     # re-exported since: every run is stale
+    assert "locsens_raw_retrieval" not in collect_results(uri)

@@ -126,6 +126,7 @@ def test_train_export_evaluate_and_resume(tmp_path, shards):
     eval_run = client.get_run(train_run.data.tags["eval_run_id"])
     assert eval_run.data.metrics["tagging/A_at_10"] == pytest.approx(metrics["tagging/A@10"])
     assert "retrieval/P_at_10_750km" in eval_run.data.metrics
+    assert eval_run.data.tags["embeddings_export_id"] == manifest.export_id != ""
 
     # Resume from last.ckpt: the epoch counter continues instead of starting over.
     cfg2 = compose_cfg(tmp_path, shards, "+experiment=mcc", "trainer.max_epochs=3", "resume=true",

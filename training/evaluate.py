@@ -103,6 +103,14 @@ def evaluate_embeddings(embeddings_dir: str | Path, *, shards_dir: Optional[str 
     return out
 
 
+def embeddings_tags(embeddings_dir: str | Path) -> dict[str, str]:
+    """Tags that tie an evaluation run to the export it scored (see ``EmbeddingsManifest.export_id``)."""
+    from training.export import EmbeddingsManifest
+
+    return {"embeddings_dir": str(Path(embeddings_dir).resolve()),
+            "embeddings_export_id": EmbeddingsManifest.read(embeddings_dir).export_id}
+
+
 def log_evaluation(metrics: Mapping[str, float], config: Mapping[str, Any], *, tracking_uri: str,
                    artifact_root: Optional[str], run_name: str,
                    tags: Optional[Mapping[str, str]] = None, experiment: str = "evaluate") -> str:
@@ -137,7 +145,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
         log_evaluation(metrics, OmegaConf.to_container(cfg, resolve=True),
                        tracking_uri=cfg.paths.mlflow_tracking_uri,
                        artifact_root=cfg.paths.mlflow_artifact_root,
-                       run_name=cfg.task_name, tags={"embeddings_dir": str(cfg.embeddings_dir)})
+                       run_name=cfg.task_name, tags=embeddings_tags(cfg.embeddings_dir))
     return metrics
 
 

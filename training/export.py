@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -63,6 +64,9 @@ class EmbeddingsManifest:
     splits: dict[str, dict[str, Any]]        # split -> {"files": [{"path", "rows"}], "rows": n}
     tags_path: str = TAGS_FILE
     extra: dict[str, Any] = field(default_factory=dict)
+    #: New at every export: evaluation runs record it, so that the report can tell the runs made on
+    #: these embeddings from runs made on embeddings since overwritten ("" in older manifests).
+    export_id: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -196,7 +200,8 @@ class EmbeddingWriter(BasePredictionWriter):
             splits[split] = {"files": files, "rows": sum(f["rows"] for f in files)}
         manifest = EmbeddingsManifest(
             model=type(pl_module).__name__, score=pl_module.score, dim=dim, num_tags=tags.shape[0],
-            splits=splits, extra={"shards_dir": str(Path(dm.shards_dir).resolve()), **self.extra})
+            splits=splits, extra={"shards_dir": str(Path(dm.shards_dir).resolve()), **self.extra},
+            export_id=uuid.uuid4().hex)
         self._remove_stale(splits)
         fd, tmp = tempfile.mkstemp(prefix=".manifest-", dir=self.output_dir)
         with os.fdopen(fd, "w") as fh:

@@ -47,7 +47,7 @@ def evaluate_after_fit(cfg: DictConfig, model: LocSens, datamodule, callbacks: l
                        train_run_id: Optional[str] = None) -> dict[str, float]:
     """Evaluate on ``cfg.evaluation.split``; returns metrics, prefixed by run name for snapshots."""
     from training.data import place_mask
-    from training.evaluate import log_evaluation
+    from training.evaluate import embeddings_tags, log_evaluation
 
     ev = cfg.evaluation
     split = datamodule.split_arrays(ev.split)
@@ -72,7 +72,8 @@ def evaluate_after_fit(cfg: DictConfig, model: LocSens, datamodule, callbacks: l
         if cfg.get("logger") and any("MLFlowLogger" in str(c.get("_target_", "")) for c in cfg.logger.values()):
             log_evaluation(metrics, config, tracking_uri=cfg.paths.mlflow_tracking_uri,
                            artifact_root=cfg.paths.get("mlflow_artifact_root"), run_name=name,
-                           tags={k: v for k, v in {"train_run_id": train_run_id, "checkpoint": checkpoint}.items() if v})
+                           tags={**embeddings_tags(datamodule.embeddings_dir),
+                                 **{k: v for k, v in {"train_run_id": train_run_id, "checkpoint": checkpoint}.items() if v}})
         out.update({(k if last else f"{name}/{k}"): float(v) for k, v in metrics.items() if np.isfinite(v)})
         for k in ("tagging/A@1", "tagging/A@10", "retrieval/P@10_25km", "retrieval/P@10_agnostic"):
             if k in metrics:

@@ -103,9 +103,15 @@ def plot_sigma(results: Results, path: Path) -> Optional[Path]:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     x = np.arange(len(present))
+    rows = [results[f"locsens_sigma_{s}"] for s in present]
     for g in DISTANCE_COLUMNS:
-        ax.plot(x, [results[f"locsens_sigma_{s}"].get(f"retrieval/P@10_{g}", np.nan) for s in present],
-                marker="o", label=g)
+        key = f"retrieval/P@10_{g}"
+        sd = [r.get(f"{key}_sd", 0.0) for r in rows]   # error bars: spread over repeats
+        ax.errorbar(x, [r.get(key, np.nan) for r in rows], yerr=sd if any(sd) else None, marker="o",
+                    capsize=3, label=g)
+    runs = int(rows[0].get("repeats", 1))
+    if runs > 1:
+        ax.set_xlabel(f"mean and standard deviation over {runs} runs")
     ax.set_xticks(x, [f"sigma={s}" for s in present])
     ax.set_ylabel("P@10 (%)")
     ax.set_title("LocSens with location sampling: P@10 against sigma")

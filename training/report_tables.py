@@ -1,18 +1,24 @@
 """The paper's result tables (SPEC 6), filled from MLflow, with the paper's numbers beside ours.
 
 Results are read back from the tracking store, the single record of every run: the latest
-evaluation run of each model (experiment ``evaluate``) and of the frequency baselines
-(experiment ``pipeline/frequency_baselines``), mapped to the project's metric names
-(``tagging/A@10``, ``retrieval/P@10_750km``). Pure formatting below :func:`collect_results`.
+evaluation run of each model (experiment ``evaluate``), averaged with its repeats under other
+seeds, and the latest run of the frequency baselines (experiment ``pipeline/frequency_baselines``),
+mapped to the project's metric names (``tagging/A@10``, ``retrieval/P@10_750km``). Pure formatting
+below :func:`collect_results`.
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Mapping, Optional, Sequence
+
+import numpy as np
 
 from pipeline.metrics import GRANULARITIES_KM, mlflow_metric_name
 
 Results = dict[str, dict[str, float]]          # model -> metric name -> value
+
+log = logging.getLogger(__name__)
 
 #: SPEC section 6: the paper's numbers on full YFCC100M (None: not reported).
 PAPER_TAGGING = {
@@ -56,7 +62,14 @@ RETRIEVAL_ONLY = frozenset({"locsens_dropout", *(f"locsens_sigma_{s}" for s in S
 
 
 def collect_results(tracking_uri: str) -> Results:
-    """Latest metrics per model from MLflow: evaluation runs by run name, plus the baselines run."""
+    """Metrics per model from MLflow: evaluation runs by run name, plus the latest baselines run.
+
+    Runs made on embeddings that have since been overwritten (their export id no longer matches the
+    manifest on disk) are skipped. The other runs of a name that repeat its latest run (same training
+    and evaluation settings but the seeds, see ``make repeats``) are averaged: each metric is then
+    the mean, with its sample standard deviation under ``<metric>_sd`` and the count under
+    ``repeats``.
+    """
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -67,13 +80,29 @@ def collect_results(tracking_uri: str) -> Results:
     if mlflow.get_experiment_by_name("evaluate") is not None:
         runs = mlflow.search_runs(experiment_names=["evaluate"], order_by=["attributes.start_time DESC"],
                                   filter_string="attributes.status = 'FINISHED'", output_format="list")
+        current = _CurrentExports()
+        groups: dict[str, list] = {}
+        stale: dict[str, int] = {}
         for run in runs:
             name = run.data.tags.get("mlflow.runName", "")
-            if name in names and name not in out:
-                out[name] = {wanted[k]: v for k, v in run.data.metrics.items() if k in wanted}
-                if name == "mcc":    # the upper bound is measured with MCC's evaluation
-                    out["upper_bound"] = {f"retrieval/P@10_{g}": v for k, v in run.data.metrics.items()
-                                          for g in DISTANCE_COLUMNS if k == mlflow_metric_name(f"upper_bound/P@10_{g}")}
+            if name not in names:
+                continue
+            if current.matches(run):
+                groups.setdefault(name, []).append(run)
+            else:
+                stale[name] = stale.get(name, 0) + 1
+        if stale:
+            log.warning("report: skipped runs evaluated on embeddings since overwritten: %s",
+                        ", ".join(f"{n} ({k})" for n, k in sorted(stale.items())))
+        settings = _Settings(mlflow.MlflowClient())
+        for name, group in groups.items():
+            key = settings.of(group[0])
+            repeats = [r for r in group if settings.of(r) == key]
+            out[name] = summarise([{wanted[k]: v for k, v in r.data.metrics.items() if k in wanted} for r in repeats])
+            if name == "mcc":    # the upper bound is measured with MCC's evaluation
+                latest = group[0].data.metrics
+                out["upper_bound"] = {f"retrieval/P@10_{g}": v for k, v in latest.items()
+                                      for g in DISTANCE_COLUMNS if k == mlflow_metric_name(f"upper_bound/P@10_{g}")}
     if mlflow.get_experiment_by_name("pipeline/frequency_baselines") is not None:
         runs = mlflow.search_runs(experiment_names=["pipeline/frequency_baselines"], max_results=1,
                                   order_by=["attributes.start_time DESC"],
@@ -81,6 +110,76 @@ def collect_results(tracking_uri: str) -> Results:
         if runs:
             out.update(baseline_results(runs[0].data.metrics))
     return out
+
+
+def summarise(repeats: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Mean of each metric over repeats of one model; ``<metric>_sd`` and ``repeats`` when there
+    are several."""
+    if len(repeats) == 1:
+        return dict(repeats[0])
+    out: dict[str, float] = {"repeats": float(len(repeats))}
+    for metric in sorted({k for r in repeats for k in r}):
+        values = np.array([r[metric] for r in repeats if metric in r], dtype=float)
+        out[metric] = float(values.mean())
+        if len(values) > 1:
+            out[f"{metric}_sd"] = float(values.std(ddof=1))
+    return out
+
+
+class _CurrentExports:
+    """Which evaluation runs scored the embeddings now on disk: a run's ``embeddings_export_id`` tag
+    must equal the export id in its ``embeddings_dir``'s manifest. Runs without a directory, or
+    whose directory is gone (a report made elsewhere), cannot be checked and count as current."""
+
+    def __init__(self):
+        self._ids: dict[str, Optional[str]] = {}
+
+    def matches(self, run) -> bool:
+        directory = run.data.tags.get("embeddings_dir") or run.data.params.get("embeddings_dir")
+        if not directory:
+            return True
+        if directory not in self._ids:
+            from training.export import EmbeddingsManifest
+
+            try:
+                self._ids[directory] = EmbeddingsManifest.read(directory).export_id
+            except FileNotFoundError:
+                self._ids[directory] = None
+        on_disk = self._ids[directory]
+        return on_disk is None or run.data.tags.get("embeddings_export_id", "") == on_disk
+
+
+#: Settings that may differ between repeats of one experiment: seeds, and how a run was resumed.
+_REPEAT_FREE = frozenset({"seed", "resume", "ckpt_path"})
+
+
+class _Settings:
+    """An evaluation run's settings, for telling repeats apart from changed experiments: its own
+    parameters and its training run's, without the seeds."""
+
+    def __init__(self, client):
+        self._client = client
+        self._train: dict[str, dict[str, str]] = {}
+
+    def _train_params(self, run_id: Optional[str]) -> dict[str, str]:
+        if not run_id:
+            return {}
+        if run_id not in self._train:
+            try:
+                self._train[run_id] = dict(self._client.get_run(run_id).data.params)
+            except Exception:   # the training run was deleted: compare evaluation settings only
+                self._train[run_id] = {}
+        return self._train[run_id]
+
+    def of(self, run) -> frozenset:
+        params = {f"train.{k}": v for k, v in self._train_params(run.data.tags.get("train_run_id")).items()}
+        params.update({f"eval.{k}": v for k, v in run.data.params.items()})
+        return frozenset((k, v) for k, v in params.items() if not _repeat_free(k))
+
+
+def _repeat_free(key: str) -> bool:
+    last = key.rsplit(".", 1)[-1]
+    return last in _REPEAT_FREE or last.endswith("_seed")
 
 
 def baseline_results(metrics: Mapping[str, float]) -> Results:
@@ -103,10 +202,20 @@ def _metric_names() -> list[str]:
     return names
 
 
-def _cell(ours: Optional[float], paper: Optional[float]) -> str:
+def _cell(ours: Optional[float], paper: Optional[float], sd: Optional[float] = None) -> str:
+    """``ours (paper)``, or ``mean ± sd (paper)`` over repeats."""
     o = "-" if ours is None or (isinstance(ours, float) and math.isnan(ours)) else f"{ours:.2f}"
+    if sd is not None and o != "-":
+        o += f" ± {sd:.2f}"
     p = "-" if paper is None else f"{paper:.2f}"
     return f"{o} ({p})"
+
+
+def _row(results: Results, name: str, columns: Sequence[str], paper: Sequence[Optional[float]]) -> list[str]:
+    """A table row: the model's label (with its number of runs when repeated), then its cells."""
+    m = results[name]
+    label = LABELS[name] + (f" ({int(m['repeats'])} runs)" if m.get("repeats", 1) > 1 else "")
+    return [label] + [_cell(m.get(c), p, m.get(f"{c}_sd")) for c, p in zip(columns, paper)]
 
 
 def _table(header: Sequence[str], rows: list[list[str]]) -> str:
@@ -121,14 +230,13 @@ def tagging_table(results: Results) -> str:
     rows = []
     for name in _tagging_rows():
         if name in results and any(c in results[name] for c in cols):
-            paper = PAPER_TAGGING.get(name, (None,) * 5)
-            rows.append([LABELS[name]] + [_cell(results[name].get(c), p) for c, p in zip(cols, paper)])
+            rows.append(_row(results, name, cols, PAPER_TAGGING.get(name, (None,) * 5)))
     return _table(["Method", "A@1", "A@10", "A@50", "%pred", "%cpred"], rows)
 
 
 def noplaces_table(results: Results) -> str:
     cols = ["tagging/A@1_noplaces", "tagging/A@10_noplaces", "tagging/A@50_noplaces"]
-    rows = [[LABELS[n]] + [_cell(results[n].get(c), p) for c, p in zip(cols, PAPER_NOPLACES.get(n, (None,) * 3))]
+    rows = [_row(results, n, cols, PAPER_NOPLACES.get(n, (None,) * 3))
             for n in _tagging_rows() if n in results and any(c in results[n] for c in cols)]
     return _table(["Method", "A@1", "A@10", "A@50"], rows)
 
@@ -143,7 +251,7 @@ def retrieval_results(results: Results) -> Results:
 
 
 def agnostic_retrieval_table(results: Results) -> str:
-    rows = [[LABELS[n], _cell(results[n].get("retrieval/P@10"), PAPER_AGNOSTIC.get(n))]
+    rows = [_row(results, n, ["retrieval/P@10"], [PAPER_AGNOSTIC.get(n)])
             for n in ("mlc", "mcc", "her") if n in results and "retrieval/P@10" in results[n]]
     return _table(["Method", "P@10"], rows)
 
@@ -154,9 +262,8 @@ def location_table(results: Results) -> str:
     rows = []
     for n in ORDER:
         if n in results and any(f"retrieval/P@10_{g}" in results[n] for g in DISTANCE_COLUMNS):
-            paper = PAPER_LOCATION.get(n, (None,) * 6)
-            rows.append([LABELS[n]] + [_cell(results[n].get(f"retrieval/P@10_{g}"), p)
-                                       for g, p in zip(DISTANCE_COLUMNS, paper)])
+            rows.append(_row(results, n, [f"retrieval/P@10_{g}" for g in DISTANCE_COLUMNS],
+                             PAPER_LOCATION.get(n, (None,) * 6)))
     header = ["Method", "Location agnostic", "Continent (2500 km)", "Country (750 km)", "Region (200 km)",
               "City (25 km)", "Street (1 km)"]
     return _table(header, rows)

@@ -111,7 +111,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
         metrics.update(evaluate_after_fit(cfg, model, datamodule, callbacks, mlf.run_id if mlf else None))
     if cfg.get("evaluate", True) and embeddings_dir:
-        from training.evaluate import evaluate_embeddings, log_evaluation
+        from training.evaluate import embeddings_tags, evaluate_embeddings, log_evaluation
 
         results = evaluate_embeddings(embeddings_dir, shards_dir=datamodule.shards_dir, **cfg.evaluation)
         metrics.update(results)
@@ -124,7 +124,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                           "task_name": cfg.task_name},
                 tracking_uri=cfg.paths.mlflow_tracking_uri,
                 artifact_root=cfg.paths.get("mlflow_artifact_root"), run_name=cfg.task_name,
-                tags={"train_run_id": mlf.run_id, "embeddings_dir": embeddings_dir})
+                tags={"train_run_id": mlf.run_id, **embeddings_tags(embeddings_dir)})
             mlf.experiment.set_tag(mlf.run_id, "eval_run_id", eval_id)
     if mlf is not None:
         mlf.finalize("success")
