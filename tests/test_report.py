@@ -1,6 +1,7 @@
 """The results report: metric mapping, the paper's tables beside ours, figures, MLflow round trip."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import mlflow
@@ -110,3 +111,20 @@ def test_report_averages_repeats_and_skips_runs_on_overwritten_embeddings(tmp_pa
     assert got["repeats"] == 2 and got["retrieval/P@10_agnostic"] == 22.0
     _write_manifest(emb, "newer")                     # re-exported since: every run is stale
     assert "locsens_raw_retrieval" not in collect_results(uri)
+
+
+def test_runs_on_a_manifest_without_export_id_count_only_if_made_after_it(tmp_path):
+    """Manifests from before export ids: a run that started before the manifest was written
+    cannot have scored these embeddings."""
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    mlflow.set_tracking_uri(uri)
+    evaluate = mlflow.create_experiment("evaluate")
+    emb = tmp_path / "embeddings"
+    _write_manifest(emb, "")
+    with mlflow.start_run(experiment_id=evaluate, run_name="mcc", tags={"embeddings_dir": str(emb)}) as run:
+        mlflow.log_metrics(mlflow_metrics({"retrieval/P@10_agnostic": 10.0}))
+    started = run.info.start_time / 1000.0
+    os.utime(emb / MANIFEST_NAME, (started + 60, started + 60))      # written after the run began
+    assert "mcc" not in collect_results(uri)
+    os.utime(emb / MANIFEST_NAME, (started - 60, started - 60))
+    assert collect_results(uri)["mcc"]["retrieval/P@10_agnostic"] == 10.0

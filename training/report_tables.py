@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -128,25 +129,33 @@ def summarise(repeats: Sequence[Mapping[str, float]]) -> dict[str, float]:
 
 class _CurrentExports:
     """Which evaluation runs scored the embeddings now on disk: a run's ``embeddings_export_id`` tag
-    must equal the export id in its ``embeddings_dir``'s manifest. Runs without a directory, or
-    whose directory is gone (a report made elsewhere), cannot be checked and count as current."""
+    must equal the export id in its ``embeddings_dir``'s manifest. Manifests written before export
+    ids existed have none; then the run must have started after the manifest was written. Runs
+    without a directory, or whose directory is gone (a report made elsewhere), cannot be checked
+    and count as current."""
 
     def __init__(self):
-        self._ids: dict[str, Optional[str]] = {}
+        self._exports: dict[str, Optional[tuple[str, float]]] = {}   # directory -> (export id, mtime)
 
     def matches(self, run) -> bool:
         directory = run.data.tags.get("embeddings_dir") or run.data.params.get("embeddings_dir")
         if not directory:
             return True
-        if directory not in self._ids:
-            from training.export import EmbeddingsManifest
+        if directory not in self._exports:
+            from training.export import MANIFEST_NAME, EmbeddingsManifest
 
             try:
-                self._ids[directory] = EmbeddingsManifest.read(directory).export_id
+                self._exports[directory] = (EmbeddingsManifest.read(directory).export_id,
+                                            (Path(directory) / MANIFEST_NAME).stat().st_mtime)
             except FileNotFoundError:
-                self._ids[directory] = None
-        on_disk = self._ids[directory]
-        return on_disk is None or run.data.tags.get("embeddings_export_id", "") == on_disk
+                self._exports[directory] = None
+        export = self._exports[directory]
+        if export is None:
+            return True
+        export_id, written = export
+        if export_id:
+            return run.data.tags.get("embeddings_export_id", "") == export_id
+        return run.info.start_time / 1000.0 >= written - 1.0
 
 
 #: Settings that may differ between repeats of one experiment: seeds, and how a run was resumed.
