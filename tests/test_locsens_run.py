@@ -60,6 +60,12 @@ def test_experiments_compose(tmp_path, embeddings, experiment, location, negativ
     assert list(full.model.hidden) == [2048, 2048, 2048, 1024, 512] and full.data.batch_size == 1024
     assert full.model.negatives == 6 and full.model.margin == 0.1 and full.model.optimizer.momentum == 0.9
     assert paper.model.sigma_schedule[0][0] == 1.0 and paper.model.sigma_schedule[-1][0] == 0.0
+    # The sigma-schedule model anneals within each sigma stage (each snapshot settled); the others
+    # have one stage to settle in.
+    staged = location == "sampling"
+    for c in (cfg, sample):
+        assert c.model.scheduler._target_.endswith("staged_cosine" if staged else "warmup_cosine")
+        assert (c.model.scheduler.get("stages") == c.model.sigma_schedule) if staged else "stages" not in c.model.scheduler
 
 
 def test_sigma_schedule_run_evaluates_every_snapshot(tmp_path, embeddings):

@@ -2,9 +2,15 @@
 from __future__ import annotations
 
 import math
+from typing import Optional, Sequence
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
+
+
+def _cosine(progress: float, peak: float, floor: float) -> float:
+    """Cosine decay from ``peak`` (progress 0) to ``floor`` (progress 1)."""
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def warmup_cosine(optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.0,
@@ -17,8 +23,7 @@ def warmup_cosine(optimizer: Optimizer, total_steps: int, warmup_fraction: float
     def factor(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
-        progress = min(1.0, (step - warm) / max(1, total - warm))
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return _cosine((step - warm) / max(1, total - warm), 1.0, min_lr_ratio)
 
     return LambdaLR(optimizer, factor)
 
@@ -29,3 +34,32 @@ def step_decay(optimizer: Optimizer, total_steps: int, milestones: tuple[float, 
     total = max(1, int(total_steps))
     steps = sorted(int(m * total) for m in milestones)
     return LambdaLR(optimizer, lambda step: gamma ** sum(step >= s for s in steps))
+
+
+def staged_cosine(optimizer: Optimizer, total_steps: int, stages: Optional[Sequence[Sequence[float]]] = None,
+                  warmup_fraction: float = 0.0, min_lr_ratio: float = 0.0, restart_ratio: float = 0.2) -> LambdaLR:
+    """One cosine decay per stage of a staged schedule (``stages``: (value, share) pairs, as the
+    sigma schedule), so that the model has settled at the end of every stage, where it is
+    snapshotted. The first stage starts at the base rate, after a linear warm-up over
+    ``warmup_fraction`` of that stage; each later stage restarts at ``restart_ratio`` times the base
+    rate. Every stage decays to ``min_lr_ratio`` times the base rate. ``stages=None``: one stage,
+    the same as :func:`warmup_cosine`."""
+    total = max(1, int(total_steps))
+    shares = [1.0] if not stages else [float(f) for _, f in stages]
+    if any(f <= 0 for f in shares):
+        raise ValueError(f"staged_cosine: stage shares must be positive, got {shares}")
+    ends, acc = [], 0.0
+    for f in shares:
+        acc += f / sum(shares)
+        ends.append(int(round(acc * total)))
+    ends[-1] = total
+    warm = int(warmup_fraction * ends[0])
+
+    def factor(step: int) -> float:
+        i = next((k for k, e in enumerate(ends) if step < e), len(ends) - 1)
+        if i == 0 and step < warm:
+            return (step + 1) / warm
+        begin = warm if i == 0 else ends[i - 1]
+        return _cosine((step - begin) / max(1, ends[i] - begin), 1.0 if i == 0 else restart_ratio, min_lr_ratio)
+
+    return LambdaLR(optimizer, factor)
