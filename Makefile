@@ -61,7 +61,7 @@ train-mcc train-mlc train-her: train-%: install $(SHARDS_MANIFEST)
 MLFLOW_PORT ?= 5000
 DEMO_VOCAB ?= 2000
 DEMO_MODELS ?= mcc mlc her
-DEMO_LOCSENS ?= locsens locsens_raw locsens_raw_retrieval
+DEMO_LOCSENS ?= locsens locsens_raw locsens_raw_retrieval locsens_zeroed_retrieval
 DEMO_STAGES := sample pipeline $(DEMO_MODELS) $(DEMO_LOCSENS) report
 DEMO_PIPELINE_ARGS ?= $(PIPELINE_ARGS) vocab.size=$(DEMO_VOCAB)
 SAMPLE_MARKER := $(SAMPLE_DIR)/world.json
