@@ -174,9 +174,11 @@ class _Settings:
         if not run_id:
             return {}
         if run_id not in self._train:
+            from mlflow.exceptions import MlflowException
+
             try:
                 self._train[run_id] = dict(self._client.get_run(run_id).data.params)
-            except Exception:   # the training run was deleted: compare evaluation settings only
+            except MlflowException:   # the training run was deleted: compare evaluation settings only
                 self._train[run_id] = {}
         return self._train[run_id]
 

@@ -7,6 +7,8 @@ from typing import Optional, Sequence
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from training.sigma_schedule import StageSchedule
+
 
 def _cosine(progress: float, peak: float, floor: float) -> float:
     """Cosine decay from ``peak`` (progress 0) to ``floor`` (progress 1)."""
@@ -45,14 +47,8 @@ def staged_cosine(optimizer: Optimizer, total_steps: int, stages: Optional[Seque
     rate. Every stage decays to ``min_lr_ratio`` times the base rate. ``stages=None``: one stage,
     the same as :func:`warmup_cosine`."""
     total = max(1, int(total_steps))
-    shares = [1.0] if not stages else [float(f) for _, f in stages]
-    if any(f <= 0 for f in shares):
-        raise ValueError(f"staged_cosine: stage shares must be positive, got {shares}")
-    ends, acc = [], 0.0
-    for f in shares:
-        acc += f / sum(shares)
-        ends.append(int(round(acc * total)))
-    ends[-1] = total
+    # The sigma schedule's own boundaries, so that each decay ends exactly where a snapshot is taken.
+    ends = StageSchedule.from_config(stages or [(0.0, 1.0)]).boundaries(total)
     warm = int(warmup_fraction * ends[0])
 
     def factor(step: int) -> float:
