@@ -103,12 +103,11 @@ def evaluate_embeddings(embeddings_dir: str | Path, *, shards_dir: Optional[str 
     return out
 
 
-def embeddings_tags(embeddings_dir: str | Path) -> dict[str, str]:
-    """Tags that tie an evaluation run to the export it scored (see ``EmbeddingsManifest.export_id``)."""
-    from training.export import EmbeddingsManifest
-
-    return {"embeddings_dir": str(Path(embeddings_dir).resolve()),
-            "embeddings_export_id": EmbeddingsManifest.read(embeddings_dir).export_id}
+def embeddings_tags(embeddings_dir: str | Path, manifest: Optional[EmbeddingsManifest] = None) -> dict[str, str]:
+    """Tags that tie an evaluation run to the export it scored (see ``EmbeddingsManifest.export_id``);
+    ``manifest``: the directory's manifest when the caller has already read it."""
+    manifest = manifest or EmbeddingsManifest.read(embeddings_dir)
+    return {"embeddings_dir": str(Path(embeddings_dir).resolve()), "embeddings_export_id": manifest.export_id}
 
 
 def log_evaluation(metrics: Mapping[str, float], config: Mapping[str, Any], *, tracking_uri: str,

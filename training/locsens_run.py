@@ -56,6 +56,7 @@ def evaluate_after_fit(cfg: DictConfig, model: LocSens, datamodule, callbacks: l
     tag_table = datamodule.tag_embeddings()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     targets = models_to_evaluate(cfg, model, callbacks)
+    export = embeddings_tags(datamodule.embeddings_dir, datamodule.manifest)   # one read for every snapshot
     out: dict[str, float] = {}
     for i, (name, checkpoint) in enumerate(targets.items()):
         last = i == len(targets) - 1
@@ -72,8 +73,7 @@ def evaluate_after_fit(cfg: DictConfig, model: LocSens, datamodule, callbacks: l
         if cfg.get("logger") and any("MLFlowLogger" in str(c.get("_target_", "")) for c in cfg.logger.values()):
             log_evaluation(metrics, config, tracking_uri=cfg.paths.mlflow_tracking_uri,
                            artifact_root=cfg.paths.get("mlflow_artifact_root"), run_name=name,
-                           tags={**embeddings_tags(datamodule.embeddings_dir),
-                                 **{k: v for k, v in {"train_run_id": train_run_id, "checkpoint": checkpoint}.items() if v}})
+                           tags={**export, **{k: v for k, v in {"train_run_id": train_run_id, "checkpoint": checkpoint}.items() if v}})
         out.update({(k if last else f"{name}/{k}"): float(v) for k, v in metrics.items() if np.isfinite(v)})
         for k in ("tagging/A@1", "tagging/A@10", "retrieval/P@10_25km", "retrieval/P@10_agnostic"):
             if k in metrics:
