@@ -1,29 +1,28 @@
 """Shared fixtures: paths to the real sample lines, and one local SparkSession per test run."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("LOCSENS_SHARED", ROOT.parent / "shared"))
-REAL_HEAD = SHARED / "data" / "yfcc100m_dataset-head1k.tsv"
-REAL_VOCAB = SHARED / "data" / "vocab_words_100k.txt"
+#: Real lines and the authors' vocabulary, carried by the repository (tests/data/README.md).
+REAL_HEAD = ROOT / "tests" / "data" / "yfcc100m_dataset-head1k.tsv"
+REAL_VOCAB = ROOT / "pipeline" / "synth" / "data" / "vocab_words_100k.txt"
 
 
 @pytest.fixture(scope="session")
 def real_head_path() -> Path:
     """The first 1,000 real lines of the 2016 yfcc100m_dataset."""
     if not REAL_HEAD.exists():
-        pytest.fail(f"missing {REAL_HEAD}: the real YFCC sample lines (set LOCSENS_SHARED)")
+        pytest.fail(f"missing {REAL_HEAD}: the real YFCC sample lines (see tests/data/README.md)")
     return REAL_HEAD
 
 
 @pytest.fixture(scope="session")
 def real_vocab_path() -> Path:
     if not REAL_VOCAB.exists():
-        pytest.fail(f"missing {REAL_VOCAB}: the authors' released vocabulary (set LOCSENS_SHARED)")
+        pytest.fail(f"missing {REAL_VOCAB}: the authors' released vocabulary")
     return REAL_VOCAB
 
 
