@@ -209,14 +209,35 @@ class SharedEpoch:
         return self.value.value
 
 
+def deal_window(sizes: Sequence[int], rng: np.random.Generator, shuffle: bool,
+                pool: int = 0) -> list[tuple[np.ndarray, Optional[np.ndarray]]]:
+    """Rows of each batch of one window (positions in the window's rows laid end to end), and the
+    rows of each batch's sample pool (``pool`` drawn uniformly from the whole window, or None).
+
+    Pure and seeded by ``rng``: the streams deal their windows with it, and the benchmark replays
+    the same draws without reading any data.
+    """
+    total = int(sum(sizes))
+    order = rng.permutation(total) if shuffle else np.arange(total)
+    out, start = [], 0
+    for size in sizes:
+        out.append((order[start:start + size], rng.integers(0, total, pool) if pool and total else None))
+        start += size
+    return out
+
+
 class PlannedStream(IterableDataset):
     """A stream of batches over (file, row group) work units, planned per epoch by
-    :func:`plan_epoch` for one rank (subclasses read and convert the rows)."""
+    :func:`plan_epoch` for one rank, read a window of batches at a time (subclasses shuffle and
+    convert the rows)."""
 
-    def __init__(self, unit_rows: Sequence[int], *, batch_size: int, shuffle: bool, seed: int,
-                 world_size: int, rank: int):
+    def __init__(self, root: str | Path, units: Sequence[tuple[str, int, int]], columns: Sequence[str], *,
+                 batch_size: int, shuffle: bool, seed: int, world_size: int, rank: int):
         super().__init__()
-        self.unit_rows = list(unit_rows)
+        self.root = Path(root)
+        self.units = list(units)                       # (file path under root, row group, rows)
+        self.unit_rows = [n for _, _, n in self.units]
+        self.columns = list(columns)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.world_size, self.rank = world_size, rank
         self.epoch = SharedEpoch(0)
@@ -232,6 +253,28 @@ class PlannedStream(IterableDataset):
         return plan_epoch(self.unit_rows, batch_size=self.batch_size, world_size=self.world_size, rank=self.rank,
                           num_workers=num_workers, worker=worker, seed=self.seed, epoch=epoch, shuffle=self.shuffle)
 
+    def worker_draws(self, epoch: int) -> tuple[list[Batch], list[int]]:
+        """This DataLoader worker's batches for ``epoch`` and the seed of its random draws."""
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        return self.plan(epoch, worker, num_workers), [self.seed, epoch, self.rank, worker]
+
+    def windows(self, plan: Sequence[Batch], window: int) -> Iterator[tuple[pa.Table, list[Batch]]]:
+        """The plan's batches ``window`` at a time, with their rows read and laid end to end in
+        plan order; a row group stays in memory while consecutive windows need it."""
+        files: dict[str, pq.ParquetFile] = {}
+        cache: dict[int, pa.Table] = {}
+        for w in range(0, len(plan), max(1, window)):
+            batches = list(plan[w:w + max(1, window)])
+            needed = {u for b in batches for u, _, _ in b.segments}
+            cache = {u: t for u, t in cache.items() if u in needed}
+            for u in sorted(needed - cache.keys()):
+                path, group, _ = self.units[u]
+                if path not in files:
+                    files[path] = pq.ParquetFile(self.root / path)
+                cache[u] = files[path].read_row_group(group, columns=self.columns)
+            yield pa.concat_tables([cache[u].slice(a, b - a) for bt in batches for u, a, b in bt.segments]), batches
+
 
 class ShardStream(PlannedStream):
     """One split of a shard directory as a stream of ready-made batches for one rank."""
@@ -243,41 +286,21 @@ class ShardStream(PlannedStream):
         self.shards_dir = Path(shards_dir)
         manifest = manifest or read_manifest(self.shards_dir)
         self.split = split
-        self.units = manifest.work_units(split)
-        super().__init__([n for _, _, n in self.units], batch_size=batch_size, shuffle=shuffle, seed=seed,
-                         world_size=world_size, rank=rank)
+        super().__init__(self.shards_dir, manifest.work_units(split), columns, batch_size=batch_size,
+                         shuffle=shuffle, seed=seed, world_size=world_size, rank=rank)
         self.crop, self.resize = crop, resize
         self.train, self.shuffle_window = train, max(1, shuffle_window)
-        self.columns = list(columns)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        info = get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
         # Training draws change with the epoch; evaluation always sees the same data.
         epoch = self.epoch.get() if self.train else 0
-        plan = self.plan(epoch, worker, num_workers)
-        seed = [self.seed, epoch, self.rank, worker]
+        plan, seed = self.worker_draws(epoch)
         gen = torch.Generator().manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
         rng = np.random.default_rng(seed)
-        files: dict[str, pq.ParquetFile] = {}
-        cache: dict[int, pa.Table] = {}
-        for w in range(0, len(plan), self.shuffle_window):
-            window = plan[w:w + self.shuffle_window]
-            needed = {u for b in window for u, _, _ in b.segments}
-            cache = {u: t for u, t in cache.items() if u in needed}
-            for u in sorted(needed - cache.keys()):
-                path, row_group, _ = self.units[u]
-                if path not in files:
-                    files[path] = pq.ParquetFile(self.shards_dir / path)
-                cache[u] = files[path].read_row_group(row_group, columns=self.columns)
-            rows = pa.concat_tables([cache[u].slice(a, b - a) for bt in window for u, a, b in bt.segments])
-            if self.shuffle:
-                rows = rows.take(pa.array(rng.permutation(rows.num_rows)))
-            start = 0
-            for bt in window:
-                yield to_batch(rows.slice(start, bt.size), resize=self.resize, crop=self.crop,
+        for rows, window in self.windows(plan, self.shuffle_window):
+            for bt, (take, _) in zip(window, deal_window([b.size for b in window], rng, self.shuffle)):
+                yield to_batch(rows.take(pa.array(take)), resize=self.resize, crop=self.crop,
                                train=self.train, seed=self.seed, epoch=epoch, gen=gen)
-                start += bt.size
 
 
 def read_split_columns(shards_dir: str | Path, split: str, columns: Sequence[str],

@@ -1,24 +1,36 @@
 """LocSens (SPEC 4): scores an (image, tag, location) triplet.
 
-Each modality is mapped to 300-d (Linear + ReLU) and L2-normalised (mapping all three to the same
-width is what made location matter), the three are concatenated to 900-d, and an MLP of
-Linear + GroupNorm(32) + ReLU blocks (2048, 2048, 2048, 1024, 512) ends in Linear(512, 1): a raw
-score. Training uses a margin ranking loss (margin 0.1) averaged over 6 negatives per positive.
+The image and tag embeddings (MCC's) enter L2-normalised. Each modality is mapped to 300-d
+(Linear + ReLU) and L2-normalised (mapping all three to the same width is what made location
+matter), the three are concatenated to 900-d, and an MLP of Linear + GroupNorm(32, eps 1e-3) + ReLU
+blocks (2048, 2048, 2048, 1024, 512) ends in Linear(512, 1): a raw score. This is the authors'
+released network (``MMNet``) function for function, eps included: with PyTorch's default eps 1e-5
+the same weights score up to 10% apart and rank differently. Training uses a margin ranking loss
+(margin 0.1) averaged over 6 negatives per positive.
 
 The first MLP layer is linear in the concatenation, so it splits into an image, a tag and a
 location part: :meth:`LocSensNet.first_layer_parts`. Evaluation computes each part once per image,
 tag or query location and only the rest of the MLP once per pair (``training.locsens_eval``).
 
-Location variants (``location``): ``raw`` true locations; ``zeroed`` location input times 0;
-``dropout`` progressive fusion (location scaled by a fusion weight that rises 0 -> 1 over training,
-and zeroed with probability ``location_dropout``); ``sampling`` Gaussian location sampling with
-the sigma schedule (:mod:`training.sigma_schedule`). Validation always uses true locations (zeroed
-for the ``zeroed`` variant, whose model never sees one).
+Location variants (``location``) act on the 300-d location *representation* (after projection
+and normalisation), as the paper describes: ``raw`` true locations; ``zeroed`` the representation
+times 0; ``dropout`` progressive fusion (the representation scaled by a fusion weight alpha that
+rises 0 -> 1 over training, and zeroed with probability ``location_dropout`` per positive and its
+negatives); ``sampling`` Gaussian location sampling with the sigma schedule
+(:mod:`training.sigma_schedule`), one draw per triplet, the positive and each negative on its own,
+as the authors train. Validation always uses true locations (zeroed for the ``zeroed`` variant,
+whose model never sees one).
+
+Negative images come from ``pool_embedding`` / ``pool_tag_ids`` when the batch carries them (rows
+the loader samples from a shuffle buffer spanning several row groups,
+:class:`training.locsens_data.EmbeddingStream`), else from the batch itself. Each DDP rank draws
+its own positives' tags, negatives and location noise from a generator seeded by (seed, rank, epoch).
 """
 from __future__ import annotations
 
 from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -29,13 +41,15 @@ from training.sigma_schedule import StageSchedule, normalise_location, sample_lo
 
 LOCATION_MODES = ("raw", "zeroed", "dropout", "sampling")
 PAPER_HIDDEN = (2048, 2048, 2048, 1024, 512)
+#: GroupNorm's eps in the authors' released model (PyTorch's default is 1e-5).
+AUTHORS_NORM_EPS = 1e-3
 
 
 class LocSensNet(nn.Module):
     """The network alone: projections, fusion MLP, raw score."""
 
     def __init__(self, input_dim: int = 300, modality_dim: int = 300,
-                 hidden: Sequence[int] = PAPER_HIDDEN, groups: int = 32):
+                 hidden: Sequence[int] = PAPER_HIDDEN, groups: int = 32, norm_eps: float = AUTHORS_NORM_EPS):
         super().__init__()
         if any(h % groups for h in hidden):
             raise ValueError(f"every hidden width must be divisible by the {groups} GroupNorm groups: {list(hidden)}")
@@ -44,28 +58,42 @@ class LocSensNet(nn.Module):
         self.tag_proj = nn.Linear(input_dim, modality_dim)
         self.loc_proj = nn.Linear(2, modality_dim)
         self.first = nn.Linear(3 * modality_dim, hidden[0])
-        self.first_norm = nn.GroupNorm(groups, hidden[0])
+        self.first_norm = nn.GroupNorm(groups, hidden[0], eps=norm_eps)
         blocks: list[nn.Module] = [nn.ReLU()]
         for a, b in zip(hidden[:-1], hidden[1:]):
-            blocks += [nn.Linear(a, b), nn.GroupNorm(groups, b), nn.ReLU()]
+            blocks += [nn.Linear(a, b), nn.GroupNorm(groups, b, eps=norm_eps), nn.ReLU()]
         blocks.append(nn.Linear(hidden[-1], 1))
         self.rest = nn.Sequential(*blocks)
 
-    # Per-modality projections, each L2-normalised.
+    # Per-modality projections, each L2-normalised; MCC's embeddings enter L2-normalised too, here,
+    # so that no caller (training, evaluation, the report, a service) can feed them otherwise.
     def project_image(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(F.relu(self.image_proj(x)), dim=-1)
+        return F.normalize(F.relu(self.image_proj(F.normalize(x, dim=-1))), dim=-1)
 
     def project_tag(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(F.relu(self.tag_proj(x)), dim=-1)
+        return F.normalize(F.relu(self.tag_proj(F.normalize(x, dim=-1))), dim=-1)
 
-    def project_location(self, loc: torch.Tensor) -> torch.Tensor:
-        return F.normalize(F.relu(self.loc_proj(loc)), dim=-1)
+    def project_location(self, loc: torch.Tensor, weight: Optional[torch.Tensor | float] = None) -> torch.Tensor:
+        """The 300-d location representation, times ``weight`` (progressive fusion, dropout, zeroed)."""
+        rep = F.normalize(F.relu(self.loc_proj(loc)), dim=-1)
+        return rep if weight is None else rep * weight
 
     def first_layer_parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The first layer's weight split by modality: (W_image, W_tag, W_location)."""
         d = self.modality_dim
         w = self.first.weight
         return w[:, :d], w[:, d:2 * d], w[:, 2 * d:]
+
+    # Each modality's share of the first layer's pre-activation; a triplet's is their sum.
+    def image_part(self, image: torch.Tensor) -> torch.Tensor:
+        return self.project_image(image) @ self.first_layer_parts()[0].T
+
+    def tag_part(self, tag: torch.Tensor) -> torch.Tensor:
+        return self.project_tag(tag) @ self.first_layer_parts()[1].T
+
+    def location_part(self, loc: torch.Tensor, weight: Optional[torch.Tensor | float] = None) -> torch.Tensor:
+        """W_l p_l + b: the location's share, with the first layer's bias."""
+        return self.project_location(loc, weight) @ self.first_layer_parts()[2].T + self.first.bias
 
     def head(self, pre: torch.Tensor) -> torch.Tensor:
         """Score from the first layer's pre-activation (..., hidden[0]) -> (...)."""
@@ -76,9 +104,20 @@ class LocSensNet(nn.Module):
     def score_projected(self, image: torch.Tensor, tag: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
         return self.head(self.first(torch.cat([image, tag, loc], dim=-1)))
 
-    def forward(self, image: torch.Tensor, tag: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
-        """Raw scores of triplets: image and tag embeddings (..., 300), locations (..., 2) in [0, 1]."""
-        return self.score_projected(self.project_image(image), self.project_tag(tag), self.project_location(loc))
+    def forward(self, image: torch.Tensor, tag: torch.Tensor, loc: torch.Tensor,
+                location_weight: Optional[torch.Tensor | float] = None) -> torch.Tensor:
+        """Raw scores of triplets: image and tag embeddings (..., 300), locations (..., 2) in [0, 1];
+        ``location_weight`` scales the location representation (None: 1)."""
+        return self.score_projected(self.project_image(image), self.project_tag(tag),
+                                    self.project_location(loc, location_weight))
+
+
+def draw_generator(seed: int, rank: int, epoch: int) -> torch.Generator:
+    """The generator of one rank's training draws in one epoch (tags, negatives, location noise):
+    distinct per rank (seed_everything gives every rank the same global generator), and the same
+    for an epoch whether or not the run was resumed."""
+    state = np.random.SeedSequence([int(seed), int(rank), int(epoch)]).generate_state(1)
+    return torch.Generator().manual_seed(int(state[0]))
 
 
 def margin_ranking_loss(pos: torch.Tensor, neg: torch.Tensor, valid: Optional[torch.Tensor] = None,
@@ -100,26 +139,28 @@ class LocSens(pl.LightningModule):
     def __init__(self, num_tags: int, optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: Optional[Callable[..., Any]] = None, input_dim: int = 300,
                  modality_dim: int = 300, hidden: Sequence[int] = PAPER_HIDDEN, groups: int = 32,
-                 margin: float = 0.1, negatives: int = 6, negatives_mode: str = "tagging",
-                 negative_tries: int = 8, location: str = "raw", location_dropout: float = 0.5,
+                 norm_eps: float = AUTHORS_NORM_EPS, margin: float = 0.1, negatives: int = 6,
+                 negatives_mode: str = "tagging", negative_tries: int = 8, location: str = "raw",
+                 location_dropout: float = 0.5,
                  fusion_schedule: Sequence[Sequence[float]] = ((0.0, 0.5), (1.0, 0.25), (1.0, 0.25)),
                  sigma_schedule: Sequence[Sequence[float]] = ((1.0, 0.5), (0.1, 0.125), (0.05, 0.125),
                                                               (0.01, 0.125), (0.0, 0.125)),
-                 sigma_interpolate: bool = False, val_seed: int = 0):
+                 sigma_interpolate: bool = False, seed: int = 0):
         super().__init__()
         if location not in LOCATION_MODES:
             raise ValueError(f"model.location must be one of {LOCATION_MODES}, got {location!r}")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
-        self.net = LocSensNet(input_dim, modality_dim, hidden, groups)
+        self.net = LocSensNet(input_dim, modality_dim, hidden, groups, norm_eps)
         self.num_tags = num_tags
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.location = location
         self.sigma_schedule = StageSchedule.from_config(sigma_schedule, sigma_interpolate)
         self.fusion_schedule = StageSchedule.from_config(fusion_schedule, interpolate=True)
-        # Current schedule values, set each step by training.callbacks_locsens.LocationSchedule.
+        # Current schedule values, set each step by training.location_schedule.LocationSchedule.
         self.sigma = float(self.sigma_schedule.stages[0][0])
         self.fusion = 0.0 if location == "dropout" else 1.0
         self.register_buffer("tag_table", torch.zeros(num_tags, input_dim), persistent=False)
+        self._train_generator: Optional[torch.Generator] = None
 
     def set_tag_embeddings(self, table: torch.Tensor) -> None:
         """MCC's tag embeddings (V, 300), L2-normalised; not stored in checkpoints (they are an input)."""
@@ -134,19 +175,27 @@ class LocSens(pl.LightningModule):
 
     # --- locations --------------------------------------------------------------------------------
 
-    def location_input(self, lat: torch.Tensor, lon: torch.Tensor, train: bool,
-                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """The (B, 2) location input this variant feeds the network."""
-        loc = normalise_location(lat.float(), lon.float())
+    def location_weight(self, batch_size: int, train: bool,
+                        generator: Optional[torch.Generator] = None) -> Optional[torch.Tensor | float]:
+        """What the location representation is multiplied by: None (1), 0, or per positive (B, 1, 1)."""
         if self.location == "zeroed":
-            return loc * 0.0
-        if not train or self.location == "raw":
-            return loc
-        if self.location == "sampling":
-            return sample_locations(loc, self.sigma, generator)
-        # dropout: progressive fusion weight, and the whole location zeroed with probability p.
-        keep = (torch.rand(loc.shape[0], 1, generator=generator) >= self.hparams.location_dropout).to(loc)
-        return loc * self.fusion * keep
+            return 0.0
+        if not train or self.location != "dropout":
+            return None
+        # Progressive fusion weight, and the whole location zeroed with probability p, per positive
+        # (its negatives share the query's location).
+        keep = torch.rand(batch_size, 1, 1, generator=generator) >= self.hparams.location_dropout
+        return (keep.float() * self.fusion).to(self.device)
+
+    def location_parts(self, lat: torch.Tensor, lon: torch.Tensor, triplets: int, train: bool,
+                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """The location's share of the first layer per triplet: (B, 1, H) when every triplet of a
+        positive has the same location, (B, triplets, H) under location sampling in training, where
+        the positive and each negative get their own Gaussian draw."""
+        loc = normalise_location(lat.float(), lon.float()).unsqueeze(1)          # (B, 1, 2)
+        if train and self.location == "sampling" and self.sigma > 0:
+            loc = sample_locations(loc.expand(-1, triplets, -1), self.sigma, generator)
+        return self.net.location_part(loc, self.location_weight(loc.shape[0], train, generator))
 
     # --- training ---------------------------------------------------------------------------------
 
@@ -156,39 +205,44 @@ class LocSens(pl.LightningModule):
         dataset = getattr(loader, "dataset", None)
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(self.current_epoch)
+        self._train_generator = draw_generator(self.hparams.seed, self.global_rank, self.current_epoch)
 
     def triplet_loss(self, batch: dict[str, torch.Tensor], train: bool,
                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Margin loss of a batch's positives and negatives.
 
-        The first MLP layer is applied by modality (:meth:`LocSensNet.first_layer_parts`): each
-        image and location part once per positive, each tag part once per distinct tag of the
-        batch, then summed per triplet; identical to concatenating, at a fraction of the cost.
+        The first MLP layer is applied by modality (:meth:`LocSensNet.first_layer_parts`): the image
+        part once per batch and pool row, the tag part once per distinct tag of the batch, the
+        location part once per positive (or per triplet, under location sampling), then summed per
+        triplet; identical to concatenating, at a fraction of the cost.
         """
         tag_ids = batch["tag_ids"]
+        pool_tags = batch.get("pool_tag_ids")
         pos_tag = draw_positive_tags(tag_ids, generator)
         trip = sample_negatives(tag_ids, pos_tag, self.num_tags, self.hparams.negatives,
-                                self.hparams.negatives_mode, self.hparams.negative_tries, generator)
+                                self.hparams.negatives_mode, self.hparams.negative_tries, generator,
+                                pool_tag_ids=pool_tags)
         net = self.net
-        w_i, w_t, w_l = net.first_layer_parts()
-        image = net.project_image(batch["embedding"].float()) @ w_i.T
-        loc_in = self.location_input(batch["latitude"], batch["longitude"], train, generator)
-        loc = net.project_location(loc_in) @ w_l.T + net.first.bias
+        images = batch["embedding"].float()
+        if pool_tags is not None:
+            images = torch.cat([images, batch["pool_embedding"].float()])
         b, n = trip.neg_tag.shape
+        image = net.image_part(images)
+        loc = self.location_parts(batch["latitude"], batch["longitude"], 1 + n, train, generator)
         uniq, inverse = torch.unique(torch.cat([pos_tag, trip.neg_tag.reshape(-1)]), return_inverse=True)
-        tag = (net.project_tag(self.tag_table[uniq]) @ w_t.T)[inverse]
-        pos = net.head(image + tag[:b] + loc)
-        neg = net.head(image[trip.neg_image] + tag[b:].view(b, n, -1) + loc.unsqueeze(1))
+        tag = net.tag_part(self.tag_table[uniq])[inverse]
+        pos = net.head(image[:b] + tag[:b] + loc[:, 0])
+        neg = net.head(image[trip.neg_image] + tag[b:].view(b, n, -1) + (loc[:, 1:] if loc.shape[1] > 1 else loc))
         return margin_ranking_loss(pos, neg, trip.valid, self.hparams.margin)
 
     def training_step(self, batch, batch_idx):
-        loss = self.triplet_loss(batch, train=True)
+        loss = self.triplet_loss(batch, train=True, generator=self._train_generator)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["embedding"].shape[0])
         return loss
 
     def validation_step(self, batch, batch_idx):
-        # The same negatives every epoch: a fixed generator per batch.
-        gen = torch.Generator().manual_seed(self.hparams.val_seed * 1_000_003 + batch_idx)
+        # The same negatives every epoch: a fixed generator per batch (and rank).
+        gen = torch.Generator().manual_seed((self.hparams.seed * 1_000_003 + batch_idx) * 1_009 + self.global_rank)
         loss = self.triplet_loss(batch, train=False, generator=gen)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["embedding"].shape[0])
         return loss

@@ -1,9 +1,16 @@
 """LocSens's data: MCC's exported image embeddings with their locations and tags, streamed.
 
-Positives and negatives are drawn on the device from each batch (:mod:`training.negatives`), so
-the loader only streams rows: (file, row group) work units of the embeddings export, planned per
-epoch exactly like the image shards (:func:`training.data.plan_epoch`: same seed + epoch order on
-every rank, split by rank and worker, the same number of batches per rank).
+The loader streams rows: (file, row group) work units of the embeddings export, planned per epoch
+exactly like the image shards (:func:`training.data.plan_epoch`: same seed + epoch order on every
+rank, split by rank and worker, the same number of batches per rank). Rows are shuffled within a
+window of about ``shuffle_rows`` rows, several row groups of a reshuffled unit order, so that an
+image meets new batch-mates every epoch; each training batch also carries a *negative pool*:
+``negative_pool`` rows drawn from the whole window, from which :mod:`training.negatives` takes
+replacement images. Over 30 epochs an image then meets tens of thousands of candidate negatives
+instead of the same two thousand neighbours (``bench/locsens_negatives.py``).
+
+``batch_size`` is the global batch (the paper's 1024 positives per step): each of the
+``world_size`` ranks takes ``batch_size / world_size``.
 """
 from __future__ import annotations
 
@@ -15,10 +22,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, get_worker_info
+from torch.utils.data import DataLoader
 
 from pipeline.metrics import TagSets
-from training.data import PlannedStream
+from training.data import PlannedStream, deal_window
 from training.export import EmbeddingsManifest, arrow_to_embeddings, read_image_embeddings, read_tag_embeddings
 
 COLUMNS = ["photo_id", "embedding", "latitude", "longitude", "tag_ids"]
@@ -37,6 +44,7 @@ def pad_tags(tag_lists: pa.Array | pa.ChunkedArray, width: Optional[int] = None)
 
 
 def to_tensors(table: pa.Table, max_tags: int) -> dict[str, torch.Tensor]:
+    """A batch dict from embedding rows (``COLUMNS``)."""
     return {
         "photo_id": torch.from_numpy(table.column("photo_id").to_numpy().astype(np.int64)),
         "embedding": torch.from_numpy(arrow_to_embeddings(table.column("embedding"))),
@@ -47,51 +55,50 @@ def to_tensors(table: pa.Table, max_tags: int) -> dict[str, torch.Tensor]:
 
 
 class EmbeddingStream(PlannedStream):
-    """One split of an embeddings export as a stream of batches for one rank."""
+    """One split of an embeddings export as a stream of batches for one rank (see the module doc)."""
 
     def __init__(self, embeddings_dir: str | Path, split: str, *, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, world_size: int = 1, rank: int = 0, max_tags: int = 15):
+                 seed: int = 0, world_size: int = 1, rank: int = 0, max_tags: int = 15,
+                 shuffle_rows: int = 262_144, negative_pool: int = 0):
         self.dir = Path(embeddings_dir)
         manifest = EmbeddingsManifest.read(self.dir)
         if split not in manifest.splits:
             raise KeyError(f"{self.dir}: split {split!r} was not exported (has {sorted(manifest.splits)})")
-        self.units = []
+        units = []
         for f in manifest.splits[split]["files"]:
             meta = pq.ParquetFile(self.dir / f["path"]).metadata
-            self.units += [(f["path"], g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)
-                           if meta.row_group(g).num_rows > 0]
-        super().__init__([n for _, _, n in self.units], batch_size=batch_size, shuffle=shuffle, seed=seed,
+            units += [(f["path"], g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)
+                      if meta.row_group(g).num_rows > 0]
+        super().__init__(self.dir, units, COLUMNS, batch_size=batch_size, shuffle=shuffle, seed=seed,
                          world_size=world_size, rank=rank)
         self.max_tags = max_tags
+        self.window = max(1, -(-int(shuffle_rows) // batch_size))   # batches shuffled together
+        self.negative_pool = int(negative_pool)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
         epoch = self.epoch.get() if self.shuffle else 0
-        plan = self.plan(epoch, worker, workers)
-        rng = np.random.default_rng([self.seed, epoch, self.rank, worker])
-        files: dict[str, pq.ParquetFile] = {}
-        cache: dict[int, pa.Table] = {}
-        for batch in plan:
-            needed = {u for u, _, _ in batch.segments}
-            cache = {u: t for u, t in cache.items() if u in needed}
-            for u in sorted(needed - cache.keys()):
-                path, group, _ = self.units[u]
-                if path not in files:
-                    files[path] = pq.ParquetFile(self.dir / path)
-                cache[u] = files[path].read_row_group(group, columns=COLUMNS)
-            rows = pa.concat_tables([cache[u].slice(a, b - a) for u, a, b in batch.segments])
-            if self.shuffle:
-                rows = rows.take(pa.array(rng.permutation(rows.num_rows)))
-            yield to_tensors(rows, self.max_tags)
+        plan, seed = self.worker_draws(epoch)
+        rng = np.random.default_rng(seed)
+        for rows, window in self.windows(plan, self.window):
+            for take, pool in deal_window([b.size for b in window], rng, self.shuffle, self.negative_pool):
+                batch = to_tensors(rows.take(pa.array(take)), self.max_tags)
+                if pool is not None:
+                    negatives = to_tensors(rows.take(pa.array(pool)), self.max_tags)
+                    batch["pool_embedding"], batch["pool_tag_ids"] = negatives["embedding"], negatives["tag_ids"]
+                yield batch
 
 
 class LocSensDataModule(pl.LightningDataModule):
-    """Train/val streams of an MCC embeddings export, plus whole splits for evaluation."""
+    """Train/val streams of an MCC embeddings export, plus whole splits for evaluation.
+
+    ``batch_size`` is global: every rank takes ``batch_size / world_size`` positives a step, so the
+    optimisation sees the same batch whatever the number of GPUs.
+    """
 
     def __init__(self, embeddings_dir: str, shards_dir: Optional[str] = None, batch_size: int = 1024,
                  eval_batch_size: Optional[int] = None, num_workers: int = 0, seed: int = 0,
-                 max_tags: int = 15, persistent_workers: bool = False):
+                 max_tags: int = 15, persistent_workers: bool = False, shuffle_rows: int = 262_144,
+                 negative_pool: int = 1024):
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.embeddings_dir = Path(embeddings_dir)
@@ -114,13 +121,25 @@ class LocSensDataModule(pl.LightningDataModule):
             self._tags, _ = read_tag_embeddings(self.embeddings_dir)
         return self._tags
 
-    def _stream(self, split: str, train: bool) -> EmbeddingStream:
+    def _world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def per_rank_batch(self, world_size: int) -> int:
+        """Positives per rank and step: the global ``batch_size`` split over ``world_size`` ranks."""
+        size = int(self.hparams.batch_size)
+        if size % world_size:
+            raise ValueError(f"data.batch_size={size} (the global batch) is not divisible by the {world_size} "
+                             f"ranks: use a multiple of {world_size}")
+        return size // world_size
+
+    def _stream(self, split: str, train: bool) -> EmbeddingStream:
+        world, rank = self._world()
         h = self.hparams
-        return EmbeddingStream(self.embeddings_dir, split, batch_size=h.batch_size if train else
-                               (h.eval_batch_size or h.batch_size), shuffle=train, seed=h.seed,
-                               world_size=world, rank=rank, max_tags=h.max_tags)
+        return EmbeddingStream(self.embeddings_dir, split,
+                               batch_size=self.per_rank_batch(world) if train else (h.eval_batch_size or h.batch_size),
+                               shuffle=train, seed=h.seed, world_size=world, rank=rank, max_tags=h.max_tags,
+                               shuffle_rows=h.shuffle_rows, negative_pool=h.negative_pool)
 
     def _loader(self, stream: EmbeddingStream) -> DataLoader:
         h = self.hparams

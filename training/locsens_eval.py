@@ -44,39 +44,31 @@ def _rank(net: LocSensNet, query_part: torch.Tensor, key_part: torch.Tensor, k: 
 
 
 @torch.no_grad()
-def tag_parts(net: LocSensNet, tag_table: torch.Tensor) -> torch.Tensor:
-    """W_t p_t for every tag: (V, hidden[0])."""
-    _, w_t, _ = net.first_layer_parts()
-    return net.project_tag(tag_table) @ w_t.T
-
-
-@torch.no_grad()
 def tag_images(net: LocSensNet, images: torch.Tensor, loc: torch.Tensor, tag_table: torch.Tensor, k: int = 50,
-               pairs: int = 1 << 20, exclude: Optional[torch.Tensor] = None) -> np.ndarray:
+               pairs: int = 1 << 20, exclude: Optional[torch.Tensor] = None,
+               location_weight: Optional[float] = None) -> np.ndarray:
     """Each image's top-k tags at its location: (N, k) vocabulary indices, best first."""
-    w_i, _, w_l = net.first_layer_parts()
-    query = net.project_image(images) @ w_i.T + net.project_location(loc) @ w_l.T + net.first.bias
-    return _rank(net, query, tag_parts(net, tag_table), k, pairs, exclude)
+    query = net.image_part(images) + net.location_part(loc, location_weight)
+    return _rank(net, query, net.tag_part(tag_table), k, pairs, exclude)
 
 
 @torch.no_grad()
 def retrieve_images(net: LocSensNet, gallery: torch.Tensor, query_tags: torch.Tensor, query_loc: torch.Tensor,
-                    tag_table: torch.Tensor, k: int = 10, pairs: int = 1 << 20) -> np.ndarray:
+                    tag_table: torch.Tensor, k: int = 10, pairs: int = 1 << 20,
+                    location_weight: Optional[float] = None) -> np.ndarray:
     """Each (tag, location) query's top-k gallery images: (Q, k) gallery rows, best first."""
-    w_i, w_t, w_l = net.first_layer_parts()
-    query = (net.project_tag(tag_table[query_tags]) @ w_t.T + net.project_location(query_loc) @ w_l.T
-             + net.first.bias)
-    return _rank(net, query, net.project_image(gallery) @ w_i.T, k, pairs)
+    query = net.tag_part(tag_table[query_tags]) + net.location_part(query_loc, location_weight)
+    return _rank(net, query, net.image_part(gallery), k, pairs)
 
 
 @torch.no_grad()
 def tag_images_naive(net: LocSensNet, images: torch.Tensor, loc: torch.Tensor, tag_table: torch.Tensor,
-                     k: int = 50) -> np.ndarray:
+                     k: int = 50, location_weight: Optional[float] = None) -> np.ndarray:
     """The authors' scoring: per image, a batch of V copies of (image, location) with every tag."""
     out = []
     v = tag_table.shape[0]
     for i in range(images.shape[0]):
-        scores = net(images[i].expand(v, -1), tag_table, loc[i].expand(v, -1))
+        scores = net(images[i].expand(v, -1), tag_table, loc[i].expand(v, -1), location_weight)
         out.append(scores.topk(min(k, v)).indices.cpu().numpy())
     return np.stack(out)
 
@@ -89,8 +81,10 @@ def evaluate_locsens(net: LocSensNet, split: dict, tag_table: np.ndarray | torch
     """Tagging (with and without place names) and location-sensitive retrieval on one split.
 
     ``split`` is :meth:`training.locsens_data.LocSensDataModule.split_arrays`. ``max_queries``
-    subsamples the retrieval queries (seeded) when scoring every query against every image is too
-    slow for the machine; the number used is reported as ``retrieval/queries_locations``.
+    subsamples the retrieval queries (seeded, :func:`pipeline.metrics.location_queries`: the same
+    subsample for every model on the same split) when scoring every query against every image is
+    too slow for the machine; the number used is reported as ``retrieval/queries_locations``.
+    ``zero_location``: the zeroed-locations variant (its location representation times 0).
     ``tagging=False`` skips tagging (the paper reports the sigma snapshots on retrieval only).
     """
     dev = torch.device(device) if device else next(net.parameters()).device
@@ -106,27 +100,28 @@ def _evaluate(net, split, tag_table, dev, place_mask, zero_location, ks, min_ima
               pairs, tagging) -> dict[str, float]:
     truth: M.TagSets = split["truth"]
     num_tags = int(np.asarray(tag_table).shape[0]) if not torch.is_tensor(tag_table) else tag_table.shape[0]
-    tags = torch.nn.functional.normalize(_as(tag_table, dev), dim=-1)
+    tags = _as(tag_table, dev)               # normalised inside the network, like the images
     images = _as(split["embedding"], dev)
     lat, lon = np.asarray(split["latitude"]), np.asarray(split["longitude"])
-    loc = normalise_location(_as(lat, dev), _as(lon, dev)) * (0.0 if zero_location else 1.0)
+    loc = normalise_location(_as(lat, dev), _as(lon, dev))
+    weight = 0.0 if zero_location else None
     out: dict[str, float] = {"eval/images": float(len(truth)), "eval/tags": float(num_tags)}
 
     kmax = min(max(ks), num_tags)
     ks = [k for k in ks if k <= kmax]
     if tagging:
-        out.update(M.tagging_metrics(tag_images(net, images, loc, tags, kmax, pairs), truth, num_tags, ks))
+        out.update(M.tagging_metrics(tag_images(net, images, loc, tags, kmax, pairs, location_weight=weight),
+                                     truth, num_tags, ks))
     if tagging and place_mask is not None and np.any(place_mask):
-        ranked = tag_images(net, images, loc, tags, kmax, pairs, exclude=torch.as_tensor(place_mask, device=dev))
+        ranked = tag_images(net, images, loc, tags, kmax, pairs, exclude=torch.as_tensor(place_mask, device=dev),
+                            location_weight=weight)
         out.update(M.tagging_metrics(ranked, truth.without(place_mask), num_tags,
                                      [k for k in ks if k <= ranked.shape[1]], suffix="_noplaces"))
 
-    q_rows, q_tags = M.location_queries(truth, num_tags, seed, min_images)
-    if max_queries is not None and q_rows.size > max_queries:
-        pick = np.sort(np.random.default_rng([seed, 1]).choice(q_rows.size, max_queries, replace=False))
-        q_rows, q_tags = q_rows[pick], q_tags[pick]
+    q_rows, q_tags = M.location_queries(truth, num_tags, seed, min_images, max_queries)
     if q_rows.size:
-        retrieved = retrieve_images(net, images, torch.as_tensor(q_tags, device=dev), loc[q_rows], tags, 10, pairs)
+        retrieved = retrieve_images(net, images, torch.as_tensor(q_tags, device=dev), loc[q_rows], tags, 10, pairs,
+                                    location_weight=weight)
         by_distance = M.p_at_10_by_distance(retrieved, q_tags, lat[q_rows], lon[q_rows], truth, lat, lon, num_tags)
         out.update({f"retrieval/P@10_{g}": v for g, v in by_distance.items()})
     out["retrieval/queries_locations"] = float(q_rows.size)

@@ -1,13 +1,16 @@
 """LocSens's positives and negatives (SPEC 4), drawn with tensor operations over a whole batch.
 
 A positive is (image, one of its tags at random, its location). Each positive gets ``n`` negatives:
-- ``tagging`` mode: each negative replaces either the image (with another image of the batch that
-  lacks the tag) or the tag (with a random vocabulary tag the image lacks), chosen at random;
+- ``tagging`` mode: each negative replaces either the image (with another image that lacks the
+  tag) or the tag (with a random vocabulary tag the image lacks), chosen at random;
 - ``retrieval`` mode: each negative replaces only the image, which keeps tag frequencies equal in
   positives and negatives.
-The location always stays the positive's (it belongs to the query). Candidates are drawn several
-at a time and the first valid one kept; a slot with no valid candidate is masked out of the loss
-(only possible when nearly every image of a batch shares the tag).
+Replacement images come from a *pool*: rows the loader samples from a shuffle buffer that spans
+several row groups of the training set (``pool_tag_ids``), so that over training an image meets
+most of the dataset as a negative, as with the authors' draws from the whole training set; without
+a pool, from the other images of the batch. The location always stays the positive's (it belongs
+to the query). Candidates are drawn several at a time and the first valid one kept; a slot with
+no valid candidate is masked out of the loss (only possible when nearly every candidate shares the tag).
 
 Tags arrive padded: ``tag_ids`` (B, T) with -1 after each image's tags.
 """
@@ -25,7 +28,7 @@ class Triplets:
     """Index form of a batch's triplets: images are rows of the batch, tags vocabulary indices."""
 
     pos_tag: torch.Tensor     # (B,)
-    neg_image: torch.Tensor   # (B, N) batch rows
+    neg_image: torch.Tensor   # (B, N) rows of the batch, then of the pool (B + pool row)
     neg_tag: torch.Tensor     # (B, N) vocabulary indices
     valid: torch.Tensor       # (B, N) bool
 
@@ -52,18 +55,27 @@ def _first_valid(candidates: torch.Tensor, ok: torch.Tensor) -> tuple[torch.Tens
 
 
 def sample_negatives(tag_ids: torch.Tensor, pos_tag: torch.Tensor, num_tags: int, n: int = 6,
-                     mode: str = "tagging", tries: int = 8,
-                     generator: torch.Generator | None = None) -> Triplets:
-    """Draw ``n`` negatives per positive (see the module doc)."""
+                     mode: str = "tagging", tries: int = 8, generator: torch.Generator | None = None,
+                     pool_tag_ids: torch.Tensor | None = None) -> Triplets:
+    """Draw ``n`` negatives per positive (see the module doc); replacement images from the pool
+    (``pool_tag_ids`` (P, T)) when given, else from the batch."""
     if mode not in MODES:
         raise ValueError(f"negatives mode must be one of {MODES}, got {mode!r}")
     b, device = tag_ids.shape[0], tag_ids.device
     rand = lambda *shape, high: torch.randint(high, shape, generator=generator, device="cpu").to(device)
     rows = torch.arange(b, device=device)
 
-    # Image replacement: another image of the batch without the positive tag.
-    cand_img = rand(b, n, tries, high=b)
-    ok_img = (cand_img != rows[:, None, None]) & ~has_tag(tag_ids, cand_img, pos_tag[:, None, None].expand_as(cand_img))
+    # Image replacement: another image (of the pool, or of the batch) without the positive tag.
+    if pool_tag_ids is not None:
+        if pool_tag_ids.shape[0] == 0:
+            raise ValueError("the negative pool is empty")
+        cand = rand(b, n, tries, high=pool_tag_ids.shape[0])
+        ok_img = ~has_tag(pool_tag_ids, cand, pos_tag[:, None, None].expand_as(cand))
+        cand_img = cand + b
+    else:
+        cand_img = rand(b, n, tries, high=b)
+        ok_img = (cand_img != rows[:, None, None]) & ~has_tag(tag_ids, cand_img,
+                                                              pos_tag[:, None, None].expand_as(cand_img))
     neg_image, valid_img = _first_valid(cand_img, ok_img)
     if mode == "retrieval":
         return Triplets(pos_tag, neg_image, pos_tag[:, None].expand(b, n).clone(), valid_img)
