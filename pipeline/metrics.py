@@ -287,18 +287,26 @@ def within_km(lat1, lon1, lat2, lon2, thresholds_km: Sequence[float],
 
 # --- location-sensitive retrieval ------------------------------------------------------------------
 
-def location_queries(truth: TagSets, num_tags: int, seed: int,
-                     min_images: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def location_queries(truth: TagSets, num_tags: int, seed: int, min_images: int = 10,
+                     max_queries: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
     """One query per test image: (image row, one of its tags drawn with ``seed``); queries whose tag
     has fewer than ``min_images`` test images are skipped (SPEC 5). The image's own location is the
-    query location, and the image stays in the gallery."""
+    query location, and the image stays in the gallery.
+
+    ``max_queries`` keeps a seeded subsample of that many. Every model evaluated on the same split
+    with the same settings gets the same queries, so the rows of a table stay comparable.
+    """
     counts = truth.counts
     has_tags = np.flatnonzero(counts > 0)
     rng = np.random.default_rng(seed)
     pick = truth.offsets[has_tags] + np.floor(rng.random(has_tags.size) * counts[has_tags]).astype(np.int64)
     tags = truth.values[pick]
     keep = truth.images_per_tag(num_tags)[tags] >= min_images
-    return has_tags[keep], tags[keep]
+    rows, tags = has_tags[keep], tags[keep]
+    if max_queries is not None and rows.size > max_queries:
+        sub = np.sort(np.random.default_rng([seed, 1]).choice(rows.size, int(max_queries), replace=False))
+        rows, tags = rows[sub], tags[sub]
+    return rows, tags
 
 
 def p_at_10_by_distance(retrieved: np.ndarray, query_tags: np.ndarray, query_lat: np.ndarray,

@@ -197,3 +197,16 @@ def test_location_sensitive_retrieval_and_upper_bound_match_brute_force():
     for k in ref:
         assert got[k] <= ub[k] + 1e-9
     assert M.retrieval_metric_names()[0] == "retrieval/P@10_1km"
+
+
+def test_location_queries_subsample_is_the_same_for_every_model():
+    rng = np.random.default_rng(0)
+    truth = M.TagSets.from_lists([sorted(rng.choice(12, rng.integers(1, 4), replace=False).tolist())
+                                  for _ in range(300)])
+    rows, tags = M.location_queries(truth, 12, seed=3, min_images=10)
+    sub_rows, sub_tags = M.location_queries(truth, 12, seed=3, min_images=10, max_queries=50)
+    again = M.location_queries(truth, 12, seed=3, min_images=10, max_queries=50)
+    assert sub_rows.size == 50 and np.array_equal(sub_rows, again[0]) and np.array_equal(sub_tags, again[1])
+    full = dict(zip(rows.tolist(), tags.tolist()))
+    assert all(full[r] == t for r, t in zip(sub_rows.tolist(), sub_tags.tolist()))   # a subset of the queries
+    assert np.array_equal(M.location_queries(truth, 12, 3, 10, max_queries=10_000)[0], rows)

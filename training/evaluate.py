@@ -54,8 +54,10 @@ def default_device() -> torch.device:
 def evaluate_embeddings(embeddings_dir: str | Path, *, shards_dir: Optional[str | Path] = None,
                         split: str = "test", ks: Sequence[int] = (1, 10, 50), min_images: int = 10,
                         seed: int = 0, chunk: int = 4096, upper_bound: bool = True,
-                        device: Optional[str] = None) -> dict[str, float]:
-    """All SPEC 5 metrics of one model's exported embeddings on ``split``, under stable names."""
+                        max_queries: Optional[int] = None, device: Optional[str] = None) -> dict[str, float]:
+    """All SPEC 5 metrics of one model's exported embeddings on ``split``, under stable names.
+    ``max_queries``: the same seeded subsample of location-sensitive queries as every other model
+    (:func:`pipeline.metrics.location_queries`)."""
     from training.data import place_mask
 
     manifest = EmbeddingsManifest.read(embeddings_dir)
@@ -90,7 +92,7 @@ def evaluate_embeddings(embeddings_dir: str | Path, *, shards_dir: Optional[str 
     out["retrieval/queries_tags"] = float(query_tags.size)
 
     # Location-sensitive retrieval: the same per-tag top 10 for every query location.
-    q_rows, q_tags = M.location_queries(truth, num_tags, seed, min_images)
+    q_rows, q_tags = M.location_queries(truth, num_tags, seed, min_images, max_queries)
     position = np.full(num_tags, -1, dtype=np.int64)
     position[query_tags] = np.arange(query_tags.size)
     by_distance = M.p_at_10_by_distance(per_tag[position[q_tags]], q_tags, lat[q_rows], lon[q_rows],
