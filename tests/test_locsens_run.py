@@ -104,11 +104,35 @@ def test_raw_run_resumes_from_last_checkpoint(tmp_path, embeddings):
     metrics = train(cfg2)
     assert (tmp_path / "epochs.txt").read_text().split() == ["1"]        # only the remaining epoch
     assert metrics["tagging/A@1"] >= 0
+    # train=false evaluates a given checkpoint (weights-only loading), not random weights.
+    best = last.parent / "best.ckpt"
+    again = train(compose_cfg(tmp_path, embeddings, "+experiment=locsens_raw", "train=false", f"ckpt_path={best}"))
+    assert again["tagging/A@1"] == pytest.approx(metrics["tagging/A@1"])
+    assert torch.load(best, map_location="cpu", weights_only=True)["hyper_parameters"]["hidden"] == [64, 32]
+
+
+class RecordDraws(pl.Callback):
+    """Each rank's batch size and the seed of its training draws (spawned processes share files)."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir = out_dir
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            path = Path(self.out_dir) / f"draws-r{trainer.global_rank}.json"
+            path.write_text(json.dumps({"batch": int(batch["embedding"].shape[0]),
+                                        "seed": int(pl_module._train_generator.initial_seed())}))
 
 
 @pytest.mark.slow
 def test_ddp_spawn_two_processes(tmp_path, embeddings):
     cfg = compose_cfg(tmp_path, embeddings, "+experiment=locsens_raw", "trainer=ddp_sim", "trainer.max_epochs=1",
                       "evaluate=false")
+    with open_dict(cfg):
+        cfg.callbacks.draws = {"_target_": "test_locsens_run.RecordDraws", "out_dir": str(tmp_path)}
     metrics = train(cfg)
     assert np.isfinite(metrics["train/loss"])
+    # The global batch (50) split over the two ranks, and each rank its own draws.
+    draws = [json.loads((tmp_path / f"draws-r{r}.json").read_text()) for r in (0, 1)]
+    assert [d["batch"] for d in draws] == [25, 25]
+    assert draws[0]["seed"] != draws[1]["seed"]

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import functools
-import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from training.backbone import build_backbone
+from training.backbone import RANDOM_INIT, build_backbone
+from training.errors import SetupError
 from training.evaluate import top_k
 from training.her import HER
 from training.mcc import MCC
@@ -80,14 +81,28 @@ def test_her_regresses_mean_word_vector():
         HER(V, word_vectors=torch.zeros(V + 1, 8), embedding_dim=8, **KW)
 
 
-def test_backbone_without_weights_warns_instead_of_failing():
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        net, dim = build_backbone("mobilenet_v3_small", pretrained=True, allow_download=False)
-    assert dim == 576 and any("random initialisation" in str(w.message) for w in caught)
-    assert net.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 576)
-    _, dim = build_backbone("resnet18", pretrained=False)
-    assert dim == 512
+def test_pretrained_backbone_without_weights_stops_with_how_to_provide_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(SetupError, match="pretrained=false") as err:
+        build_backbone("mobilenet_v3_small", pretrained=True, allow_download=False)
+    assert str(tmp_path / "torch" / "hub" / "checkpoints") in str(err.value)
+    net, dim, used = build_backbone("resnet18", pretrained=False)
+    assert dim == 512 and used == RANDOM_INIT
+    assert net.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 512)
+
+
+def test_pretrained_backbone_loads_weights_put_in_the_hub_cache(tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    weights = torchvision.models.get_model_weights("resnet18").DEFAULT
+    reference = torchvision.models.resnet18()
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / Path(weights.url).name
+    cached.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), cached)
+    net, _, used = build_backbone("resnet18", pretrained=True)
+    assert used == str(weights)
+    assert torch.equal(net.conv1.weight, reference.conv1.weight)
 
 
 def test_top_k_matches_full_sort():

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pipeline.contract import read_manifest
 from shard_fixture import make_shards
+from training.errors import SetupError
 from training.export import EmbeddingsManifest
 from training.run import train
 
@@ -110,7 +111,7 @@ def test_train_export_evaluate_and_resume(tmp_path, shards):
         assert np.unique(ids).size == ids.size == shards_manifest.splits[split].rows
     tags = pq.read_table(emb / "tags.parquet")
     assert tags.num_rows == shards_manifest.vocab_size and manifest.dim == 300
-    best = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    best = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     w = best["state_dict"]["classifier.weight"].numpy()
     got = np.asarray(tags.column("embedding").combine_chunks().flatten()).reshape(-1, 300)
     np.testing.assert_allclose(got, w, rtol=1e-6)
@@ -127,6 +128,17 @@ def test_train_export_evaluate_and_resume(tmp_path, shards):
     assert eval_run.data.metrics["tagging/A_at_10"] == pytest.approx(metrics["tagging/A@10"])
     assert "retrieval/P_at_10_750km" in eval_run.data.metrics
     assert eval_run.data.tags["embeddings_export_id"] == manifest.export_id != ""
+    assert train_run.data.tags["backbone_weights"] == "random initialisation"
+
+    # train=false evaluates a checkpoint into an export of its own: the training run's export, which
+    # LocSens reads and evaluation runs refer to, stays as it was.
+    with pytest.raises(SetupError, match="ckpt_path"):
+        train(compose_cfg(tmp_path, shards, "+experiment=mcc", "train=false"))
+    best_ckpt = run_dir / "checkpoints" / "best.ckpt"
+    again = train(compose_cfg(tmp_path, shards, "+experiment=mcc", "train=false", f"ckpt_path={best_ckpt}"))
+    assert EmbeddingsManifest.read(emb).export_id == manifest.export_id
+    assert again["tagging/A@10"] == pytest.approx(metrics["tagging/A@10"])
+    assert [p.name for p in (run_dir / "evaluated").iterdir()][0].startswith("best-")
 
     # Resume from last.ckpt: the epoch counter continues instead of starting over.
     cfg2 = compose_cfg(tmp_path, shards, "+experiment=mcc", "trainer.max_epochs=3", "resume=true",

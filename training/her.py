@@ -22,7 +22,7 @@ class HER(TagModel):
     def __init__(self, num_tags: int, word_vectors: Optional[torch.Tensor] = None,
                  embedding_dim: int = 300, normalize_word_vectors: bool = True, **kwargs):
         super().__init__(num_tags, **kwargs)
-        self.save_hyperparameters(logger=False, ignore=["word_vectors"])
+        self.save_hyperparameters(logger=False, ignore=["word_vectors", "optimizer", "scheduler"])
         if word_vectors is None:  # restored from a checkpoint's state dict
             word_vectors = torch.zeros(num_tags, embedding_dim)
         word_vectors = torch.as_tensor(word_vectors, dtype=torch.float32)

@@ -24,8 +24,12 @@ from training.location_schedule import LocationSchedule
 log = logging.getLogger(__name__)
 
 
-def models_to_evaluate(cfg: DictConfig, model: LocSens, callbacks: list) -> dict[str, Optional[str]]:
-    """Run name -> checkpoint path (None: the weights in memory)."""
+def models_to_evaluate(cfg: DictConfig, model: LocSens, callbacks: list,
+                       checkpoint: Optional[str] = None) -> dict[str, Optional[str]]:
+    """Run name -> checkpoint path (None: the weights in memory); ``checkpoint``: evaluate that one
+    (``train=false``)."""
+    if checkpoint:
+        return {cfg.task_name: checkpoint}
     schedule = next((c for c in callbacks if isinstance(c, LocationSchedule)), None)
     if model.location == "sampling" and cfg.evaluation.get("snapshots", True) and schedule and schedule.saved:
         order = [f"sigma_{v:g}" for v, _ in model.sigma_schedule.stages]
@@ -38,14 +42,15 @@ def load_net(model: LocSens, checkpoint: Optional[str]) -> torch.nn.Module:
     """A copy of the model's network with a checkpoint's weights."""
     net = copy.deepcopy(model.net)
     if checkpoint:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
         net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
     return net
 
 
 def evaluate_after_fit(cfg: DictConfig, model: LocSens, datamodule, callbacks: list,
-                       train_run_id: Optional[str] = None) -> dict[str, float]:
-    """Evaluate on ``cfg.evaluation.split``; returns metrics, prefixed by run name for snapshots."""
+                       train_run_id: Optional[str] = None, checkpoint: Optional[str] = None) -> dict[str, float]:
+    """Evaluate on ``cfg.evaluation.split``; returns metrics, prefixed by run name for snapshots.
+    ``checkpoint``: evaluate that checkpoint only (``train=false``)."""
     from training.data import place_mask
     from training.evaluate import embeddings_tags, log_evaluation
 
@@ -55,7 +60,7 @@ def evaluate_after_fit(cfg: DictConfig, model: LocSens, datamodule, callbacks: l
     places = place_mask(shards_dir) if shards_dir and Path(shards_dir).exists() else None
     tag_table = datamodule.tag_embeddings()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    targets = models_to_evaluate(cfg, model, callbacks)
+    targets = models_to_evaluate(cfg, model, callbacks, checkpoint)
     export = embeddings_tags(datamodule.embeddings_dir, datamodule.manifest)   # one read for every snapshot
     out: dict[str, float] = {}
     for i, (name, checkpoint) in enumerate(targets.items()):

@@ -18,7 +18,7 @@ class MCC(TagModel):
 
     def __init__(self, num_tags: int, embedding_dim: int = 300, **kwargs):
         super().__init__(num_tags, **kwargs)
-        self.save_hyperparameters(logger=False)
+        self.save_hyperparameters(logger=False, ignore=["optimizer", "scheduler"])
         self.embedding = nn.Linear(self.feature_dim, embedding_dim)
         self.classifier = nn.Linear(embedding_dim, num_tags)
 

@@ -23,7 +23,7 @@ class MLC(TagModel):
 
     def __init__(self, num_tags: int, reduction: str = "sum", **kwargs):
         super().__init__(num_tags, **kwargs)
-        self.save_hyperparameters(logger=False)
+        self.save_hyperparameters(logger=False, ignore=["optimizer", "scheduler"])
         if reduction not in ("sum", "mean"):
             raise ValueError(f"reduction {reduction!r}: 'sum' (over tags, mean over images) or 'mean'")
         self.reduction = reduction

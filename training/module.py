@@ -49,7 +49,7 @@ class TagModel(pl.LightningModule, abc.ABC):
                  channels_last: bool = False):
         super().__init__()
         self.num_tags = num_tags
-        self.backbone, self.feature_dim = build_backbone(**dict(backbone))
+        self.backbone, self.feature_dim, self.backbone_weights = build_backbone(**dict(backbone))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler

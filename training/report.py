@@ -164,7 +164,7 @@ class Figures:
         from training.locsens import LocSens
 
         self.model = LocSens.load_from_checkpoint(str(checkpoint), map_location="cpu", optimizer=None,
-                                                  weights_only=False).eval()
+                                                  weights_only=True).eval()
         self.model.set_tag_embeddings(data.tag_table)
         self.data = data
 

@@ -8,8 +8,10 @@ rank, except the side effects guarded for rank 0 (the MLflow runs, evaluation).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,6 +24,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from training.errors import SetupError
+
 log = logging.getLogger(__name__)
 
 
@@ -31,9 +35,10 @@ def _instantiate_group(group: Optional[DictConfig]) -> list[Any]:
     return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
-def _prepare_mlflow(cfg: DictConfig, loggers: list) -> Optional[MLFlowLogger]:
+def _prepare_mlflow(cfg: DictConfig, loggers: list, model: pl.LightningModule) -> Optional[MLFlowLogger]:
     """Create the training run on rank 0 (experiment made through pipeline.tracking, so its
-    artifacts sit with the other stages'), with the flattened config and config.yaml."""
+    artifacts sit with the other stages'), with the flattened config, config.yaml and the weights
+    the backbone actually started from."""
     mlf = next((lg for lg in loggers if isinstance(lg, MLFlowLogger)), None)
     if mlf is None or rank_zero_only.rank != 0:
         return mlf
@@ -48,6 +53,8 @@ def _prepare_mlflow(cfg: DictConfig, loggers: list) -> Optional[MLFlowLogger]:
     mlf.log_hyperparams(flatten(resolved))
     mlf.experiment.log_dict(mlf.run_id, resolved, "config.yaml")
     mlf.experiment.set_tag(mlf.run_id, "run_dir", str(Path(cfg.run_dir).resolve()))
+    if getattr(model, "backbone_weights", None):
+        mlf.experiment.set_tag(mlf.run_id, "backbone_weights", model.backbone_weights)
     return mlf
 
 
@@ -63,8 +70,30 @@ def _resume_path(cfg: DictConfig, checkpoint: Optional[ModelCheckpoint]) -> Opti
     return None
 
 
+def _checkpoint_to_evaluate(cfg: DictConfig) -> str:
+    """``train=false``: the checkpoint to evaluate (``ckpt_path``), which must exist."""
+    path = cfg.get("ckpt_path")
+    if not path:
+        raise SetupError("train=false evaluates a trained model: set ckpt_path=<checkpoint>, e.g. "
+                         f"ckpt_path={Path(cfg.run_dir) / 'checkpoints' / 'best.ckpt'}")
+    if not Path(path).is_file():
+        raise SetupError(f"ckpt_path={path}: no such checkpoint file")
+    return str(Path(path).resolve())
+
+
+def evaluation_export_dir(run_dir: str | Path, checkpoint: str) -> Path:
+    """Where ``train=false`` exports a checkpoint's embeddings: a folder of its own, so that
+    evaluating a checkpoint never overwrites a training run's export (which LocSens reads and
+    evaluation runs refer to by export id)."""
+    tag = hashlib.sha1(str(Path(checkpoint).resolve()).encode()).hexdigest()[:8]
+    return Path(run_dir) / "evaluated" / f"{Path(checkpoint).stem}-{tag}" / "embeddings"
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit, export and evaluate one model as configured; returns the metrics (rank 0 has them all)."""
+    """Fit, export and evaluate one model as configured; returns the metrics (rank 0 has them all).
+
+    ``train=false`` evaluates ``ckpt_path`` instead of fitting (its embeddings, for MCC, MLC and
+    HER, go to :func:`evaluation_export_dir`)."""
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     if cfg.get("torch_threads"):
@@ -72,30 +101,33 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # MLflow reads the tracking URI when it is first imported by some loggers: set it first.
     os.environ["MLFLOW_TRACKING_URI"] = cfg.paths.mlflow_tracking_uri
 
+    fitting = bool(cfg.get("train", True))
+    evaluated = None if fitting else _checkpoint_to_evaluate(cfg)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, num_tags=datamodule.num_tags)
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    mlf = _prepare_mlflow(cfg, loggers)
+    mlf = _prepare_mlflow(cfg, loggers, model)
     checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
 
     metrics: dict[str, float] = {}
-    if cfg.get("train", True):
-        # Our own checkpoints hold the config's partials (optimiser, schedule): not weights-only.
-        trainer.fit(model, datamodule=datamodule, ckpt_path=_resume_path(cfg, checkpoint), weights_only=False)
+    if fitting:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=_resume_path(cfg, checkpoint), weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-    best = checkpoint.best_model_path if checkpoint is not None else ""
-    if best and checkpoint.best_model_score is not None:  # (ddp_spawn brings back the path only)
+    best = (checkpoint.best_model_path if checkpoint is not None else "") if fitting else evaluated
+    if fitting and best and checkpoint.best_model_score is not None:  # (ddp_spawn brings back the path only)
         metrics["best_val_loss"] = float(checkpoint.best_model_score)
 
     writer = next((c for c in callbacks if hasattr(c, "write_manifest")), None)
     embeddings_dir = None
     if cfg.get("export", True) and writer is not None:
+        if not fitting:
+            writer.output_dir = evaluation_export_dir(cfg.run_dir, evaluated)
         writer.extra = {"checkpoint": str(Path(best).resolve()) if best else None,
                         "task_name": cfg.task_name}
         trainer.predict(model, datamodule=datamodule, ckpt_path=best or None, return_predictions=False,
-                        weights_only=False)
+                        weights_only=True)
         embeddings_dir = str(writer.output_dir.resolve())
 
     if not trainer.is_global_zero:
@@ -109,7 +141,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         # LocSens scores triplets itself: best checkpoint, or every sigma-stage snapshot.
         from training.locsens_run import evaluate_after_fit
 
-        metrics.update(evaluate_after_fit(cfg, model, datamodule, callbacks, mlf.run_id if mlf else None))
+        metrics.update(evaluate_after_fit(cfg, model, datamodule, callbacks, mlf.run_id if mlf else None,
+                                          checkpoint=evaluated))
     if cfg.get("evaluate", True) and embeddings_dir:
         from training.evaluate import embeddings_tags, evaluate_embeddings, log_evaluation
 
@@ -147,7 +180,11 @@ def _write_metrics(run_dir: Path, metrics: dict[str, float]) -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train.yaml")
 def main(cfg: DictConfig) -> Optional[float]:
-    metrics = train(cfg)
+    try:
+        metrics = train(cfg)
+    except SetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     return metrics.get("best_val_loss")
 
 
