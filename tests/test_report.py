@@ -10,8 +10,8 @@ from hydra import compose, initialize_config_dir
 from pipeline.metrics import mlflow_metrics
 from training.report import build_report
 from training.export import MANIFEST_NAME, EmbeddingsManifest
-from training.report_tables import (baseline_results, collect_results, location_table, noplaces_table, summarise,
-                                    tagging_table)
+from training.report_tables import (baseline_results, collect_results, location_table, noplaces_table,
+                                    queries_note, summarise, tagging_table)
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -47,6 +47,14 @@ def test_each_table_reports_the_model_trained_for_its_task():
     assert "| LocSens - raw locations | 22.00 (32.74) |" in location and "sigma=0 | 33.00 (35.95)" in location
     del results["locsens_raw_retrieval"]
     assert "| LocSens - raw locations | 11.00 (32.74) |" in location_table(results)
+
+
+def test_the_report_says_how_many_queries_and_flags_rows_that_differ():
+    rows = {"mcc": {"retrieval/queries_locations": 757.0}, "locsens_raw": {"retrieval/queries_locations": 757.0}}
+    assert "same 757 location-sensitive queries" in queries_note(rows)
+    rows["locsens_sigma_0"] = {"retrieval/queries_locations": 500.0}
+    note = queries_note(rows)
+    assert note.startswith("**Not comparable:**") and "sigma=0 500" in note and "MCC 757" in note
 
 
 def test_report_reads_mlflow_and_draws_figures(tmp_path):

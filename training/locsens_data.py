@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from pipeline.metrics import TagSets
 from training.data import PlannedStream, deal_window
+from training.errors import SetupError
 from training.export import EmbeddingsManifest, arrow_to_embeddings, read_image_embeddings, read_tag_embeddings
 
 COLUMNS = ["photo_id", "embedding", "latitude", "longitude", "tag_ids"]
@@ -129,7 +130,7 @@ class LocSensDataModule(pl.LightningDataModule):
         """Positives per rank and step: the global ``batch_size`` split over ``world_size`` ranks."""
         size = int(self.hparams.batch_size)
         if size % world_size:
-            raise ValueError(f"data.batch_size={size} (the global batch) is not divisible by the {world_size} "
+            raise SetupError(f"data.batch_size={size} (the global batch) is not divisible by the {world_size} "
                              f"ranks: use a multiple of {world_size}")
         return size // world_size
 

@@ -20,8 +20,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from training.report_tables import (DISTANCE_COLUMNS, LABELS, ORDER, SIGMAS, Results, agnostic_retrieval_table,
-                                    collect_results, location_table, noplaces_table, retrieval_results,
-                                    tagging_table)
+                                    collect_results, location_table, noplaces_table, queries_note,
+                                    retrieval_results, tagging_table)
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,7 @@ def build_report(cfg: DictConfig) -> Path:
              "## Image tagging", "", tagging_table(results), "",
              "## Image tagging, place names omitted", "", noplaces_table(results), "",
              "## Location-agnostic retrieval", "", agnostic_retrieval_table(results), "",
-             "## Location-sensitive retrieval (P@10)", "", location_table(results), "",
+             "## Location-sensitive retrieval (P@10)", "", location_table(results), "", queries_note(results), "",
              "## Figures", ""]
     for title, path in figs.items():
         if path is not None:

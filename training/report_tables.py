@@ -210,7 +210,7 @@ def baseline_results(metrics: Mapping[str, float]) -> Results:
 def _metric_names() -> list[str]:
     names = [f"tagging/{m}{s}" for m in ("A@1", "A@10", "A@50", "pct_pred", "pct_cpred") for s in ("", "_noplaces")]
     names += ["retrieval/P@10"] + [f"retrieval/P@10_{g}" for g in [*GRANULARITIES_KM, "agnostic"]]
-    return names
+    return names + ["retrieval/queries_locations", "eval/images"]
 
 
 def _cell(ours: Optional[float], paper: Optional[float], sd: Optional[float] = None) -> str:
@@ -278,3 +278,18 @@ def location_table(results: Results) -> str:
     header = ["Method", "Location agnostic", "Continent (2500 km)", "Country (750 km)", "Region (200 km)",
               "City (25 km)", "Street (1 km)"]
     return _table(header, rows)
+
+
+def queries_note(results: Results) -> str:
+    """How many location-sensitive queries the retrieval table's rows were scored on, and a warning
+    naming the rows when they were not all scored on the same number (not comparable)."""
+    results = retrieval_results(results)
+    counts = {n: int(results[n]["retrieval/queries_locations"]) for n in ORDER
+              if n in results and "retrieval/queries_locations" in results[n]}
+    if not counts:
+        return ""
+    if len(set(counts.values())) == 1:
+        n = next(iter(counts.values()))
+        return f"Every row is scored on the same {n:,} location-sensitive queries (one per test image whose tag has enough test images)."
+    detail = ", ".join(f"{LABELS[n]} {c:,}" for n, c in counts.items())
+    return f"**Not comparable:** the rows were scored on different numbers of queries: {detail}."
