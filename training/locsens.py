@@ -212,7 +212,7 @@ class LocSens(pl.LightningModule):
         """Margin loss of a batch's positives and negatives.
 
         The first MLP layer is applied by modality (:meth:`LocSensNet.first_layer_parts`): the image
-        part once per batch and pool row, the tag part once per distinct tag of the batch, the
+        part once per image a triplet uses, the tag part once per distinct tag of the batch, the
         location part once per positive (or per triplet, under location sampling), then summed per
         triplet; identical to concatenating, at a fraction of the cost.
         """
@@ -227,12 +227,15 @@ class LocSens(pl.LightningModule):
         if pool_tags is not None:
             images = torch.cat([images, batch["pool_embedding"].float()])
         b, n = trip.neg_tag.shape
-        image = net.image_part(images)
-        loc = self.location_parts(batch["latitude"], batch["longitude"], 1 + n, train, generator)
+        # Each image and tag projected once, and only those some triplet uses.
+        rows, row_of = torch.unique(torch.cat([torch.arange(b, device=images.device), trip.neg_image.reshape(-1)]),
+                                    return_inverse=True)
+        image = net.image_part(images[rows])[row_of]
         uniq, inverse = torch.unique(torch.cat([pos_tag, trip.neg_tag.reshape(-1)]), return_inverse=True)
         tag = net.tag_part(self.tag_table[uniq])[inverse]
+        loc = self.location_parts(batch["latitude"], batch["longitude"], 1 + n, train, generator)
         pos = net.head(image[:b] + tag[:b] + loc[:, 0])
-        neg = net.head(image[trip.neg_image] + tag[b:].view(b, n, -1) + (loc[:, 1:] if loc.shape[1] > 1 else loc))
+        neg = net.head(image[b:].view(b, n, -1) + tag[b:].view(b, n, -1) + (loc[:, 1:] if loc.shape[1] > 1 else loc))
         return margin_ranking_loss(pos, neg, trip.valid, self.hparams.margin)
 
     def training_step(self, batch, batch_idx):
