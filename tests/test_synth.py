@@ -56,10 +56,42 @@ def test_dataset_lines_have_25_ascii_fields(lines, records):
 def test_hash_is_unpadded_md5_of_download_url(records):
     for r in records:
         assert r.photo_hash == unpadded_hex(hashlib.md5(r.download_url.encode()).digest())
-        assert r.download_url == (f"http://farm{r.farm_id}.staticflickr.com/{r.server_id}/"
-                                  f"{r.photo_id}_{r.secret}.jpg")
-        assert r.page_url == f"http://www.flickr.com/photos/{r.user_nsid}/{r.photo_id}/"
     assert any(len(r.photo_hash) < 32 for r in records)
+
+
+def _url_shapes(r) -> tuple[str, str]:
+    """A record's page and download URLs with its own field values replaced by their names."""
+    values = [(r.secret, "<secret>"), (r.secret_original, "<secret_original>"), (r.user_nsid, "<nsid>"),
+              (str(r.photo_id), "<photo_id>"), (f"farm{r.farm_id}.", "farm<farm_id>."),
+              (f"/{r.server_id}/", "/<server_id>/")]
+
+    def shape(url: str) -> str:
+        for value, name in values:
+            url = url.replace(value, name)
+        return url
+
+    return shape(r.page_url), shape(r.download_url)
+
+
+def test_urls_and_licenses_look_like_the_real_lines(records, real_head_path):
+    """Photo and video rows have the real lines' URL forms, and every line a Creative Commons licence."""
+    with open(real_head_path, encoding="utf-8", newline="") as fh:
+        real = [parse_line(line) for line in fh]
+    real_shapes = collections.defaultdict(set)
+    for r in real:
+        real_shapes[r.marker].add(_url_shapes(r))
+    assert real_shapes[1] == {("http://www.flickr.com/videos/<nsid>/<photo_id>/",
+                               "http://www.flickr.com/videos/<nsid>/<photo_id>/play/orig/<secret_original>")}
+    synth_shapes = collections.defaultdict(set)
+    for r in records:
+        synth_shapes[r.marker].add(_url_shapes(r))
+    assert set(synth_shapes) == {0, 1}
+    for marker, shapes in synth_shapes.items():
+        assert shapes <= real_shapes[marker], (marker, shapes - real_shapes[marker])
+    # Real lines are all Creative Commons: a non-empty licence URL, from the same few licences.
+    real_licenses = {(r.license_name, r.license_url) for r in real}
+    assert all(url.startswith("http://creativecommons.org/licenses/") for _, url in real_licenses)
+    assert {(r.license_name, r.license_url) for r in records} <= real_licenses
 
 
 def test_free_text_is_url_encoded(records):

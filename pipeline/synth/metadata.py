@@ -31,14 +31,15 @@ SALIENCE_MEAN = (SALIENCE_MIN + 1.0) / 2
 PHOTOS_PER_USER = 12
 T_FIRST, T_LAST = 1_104_537_600, 1_396_224_000   # 2005-01-01 .. 2014-03-31, epoch seconds
 
+#: (license_name, license_url, share). Every YFCC100M line is Creative Commons (there is no "All
+#: Rights Reserved" line); shares are those of the first 1,000 real lines.
 LICENSES = (
-    ("All Rights Reserved", ""),
-    ("Attribution License", "http://creativecommons.org/licenses/by/2.0/"),
-    ("Attribution-NoDerivs License", "http://creativecommons.org/licenses/by-nd/2.0/"),
-    ("Attribution-NonCommercial-NoDerivs License", "http://creativecommons.org/licenses/by-nc-nd/2.0/"),
-    ("Attribution-NonCommercial License", "http://creativecommons.org/licenses/by-nc/2.0/"),
-    ("Attribution-NonCommercial-ShareAlike License", "http://creativecommons.org/licenses/by-nc-sa/2.0/"),
-    ("Attribution-ShareAlike License", "http://creativecommons.org/licenses/by-sa/2.0/"),
+    ("Attribution License", "http://creativecommons.org/licenses/by/2.0/", 0.18),
+    ("Attribution-NoDerivs License", "http://creativecommons.org/licenses/by-nd/2.0/", 0.06),
+    ("Attribution-NonCommercial-NoDerivs License", "http://creativecommons.org/licenses/by-nc-nd/2.0/", 0.25),
+    ("Attribution-NonCommercial License", "http://creativecommons.org/licenses/by-nc/2.0/", 0.14),
+    ("Attribution-NonCommercial-ShareAlike License", "http://creativecommons.org/licenses/by-nc-sa/2.0/", 0.27),
+    ("Attribution-ShareAlike License", "http://creativecommons.org/licenses/by-sa/2.0/", 0.10),
 )
 DEVICES = (
     "Canon EOS 5D Mark II", "Canon EOS 400D Digital", "Canon PowerShot SD1000", "NIKON D90", "NIKON D700",
@@ -329,15 +330,22 @@ def generate_chunk(world: World, chunk: int, start: int, n: int) -> tuple[pa.Tab
     secret = _hex(rng.integers(0, 256, (n, 5), dtype=np.uint8), _HEX2)
     secret_orig = _hex(rng.integers(0, 256, (n, 5), dtype=np.uint8), _HEX2)
     pid = _s(photo_id)
-    download_url = pc.binary_join_element_wise(
+    # Videos (marker 1) have Flickr's video page and the original's play URL, ending in
+    # secret_original, as real video lines do; photo_hash is the MD5 of whichever URL it is.
+    is_video = pa.array(video)
+    photo_url = pc.binary_join_element_wise(
         pa.scalar("http://farm"), _s(farm), pa.scalar(".staticflickr.com/"), _s(server), pa.scalar("/"), pid,
         pa.scalar("_"), secret, pa.scalar(".jpg"), "")
-    page_url = pc.binary_join_element_wise(pa.scalar("http://www.flickr.com/photos/"), nsid, pa.scalar("/"), pid,
-                                           pa.scalar("/"), "")
+    video_page = pc.binary_join_element_wise(pa.scalar("http://www.flickr.com/videos/"), nsid, pa.scalar("/"), pid,
+                                             pa.scalar("/"), "")
+    video_url = pc.binary_join_element_wise(video_page, pa.scalar("play/orig/"), secret_orig, "")
+    download_url = pc.if_else(is_video, video_url, photo_url)
+    page_url = pc.if_else(is_video, video_page, pc.binary_join_element_wise(
+        pa.scalar("http://www.flickr.com/photos/"), nsid, pa.scalar("/"), pid, pa.scalar("/"), ""))
     m, lens = encode_ascii(np.asarray(download_url.to_numpy(zero_copy_only=False), dtype="S"))
     photo_hash = _hex(md5_many(m, lens), _HEX_UNPADDED)
 
-    lic = rng.choice(len(LICENSES), n, p=[0.05, 0.15, 0.05, 0.3, 0.15, 0.2, 0.1])
+    lic = rng.choice(len(LICENSES), n, p=[share for _, _, share in LICENSES])
     geo_s = lambda v, d: pc.if_else(pa.array(no_geo), pa.scalar("", pa.string()), _s(np.round(v, d)))
     accuracy = np.where(u[:, 13] < 0.45, 16, rng.integers(11, 16, n))
     date_taken = pc.binary_join_element_wise(
@@ -377,8 +385,8 @@ def generate_chunk(world: World, chunk: int, start: int, n: int) -> tuple[pa.Tab
         "longitude": geo_s(lon, 6), "latitude": geo_s(lat, 6),
         "accuracy": pc.if_else(pa.array(no_geo), pa.scalar("", pa.string()), _s(accuracy)),
         "page_url": page_url, "download_url": download_url,
-        "license_name": pa.array([name for name, _ in LICENSES], pa.string()).take(pa.array(lic)),
-        "license_url": pa.array([url for _, url in LICENSES], pa.string()).take(pa.array(lic)),
+        "license_name": pa.array([name for name, _, _ in LICENSES], pa.string()).take(pa.array(lic)),
+        "license_url": pa.array([url for _, url, _ in LICENSES], pa.string()).take(pa.array(lic)),
         "server_id": _s(server), "farm_id": _s(farm), "secret": secret, "secret_original": secret_orig,
         "extension": pa.repeat("jpg", n), "marker": _s(video.astype(np.int8)),
     })
