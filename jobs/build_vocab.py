@@ -1,12 +1,12 @@
-"""Build the hashtag vocabulary, the place-name list and the split dataset from the clean table.
+"""Build the hashtag vocabulary and the split dataset from the clean table.
 
     spark-submit jobs/build_vocab.py [vocab.size=100000] [vocab.drop_top=10] \
         [splits.test=500000 splits.val=250000]
 
-Extract: ``outputs.clean`` (jobs/clean_metadata.py). Transform: :mod:`pipeline.vocab`,
-:mod:`pipeline.splits`, :mod:`pipeline.place_names`. Load (atomic): ``outputs.vocab``,
-``outputs.dataset`` (images with 1..15 vocabulary tags and their split), ``outputs.dataset_rejects``,
-``outputs.place_names`` and ``outputs.stats``/build_vocab.json.
+Extract: ``outputs.clean`` and ``outputs.place_names`` (jobs/clean_metadata.py). Transform:
+:mod:`pipeline.vocab`, :mod:`pipeline.splits`. Load: ``outputs.vocab``, ``outputs.dataset``
+(images with 1..15 vocabulary tags and their split), ``outputs.dataset_rejects`` and
+``outputs.stats``/build_vocab.json, published together once clean images = dataset + rejected.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 
 from pipeline import io, place_names, splits, vocab
 from pipeline.config import PipelineError, require_int, run_job, split_size
-from pipeline.stage import check_conservation, markdown_table, stage, start_spark
+from pipeline.stage import ConservationCheck, check_conservation, markdown_table, stage, start_spark
 
 log = logging.getLogger("pipeline.build_vocab")
 
@@ -27,7 +27,7 @@ DATASET_COLUMNS = ("photo_id", "photo_hash", "user_nsid", "latitude", "longitude
                    "town", "region", "country", "continent", "download_url", "split")
 
 
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None:
     drop_top = require_int(cfg, "vocab.drop_top", minimum=0)
     size = require_int(cfg, "vocab.size", minimum=1)
     min_tags = require_int(cfg, "vocab.min_tags", minimum=1)
@@ -37,13 +37,15 @@ def main(cfg: DictConfig) -> None:
     spark = start_spark(cfg, "build_vocab")
     out = cfg.outputs
     io.require_input(spark, out.clean, "outputs.clean", "jobs/clean_metadata.py")
+    io.require_input(spark, out.place_names, "outputs.place_names", "jobs/clean_metadata.py")
 
-    with stage(cfg, "build_vocab") as st:
+    with stage(cfg, "build_vocab") as st, io.staged_outputs(spark) as staged:
         clean = spark.read.parquet(out.clean)
+        n_clean = clean.count()  # counted on its own: the check below must not trust the transform
         with st.timed("vocabulary"):
             voc, dropped = vocab.select_vocabulary(vocab.tag_counts(clean), drop_top, size)
-            io.write_parquet(spark, voc, out.vocab, partitions=1, sort_by=["index"])
-            voc = spark.read.parquet(out.vocab)
+            staged.write_parquet(voc, out.vocab, partitions=1, sort_by=["index"])
+            voc = staged.read_parquet(out.vocab)
         n_vocab = voc.count()
         if n_vocab == 0:
             raise PipelineError(f"vocab.drop_top={drop_top} drops every tag of {out.clean}: nothing left")
@@ -54,16 +56,13 @@ def main(cfg: DictConfig) -> None:
             applied = vocab.apply_vocabulary(clean, voc, min_tags, max_tags).persist(StorageLevel.MEMORY_AND_DISK)
             kept = splits.assign_splits(applied.where(F.col("reason").isNull()), test, val, seed)
             # Already hash-partitioned by photo_id (the join): sorted within partitions, no shuffle.
-            io.write_parquet(spark, kept.select(*DATASET_COLUMNS), out.dataset, sort_by=["photo_id"])
+            staged.write_parquet(kept.select(*DATASET_COLUMNS), out.dataset, sort_by=["photo_id"])
             rejected = applied.where(F.col("reason").isNotNull()).select(
                 "photo_id", "reason", F.size("tag_ids").alias("vocab_tags"))
-            io.write_parquet(spark, rejected, out.dataset_rejects, partitions=1, sort_by=["photo_id"])
-        with st.timed("place_names"):
-            io.write_parquet(spark, place_names.place_names(clean), out.place_names, partitions=1,
-                             sort_by=["level", "name"])
+            staged.write_parquet(rejected, out.dataset_rejects, partitions=1, sort_by=["photo_id"])
 
-        dataset = spark.read.parquet(out.dataset)
-        rejects = spark.read.parquet(out.dataset_rejects)
+        dataset = staged.read_parquet(out.dataset)
+        rejects = staged.read_parquet(out.dataset_rejects)
         by_reason = {r["reason"]: r["count"] for r in rejects.groupBy("reason").count().collect()}
         by_split = {r["split"]: r["count"] for r in dataset.groupBy("split").count().collect()}
         stats = vocab.dataset_stats(applied, dataset, n_vocab)
@@ -79,9 +78,8 @@ def main(cfg: DictConfig) -> None:
         st.artifact_text(markdown_table([r.asDict() for r in dropped.orderBy("rank").collect()],
                                         ["rank", "tag", "count"]), "dropped_top_tags.md")
         st.artifact_json(stats, "stats.json")
-        io.write_text(spark, f"{out.stats}/build_vocab.json", json.dumps(stats, indent=2, sort_keys=True))
-        check_conservation("build_vocab", stats["clean_images"],
-                           {"dataset": stats["images"], "rejected": sum(by_reason.values())})
+        staged.write_text(f"{out.stats}/build_vocab.json", json.dumps(stats, indent=2, sort_keys=True))
+        check("build_vocab", n_clean, {"dataset": stats["images"], "rejected": sum(by_reason.values())})
         log.info("vocabulary %d tags; %d images (%s); %.2f tags per image", n_vocab, stats["images"],
                  ", ".join(f"{k} {v}" for k, v in sorted(by_split.items())), stats["tags_per_image"])
 

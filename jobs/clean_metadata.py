@@ -3,8 +3,10 @@
     spark-submit jobs/clean_metadata.py [paths.raw_dir=...] [clean.layout=23] [clean.dictionary=...]
 
 Extract: ``yfcc100m_dataset`` (25 or 23 columns, plain, .bz2 or a folder of parts),
-``yfcc100m_places`` and, for 23 columns, ``yfcc100m_hash``. Transform: :mod:`pipeline.parse` and
-:mod:`pipeline.clean`. Load: ``outputs.clean`` and ``outputs.clean_rejects`` (Parquet, atomic).
+``yfcc100m_places`` and, for 23 columns, ``yfcc100m_hash``. Transform: :mod:`pipeline.parse`,
+:mod:`pipeline.clean` and :mod:`pipeline.place_names` (from every places record, so here, where
+the places file is read). Load: ``outputs.clean``, ``outputs.clean_rejects`` and
+``outputs.place_names`` (Parquet), published together once input lines = kept + rejected.
 """
 from __future__ import annotations
 
@@ -14,10 +16,10 @@ from omegaconf import DictConfig
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
-from pipeline import clean, io, parse
+from pipeline import clean, io, parse, place_names
 from pipeline.config import PipelineError, run_job
 from pipeline.geography import continent_table
-from pipeline.stage import check_conservation, markdown_table, stage, start_spark
+from pipeline.stage import ConservationCheck, check_conservation, markdown_table, stage, start_spark
 
 log = logging.getLogger("pipeline.clean_metadata")
 
@@ -35,13 +37,13 @@ def resolve_layout(spark, path: str, setting: str, sample_lines: int) -> int:
     return layout
 
 
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None:
     spark = start_spark(cfg, "clean_metadata")
     c = cfg.clean
-    dataset_path = io.first_existing(spark, c.dataset, "clean.dataset")
-    places_path = io.first_existing(spark, c.places, "clean.places")
+    dataset_path = io.single_existing(spark, c.dataset, "clean.dataset")
+    places_path = io.single_existing(spark, c.places, "clean.places")
     layout = resolve_layout(spark, dataset_path, str(c.layout), c.layout_sample_lines)
-    hash_path = io.first_existing(spark, c.hash, "clean.hash") if layout == 23 else None
+    hash_path = io.single_existing(spark, c.hash, "clean.hash") if layout == 23 else None
     if c.dictionary is not None:
         io.require_input(spark, c.dictionary, "clean.dictionary")
 
@@ -55,7 +57,8 @@ def main(cfg: DictConfig) -> None:
         if c.dictionary is not None:
             lines = lines.withColumn("_row_id", F.monotonically_increasing_id())
         parsed = parse.parse_lines(lines, layout, line_chars=c.reject_line_chars)
-        places = parse.parse_places_lines(io.read_text_lines(spark, places_path))
+        places_lines = io.read_text_lines(spark, places_path)
+        places = parse.parse_places_lines(places_lines)
         hashes = parse.parse_hash_lines(io.read_text_lines(spark, hash_path)) if hash_path else None
         dictionary = None
         if c.dictionary is not None:
@@ -65,33 +68,38 @@ def main(cfg: DictConfig) -> None:
         continents = continent_table(spark, c.get("country_aliases"))
 
         classified = clean.classify(parsed, places, continents, hashes=hashes, dictionary=dictionary)
-        # Computed once (while the kept table is written) and read again for the rejects.
-        classified = classified.persist(StorageLevel.MEMORY_AND_DISK)
-        with st.timed("classify_and_write"):
-            # Rows are already hash-partitioned by photo_id (duplicate check): sorting within
-            # partitions makes reruns write the same files without another shuffle.
-            io.write_parquet(spark, clean.kept(classified), cfg.outputs.clean, sort_by=["photo_id"])
-            io.write_parquet(spark, clean.rejects(classified), cfg.outputs.clean_rejects,
-                             sort_by=["photo_id", "reason", "file", "line"])
-        classified.unpersist()
+        with io.staged_outputs(spark) as staged:
+            # Computed once (while the kept table is written) and read again for the rejects.
+            classified = classified.persist(StorageLevel.MEMORY_AND_DISK)
+            with st.timed("classify_and_write"):
+                # Rows are already hash-partitioned by photo_id (duplicate check): sorting within
+                # partitions makes reruns write the same files without another shuffle.
+                staged.write_parquet(clean.kept(classified), cfg.outputs.clean, sort_by=["photo_id"])
+                staged.write_parquet(clean.rejects(classified), cfg.outputs.clean_rejects,
+                                     sort_by=["photo_id", "reason", "file", "line"])
+            classified.unpersist()
+            with st.timed("place_names"):
+                staged.write_parquet(place_names.place_names(places_lines, continents), cfg.outputs.place_names,
+                                     partitions=1, sort_by=["level", "name"])
 
-        # Counted from what was written: the conservation check below trusts no intermediate.
-        counts = spark.read.parquet(cfg.outputs.clean).agg(
-            F.count(F.lit(1)).alias("kept"), F.count_if(F.col("continent").isNull()).alias("no_continent")).first()
-        n_kept, no_continent = counts["kept"], counts["no_continent"]
-        rej = spark.read.parquet(cfg.outputs.clean_rejects)
-        by_reason = {r["reason"]: r["count"] for r in rej.groupBy("reason").count().collect()}
-        n_rejected = sum(by_reason.values())
+            # Counted from what was written: the conservation check below trusts no intermediate.
+            counts = staged.read_parquet(cfg.outputs.clean).agg(
+                F.count(F.lit(1)).alias("kept"), F.count_if(F.col("continent").isNull()).alias("no_continent")).first()
+            n_kept, no_continent = counts["kept"], counts["no_continent"]
+            rej = staged.read_parquet(cfg.outputs.clean_rejects)
+            by_reason = {r["reason"]: r["count"] for r in rej.groupBy("reason").count().collect()}
+            n_rejected = sum(by_reason.values())
+            n_names = staged.read_parquet(cfg.outputs.place_names).count()
 
-        st.metrics_from({"input_lines": n_input, "kept": n_kept, "rejected": n_rejected,
-                         "layout": layout, "kept_without_continent": no_continent})
-        st.metrics_from(by_reason, prefix="rejected/")
-        summary = [{"reason": k, "lines": v, "share": 100.0 * v / max(n_input, 1)}
-                   for k, v in sorted(by_reason.items(), key=lambda kv: -kv[1])]
-        st.artifact_json({"input_lines": n_input, "kept": n_kept, "rejected": by_reason,
-                          "dataset": dataset_path, "layout": layout}, "reject_summary.json")
-        st.artifact_text(markdown_table(summary, ["reason", "lines", "share"]), "reject_summary.md")
-        check_conservation("clean_metadata", n_input, {"kept": n_kept, "rejected": n_rejected})
+            st.metrics_from({"input_lines": n_input, "kept": n_kept, "rejected": n_rejected,
+                             "layout": layout, "kept_without_continent": no_continent, "place_names": n_names})
+            st.metrics_from(by_reason, prefix="rejected/")
+            summary = [{"reason": k, "lines": v, "share": 100.0 * v / max(n_input, 1)}
+                       for k, v in sorted(by_reason.items(), key=lambda kv: -kv[1])]
+            st.artifact_json({"input_lines": n_input, "kept": n_kept, "rejected": by_reason,
+                              "dataset": dataset_path, "layout": layout}, "reject_summary.json")
+            st.artifact_text(markdown_table(summary, ["reason", "lines", "share"]), "reject_summary.md")
+            check("clean_metadata", n_input, {"kept": n_kept, "rejected": n_rejected})
         if no_continent:
             log.warning("%d kept photos have a country with no continent (add clean.country_aliases)",
                         no_continent)

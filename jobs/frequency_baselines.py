@@ -2,9 +2,10 @@
 
     spark-submit jobs/frequency_baselines.py [baselines.k=[1,10,50]] [baselines.fallback=false]
 
-Extract: ``outputs.dataset``, ``outputs.vocab``, ``outputs.place_names`` (jobs/build_vocab.py).
-Transform: :mod:`pipeline.baselines` (A@k from :mod:`pipeline.metrics`). Load: the table under
-``outputs.baselines`` (Parquet, JSON, Markdown) and the MLflow run's metrics and artifacts.
+Extract: ``outputs.dataset``, ``outputs.vocab`` (jobs/build_vocab.py), ``outputs.place_names``
+(jobs/clean_metadata.py). Transform: :mod:`pipeline.baselines` (A@k from :mod:`pipeline.metrics`).
+Load: the table under ``outputs.baselines`` (JSON, Markdown), published together once every test
+image is scored or has no tag left to score, and the MLflow run's metrics and artifacts.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pyspark.sql import functions as F
 
 from pipeline import baselines, io, place_names
 from pipeline.config import PipelineError, run_job
-from pipeline.stage import markdown_table, stage, start_spark
+from pipeline.stage import ConservationCheck, check_conservation, markdown_table, stage, start_spark
 
 log = logging.getLogger("pipeline.frequency_baselines")
 
@@ -30,7 +31,7 @@ def table_rows(result: list[dict], ks: list[int]) -> list[dict]:
             for variant in baselines.VARIANTS for level in baselines.LEVELS]
 
 
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None:
     ks = list(cfg.baselines.k)
     if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
         raise PipelineError(f"setting baselines.k={ks!r}: expected a list of positive integers")
@@ -38,7 +39,7 @@ def main(cfg: DictConfig) -> None:
     out = cfg.outputs
     io.require_build_vocab_outputs(spark, out)
 
-    with stage(cfg, "frequency_baselines") as st:
+    with stage(cfg, "frequency_baselines") as st, io.staged_outputs(spark) as staged:
         dataset = spark.read.parquet(out.dataset)
         vocab = spark.read.parquet(out.vocab)
         vocab_size = vocab.count()
@@ -53,18 +54,23 @@ def main(cfg: DictConfig) -> None:
             preds = baselines.with_predictions(test, train, max(ks), place_ids, bool(cfg.baselines.fallback))
             result = [r.asDict() for r in baselines.evaluate(preds, vocab_size, mask, ks).collect()]
             fb = preds.agg(*[F.avg(F.col(f"fallback_{lv}").cast("double")).alias(lv) for lv in ("country", "town")]).first()
+            unscored = baselines.unscored_images(test, place_ids)
+        n_test = test.count()
         rows = table_rows(result, ks)
         for r in result:
             suffix = "" if r["variant"] == "all" else "_no_places"
             st.metric(f"baselines/{r['level']}/A@{r['k']}{suffix}", r["accuracy"])
-        st.metrics_from({"test_images": test.count(), "place_tags": int(mask.sum()),
+        st.metrics_from({"test_images": n_test, "place_tags": int(mask.sum()),
                          "fallback_share/country": fb["country"], "fallback_share/town": fb["town"]})
         table = markdown_table(rows, ["baseline", "place names", *[f"A@{k}" for k in ks]])
         st.artifact_text(table, "baselines.md")
         st.artifact_json(rows, "baselines.json")
-        io.write_text(spark, f"{out.baselines}/baselines.md", table + "\n")
-        io.write_text(spark, f"{out.baselines}/baselines.json", json.dumps(rows, indent=2))
-        log.info("frequency baselines on %d test images:\n%s", test.count(), table)
+        staged.write_text(f"{out.baselines}/baselines.md", table + "\n")
+        staged.write_text(f"{out.baselines}/baselines.json", json.dumps(rows, indent=2))
+        for r in sorted(result, key=lambda r: (r["variant"], r["level"], r["k"])):
+            check(f"frequency_baselines {r['level']}/{r['variant']}/A@{r['k']}", n_test,
+                  {"scored": r["images"], "without tags to score": unscored[r["variant"]]})
+        log.info("frequency baselines on %d test images:\n%s", n_test, table)
     log_comparable_runs(cfg, result, ks)
 
 

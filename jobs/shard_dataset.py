@@ -3,10 +3,11 @@
     spark-submit jobs/shard_dataset.py [shard.image_size=300] [shard.image_root=/data/images]
     spark-submit jobs/shard_dataset.py shard.image_source=img2dataset shard.img2dataset_dir=/data/i2d
 
-Extract: ``outputs.dataset``, ``outputs.vocab``, ``outputs.place_names`` (jobs/build_vocab.py) and
-the images (multimedia-commons tree or img2dataset Parquet). Transform: :mod:`pipeline.shards`.
-Load: ``shard.output`` (shards, vocab.parquet, place_names.parquet, manifest.json; published
-atomically) and ``outputs.shard_rejects`` (missing or undecodable images).
+Extract: ``outputs.dataset``, ``outputs.vocab`` (jobs/build_vocab.py), ``outputs.place_names``
+(jobs/clean_metadata.py) and the images (multimedia-commons tree or img2dataset Parquet).
+Transform: :mod:`pipeline.shards`. Load: ``shard.output`` (shards, vocab.parquet,
+place_names.parquet, manifest.json) and ``outputs.shard_rejects`` (missing or undecodable
+images), published together once dataset rows = sharded + rejected.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pyspark.sql import functions as F
 from pipeline import images, io, shards
 from pipeline.config import PipelineError, require_int, run_job
 from pipeline.contract import MANIFEST_NAME, PLACE_NAMES_SCHEMA, VOCAB_SCHEMA, Manifest
-from pipeline.stage import check_conservation, stage, start_spark
+from pipeline.stage import ConservationCheck, check_conservation, stage, start_spark
 
 log = logging.getLogger("pipeline.shard_dataset")
 SOURCES = ("mmcommons", "img2dataset")
@@ -64,7 +65,7 @@ def write_small_tables(spark, cfg: DictConfig, base_uri: str) -> int:
     return vocab.num_rows
 
 
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None:
     s = cfg.shard
     size = require_int(cfg, "shard.image_size", minimum=8)
     quality = require_int(cfg, "shard.jpeg_quality", minimum=1)
@@ -87,15 +88,16 @@ def main(cfg: DictConfig) -> None:
         df, image_root = image_source(spark, cfg, dataset)
         df = shards.assign_shards(df, n_files, seed)
 
-        with io.atomic_output(spark, str(s.output)) as tmp:
+        with io.staged_outputs(spark) as staged:
+            tmp = staged.stage(str(s.output))
             records_path = f"{tmp}/records"  # not "_records": Spark skips hidden names
             with st.timed("shard"):
                 shards.write_shards(df, n_files, tmp, image_root, short_side=size, quality=quality,
                                     rows_per_group=rows_per_group).write.parquet(records_path)
             records = spark.read.parquet(records_path)
             files = [r.asDict() for r in records.where(F.col("kind") == "file").collect()]
-            io.write_parquet(spark, records.where(F.col("kind") == "reject").select("photo_id", "split", "reason", "path"),
-                             out.shard_rejects, partitions=1, sort_by=["photo_id"])
+            staged.write_parquet(records.where(F.col("kind") == "reject").select("photo_id", "split", "reason", "path"),
+                                 out.shard_rejects, partitions=1, sort_by=["photo_id"])
             vocab_size = write_small_tables(spark, cfg, tmp)
             manifest = Manifest(vocab_size=vocab_size, image_size=size, splits=shards.splits_from_records(files),
                                 extra={"image_source": str(s.image_source), "seed": seed,
@@ -104,15 +106,15 @@ def main(cfg: DictConfig) -> None:
             io.remove(spark, records_path)
             io.write_text(spark, f"{tmp}/{MANIFEST_NAME}", manifest.to_json())
 
-        rej = spark.read.parquet(out.shard_rejects)
-        by_reason = {r["reason"]: r["count"] for r in rej.groupBy("reason").count().collect()}
-        rows = {name: info.rows for name, info in manifest.splits.items()}
-        st.metrics_from({"input_rows": n_input, "files": len(files), "rejected": sum(by_reason.values()),
-                         **{f"rows/{k}": v for k, v in rows.items()}})
-        st.metrics_from(by_reason, prefix="rejected/")
-        st.metric("images_per_second", sum(rows.values()) / max(st.metrics["seconds/shard"], 1e-9))
-        st.artifact_text(manifest.to_json(), "manifest.json")
-        check_conservation("shard_dataset", n_input, {"sharded": sum(rows.values()), "rejected": sum(by_reason.values())})
+            rej = staged.read_parquet(out.shard_rejects)
+            by_reason = {r["reason"]: r["count"] for r in rej.groupBy("reason").count().collect()}
+            rows = {name: info.rows for name, info in manifest.splits.items()}
+            st.metrics_from({"input_rows": n_input, "files": len(files), "rejected": sum(by_reason.values()),
+                             **{f"rows/{k}": v for k, v in rows.items()}})
+            st.metrics_from(by_reason, prefix="rejected/")
+            st.metric("images_per_second", sum(rows.values()) / max(st.metrics["seconds/shard"], 1e-9))
+            st.artifact_text(manifest.to_json(), "manifest.json")
+            check("shard_dataset", n_input, {"sharded": sum(rows.values()), "rejected": sum(by_reason.values())})
 
 
 if __name__ == "__main__":

@@ -106,6 +106,21 @@ def evaluate_batches(vocab_size: int, place_mask: np.ndarray, ks: Sequence[int])
     return run
 
 
+def unscored_images(test: DataFrame, place_ids: DataFrame) -> dict[str, int]:
+    """Per variant, the test images A@k cannot score: no tags (``all``), only place tags (``no_places``).
+
+    Counted by a join of their own, apart from :func:`evaluate`'s per-batch counts, so that the job
+    can check every test image was either scored or has no ground truth left to score.
+    """
+    places = F.broadcast(place_ids.select(F.col("index").alias("tag"), F.lit(True).alias("_place")))
+    per_image = (test.select("photo_id", F.explode_outer("tag_ids").alias("tag"))
+                 .join(places, "tag", "left").groupBy("photo_id")
+                 .agg(F.count("tag").alias("n"), F.count("_place").alias("n_place")))
+    row = per_image.agg(F.count_if(F.col("n") == 0).alias("all"),
+                        F.count_if(F.col("n") == F.col("n_place")).alias("no_places")).first()
+    return {variant: int(row[variant] or 0) for variant in VARIANTS}
+
+
 def evaluate(predictions: DataFrame, vocab_size: int, place_mask: np.ndarray, ks: Sequence[int]) -> DataFrame:
     """``level, variant, k, accuracy`` (percent), summed over all test images."""
     cols = ["tag_ids"] + [f"pred_{lv}_{v}" for v in VARIANTS for lv in LEVELS]

@@ -1,9 +1,11 @@
 """Reading inputs and publishing outputs through Hadoop's FileSystem API.
 
 Paths may be local or any URI Spark reads (hdfs://, s3a://, ...), so existence checks and the
-final rename go through the JVM's ``FileSystem`` rather than :mod:`os`. Outputs appear
-atomically: a job writes into a hidden sibling temp directory and renames it into place only
-when complete, so a killed job never leaves a half-written table for the next job to read.
+final renames go through the JVM's ``FileSystem`` rather than :mod:`os`. A job writes every
+output into a hidden sibling temp (:class:`OutputSet`), checks what it wrote (counts read back
+from the temps: input = kept + rejected), and only then renames all of them into place together.
+A killed job or a failed check therefore leaves the previous outputs as they were and no
+half-written or unchecked table for the next job to read.
 """
 from __future__ import annotations
 
@@ -31,13 +33,21 @@ def exists(spark: SparkSession, path: str) -> bool:
     return bool(fs.exists(hpath))
 
 
-def first_existing(spark: SparkSession, candidates: str | Sequence[str], setting: str) -> str:
-    """The first candidate path that exists, or an error naming the setting and the paths tried."""
+def single_existing(spark: SparkSession, candidates: str | Sequence[str], setting: str) -> str:
+    """The one candidate path that exists.
+
+    None existing, or several (``yfcc100m_dataset`` next to ``yfcc100m_dataset.bz2``, say: maybe
+    a partial decompression, maybe another release), is an error naming the setting and the paths:
+    reading whichever comes first could silently read the wrong file.
+    """
     paths = [candidates] if isinstance(candidates, str) else list(candidates)
-    for p in paths:
-        if p and exists(spark, p):
-            return p
-    raise PipelineError(f"setting {setting}: none of {paths} exists")
+    found = [p for p in paths if p and exists(spark, p)]
+    if not found:
+        raise PipelineError(f"setting {setting}: none of {paths} exists")
+    if len(found) > 1:
+        raise PipelineError(f"setting {setting}: {' and '.join(found)} all exist; choose one with "
+                            f"{setting}=<path> (e.g. {setting}={found[0]})")
+    return found[0]
 
 
 def require_input(spark: SparkSession, path: str, setting: str, produced_by: str | None = None) -> str:
@@ -47,10 +57,17 @@ def require_input(spark: SparkSession, path: str, setting: str, produced_by: str
     return path
 
 
+#: The inputs of the jobs after build_vocab, and the job that writes each.
+BUILD_VOCAB_INPUTS: dict[str, str] = {
+    "dataset": "jobs/build_vocab.py", "vocab": "jobs/build_vocab.py", "place_names": "jobs/clean_metadata.py",
+}
+
+
 def require_build_vocab_outputs(spark: SparkSession, outputs) -> None:
-    """The dataset, vocabulary and place names that jobs after build_vocab read."""
-    for key in ("dataset", "vocab", "place_names"):
-        require_input(spark, outputs[key], f"outputs.{key}", "jobs/build_vocab.py")
+    """The dataset and vocabulary (build_vocab) and place names (clean_metadata) that
+    shard_dataset and frequency_baselines read."""
+    for key, job in BUILD_VOCAB_INPUTS.items():
+        require_input(spark, outputs[key], f"outputs.{key}", job)
 
 
 def remove(spark: SparkSession, path: str) -> None:
@@ -64,50 +81,138 @@ def _temp_sibling(path: str, tag: str) -> str:
     return f"{parent}/.{name}.{tag}-{uuid.uuid4().hex[:12]}" if parent else f".{name}.{tag}-{uuid.uuid4().hex[:12]}"
 
 
-def publish(spark: SparkSession, tmp: str, target: str) -> None:
-    """Replace ``target`` by the finished ``tmp``: move the old one aside, rename, delete the old."""
-    fs, htarget = _fs_and_path(spark, target)
-    _, htmp = _fs_and_path(spark, tmp)
-    parent = htarget.getParent()
-    if parent is not None and not fs.exists(parent):
-        fs.mkdirs(parent)
-    old = None
-    if fs.exists(htarget):
-        old = _fs_and_path(spark, _temp_sibling(target, "old"))[1]
-        if not fs.rename(htarget, old):
-            raise PipelineError(f"cannot move the previous output {target} aside")
-    if not fs.rename(htmp, htarget):
-        raise PipelineError(f"cannot rename {tmp} to {target}")
-    if old is not None:
-        fs.delete(old, True)
+def _rename(spark: SparkSession, src: str, dst: str) -> bool:
+    """Hadoop's rename; False where it fails, whether it says so or throws (e.g. a missing ``src``)."""
+    from py4j.protocol import Py4JJavaError
+
+    fs, hsrc = _fs_and_path(spark, src)
+    try:
+        return bool(fs.rename(hsrc, _fs_and_path(spark, dst)[1]))
+    except Py4JJavaError as exc:
+        log.error("cannot rename %s to %s: %s", src, dst, exc.java_exception)
+        return False
+
+
+class OutputSet:
+    """The outputs of one job, staged in hidden temp siblings and published together.
+
+    ``stage(target)`` gives the temp path to write ``target`` into; the ``write_*`` helpers
+    write there and ``read_parquet`` reads it back, so the job counts what it actually wrote.
+    Nothing appears at a target until :meth:`publish`; use it through :func:`staged_outputs`,
+    which publishes on success and deletes every temp on any exception.
+    """
+
+    def __init__(self, spark: SparkSession):
+        self.spark = spark
+        self.temps: dict[str, str] = {}   # target -> temp, in staging order
+
+    def stage(self, target: str) -> str:
+        target = str(target)
+        if target in self.temps:
+            raise ValueError(f"output {target} is staged twice")
+        self.temps[target] = _temp_sibling(target, "tmp")
+        return self.temps[target]
+
+    def temp(self, target: str) -> str:
+        return self.temps[str(target)]
+
+    def write_parquet(self, df: DataFrame, target: str, *, partitions: int | None = None,
+                      sort_by: Sequence[str] = ()) -> str:
+        """Write ``df`` as Parquet for ``target``, optionally coalesced and sorted; returns the temp.
+
+        Sorting within partitions by a key makes reruns write the same rows in the same order.
+        """
+        if partitions is not None:
+            df = df.repartition(partitions, *sort_by) if sort_by else df.coalesce(partitions)
+        if sort_by:  # without `partitions`, the existing partitioning is kept (no shuffle)
+            df = df.sortWithinPartitions(*sort_by)
+        tmp = self.stage(target)
+        df.write.mode("errorifexists").parquet(tmp)
+        return tmp
+
+    def read_parquet(self, target: str) -> DataFrame:
+        return self.spark.read.parquet(self.temp(target))
+
+    def write_text(self, target: str, text: str) -> str:
+        """Write a small text file (stats, tables) for ``target``; returns the temp."""
+        tmp = self.stage(target)
+        _write_text_file(self.spark, tmp, text)
+        return tmp
+
+    def publish(self) -> None:
+        """Rename every temp onto its target, replacing the previous outputs.
+
+        All previous outputs are first moved aside, then all temps renamed into place, then the
+        old ones deleted. If a rename fails, the renames done so far are undone (new outputs back
+        to their temps, old ones back in place) before the error is raised.
+        """
+        aside: list[tuple[str, str]] = []    # (target, old)
+        placed: list[tuple[str, str]] = []   # (target, temp)
+        try:
+            for target in self.temps:
+                fs, htarget = _fs_and_path(self.spark, target)
+                parent = htarget.getParent()
+                if parent is not None and not fs.exists(parent):
+                    fs.mkdirs(parent)
+                if fs.exists(htarget):
+                    old = _temp_sibling(target, "old")
+                    if not _rename(self.spark, target, old):
+                        raise PipelineError(f"cannot move the previous output {target} aside")
+                    aside.append((target, old))
+            for target, tmp in self.temps.items():
+                if not _rename(self.spark, tmp, target):
+                    raise PipelineError(f"cannot rename {tmp} to {target}")
+                placed.append((target, tmp))
+        except BaseException:
+            for target, tmp in reversed(placed):
+                with contextlib.suppress(Exception):
+                    _rename(self.spark, target, tmp)
+            for target, old in reversed(aside):
+                with contextlib.suppress(Exception):
+                    if not _rename(self.spark, old, target):
+                        log.error("could not restore the previous output %s (it is at %s)", target, old)
+            raise
+        for _, old in aside:
+            remove(self.spark, old)
+        for target in self.temps:
+            log.info("wrote %s", target)
+        self.temps = {}
+
+    def discard(self) -> None:
+        """Delete every temp (best effort: a cleanup failure must not hide the original error)."""
+        for tmp in self.temps.values():
+            with contextlib.suppress(Exception):
+                remove(self.spark, tmp)
+        self.temps = {}
+
+
+@contextlib.contextmanager
+def staged_outputs(spark: SparkSession) -> Iterator[OutputSet]:
+    """An :class:`OutputSet` published when the block ends normally, discarded on any exception.
+
+    Run the job's checks inside the block: a failed check then publishes nothing.
+    """
+    outputs = OutputSet(spark)
+    try:
+        yield outputs
+        outputs.publish()
+    except BaseException:
+        outputs.discard()
+        raise
 
 
 @contextlib.contextmanager
 def atomic_output(spark: SparkSession, target: str) -> Iterator[str]:
     """Yield a temp path to write ``target`` into; publish it on success, delete it on failure."""
-    tmp = _temp_sibling(target, "tmp")
-    try:
-        yield tmp
-    except BaseException:
-        with contextlib.suppress(Exception):
-            remove(spark, tmp)
-        raise
-    publish(spark, tmp, target)
-    log.info("wrote %s", target)
+    with staged_outputs(spark) as outputs:
+        yield outputs.stage(target)
 
 
 def write_parquet(spark: SparkSession, df: DataFrame, target: str, *, partitions: int | None = None,
                   sort_by: Sequence[str] = ()) -> None:
-    """Write ``df`` as Parquet to ``target`` atomically, optionally coalesced and sorted.
-
-    Sorting within partitions by a key makes reruns write the same rows in the same order.
-    """
-    if partitions is not None:
-        df = df.repartition(partitions, *sort_by) if sort_by else df.coalesce(partitions)
-    if sort_by:  # without `partitions`, the existing partitioning is kept (no shuffle)
-        df = df.sortWithinPartitions(*sort_by)
-    with atomic_output(spark, target) as tmp:
-        df.write.mode("errorifexists").parquet(tmp)
+    """Write and publish one Parquet output on its own (see :meth:`OutputSet.write_parquet`)."""
+    with staged_outputs(spark) as outputs:
+        outputs.write_parquet(df, target, partitions=partitions, sort_by=sort_by)
 
 
 def read_text_lines(spark: SparkSession, path: str) -> DataFrame:
@@ -118,14 +223,17 @@ def read_text_lines(spark: SparkSession, path: str) -> DataFrame:
     return spark.read.option("wholetext", "false").text(path)
 
 
-def write_text(spark: SparkSession, path: str, text: str) -> None:
-    """Write a small text file (stats, tables) atomically through Hadoop's FileSystem."""
-    tmp = _temp_sibling(path, "tmp")
-    fs, htmp = _fs_and_path(spark, tmp)
+def _write_text_file(spark: SparkSession, path: str, text: str) -> None:
+    fs, hpath = _fs_and_path(spark, path)
     fs.setWriteChecksum(False)  # no .crc side files next to small outputs on local disks
-    out = fs.create(htmp, True)
+    out = fs.create(hpath, True)
     try:
         out.write(bytearray(text.encode("utf-8")))
     finally:
         out.close()
-    publish(spark, tmp, path)
+
+
+def write_text(spark: SparkSession, path: str, text: str) -> None:
+    """Write and publish one small text file on its own (see :meth:`OutputSet.write_text`)."""
+    with staged_outputs(spark) as outputs:
+        outputs.write_text(path, text)

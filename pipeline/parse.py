@@ -233,6 +233,27 @@ def _first_name(found: Column) -> Column:
     return F.when(found != "", decode(F.substring(found, F.lit(1), F.length(found) - 1)))
 
 
+def _places_fields(lines: DataFrame, value_col: str) -> DataFrame:
+    """``lines`` with ``_f`` (fields), ``_v`` (the entries), ``_id`` and ``_reason`` (null: well formed)."""
+    df = _stages(lines, [("_f", F.split(value_col, "\t", -1)),
+                         ("_v", _strip_line_end(F.get(F.col("_f"), 1))), ("_id", _int(F.get(F.col("_f"), 0)))])
+    return df.withColumn("_reason", F.when((F.size("_f") != 2) | F.col("_id").isNull(), F.lit("bad_places_line"))
+                         .when(~F.col("_v").rlike(PLACES_VALUE), F.lit("bad_place_entry")))
+
+
+def place_entries(lines: DataFrame, *, value_col: str = "value") -> DataFrame:
+    """``name`` (still URL-encoded) and ``type`` of every entry of every well-formed places line.
+
+    The column twin of :func:`pipeline.yfcc.parse_places_line` over all entries, not just the
+    first of each level: split on ``,`` then ``:`` and exploded. Names stay encoded so that callers
+    can reduce them to distinct values before paying for :func:`decode`.
+    """
+    df = _places_fields(lines, value_col).where(F.col("_reason").isNull())
+    entries = df.select(F.explode(F.split("_v", ",")).alias("_e")).where(F.col("_e") != "")
+    parts = F.split("_e", ":", -1)
+    return entries.select(F.get(parts, 1).alias("name"), F.get(parts, 2).alias("type"))
+
+
 def parse_places_lines(lines: DataFrame, *, value_col: str = "value") -> DataFrame:
     """``photo_id``, ``town``, ``region``, ``country`` and ``places_reason`` of places lines.
 
@@ -240,11 +261,8 @@ def parse_places_lines(lines: DataFrame, *, value_col: str = "value") -> DataFra
     split on ``,`` then ``:``, names decoded, the first Town, region-level and Country entries.
     Regular expressions over the whole value do this without per-entry lambdas.
     """
-    df = _stages(lines, [("_f", F.split(value_col, "\t", -1)),
-                         ("_v", _strip_line_end(F.get(F.col("_f"), 1))), ("_id", _int(F.get(F.col("_f"), 0)))])
-    f, value, photo_id = F.col("_f"), F.col("_v"), F.col("_id")
-    df = df.withColumn("_reason", F.when((F.size(f) != 2) | photo_id.isNull(), F.lit("bad_places_line"))
-                       .when(~value.rlike(PLACES_VALUE), F.lit("bad_place_entry")))
+    df = _places_fields(lines, value_col)
+    value, photo_id = F.col("_v"), F.col("_id")
     levels = {"town": ("Town",), "region": yfcc.REGION_PLACE_TYPES, "country": ("Country",)}
     ok = F.col("_reason").isNull()
     df = _stages(df, [(f"_{k}", F.when(ok, F.regexp_extract(value, _place_pattern(t), 1))) for k, t in levels.items()])

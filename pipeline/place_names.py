@@ -1,28 +1,45 @@
 """The place-name list (supplement; SPEC 2.6): continent, country, region and town names.
 
-Normalised exactly like tags, so that evaluation can drop place tags from ground truth and
-predictions by string (or vocabulary index) equality.
+The supplement gathers "all the continents, countries, regions and towns names in YFCC100M", so
+the list is built from every well-formed ``yfcc100m_places`` record (not only the kept photos')
+and from every entry of the four levels (not only the first of each): a UK record's England as
+well as United Kingdom, a County as well as the State above it. Continents come from the
+countries through the GeoNames table. Names are normalised exactly like tags, so that evaluation
+can drop place tags from ground truth and predictions by string (or vocabulary index) equality.
 """
 from __future__ import annotations
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipeline.parse import normalize_tag
+from pipeline import yfcc
+from pipeline.parse import decode, normalize_tag, place_entries
 
 LEVELS: tuple[str, ...] = ("continent", "country", "region", "town")
+#: Place types of ``yfcc100m_places`` entries -> the level their names are listed at.
+LEVEL_OF_TYPE: dict[str, str] = {
+    "Town": "town", "Country": "country", **{t: "region" for t in (*yfcc.REGION_PLACE_TYPES, "County")},
+}
 
 
-def place_names(clean: DataFrame) -> DataFrame:
-    """Distinct ``name, level`` pairs over the clean table (a name may name several levels).
+def place_names(places_lines: DataFrame, continents: DataFrame) -> DataFrame:
+    """Distinct ``name, level`` pairs of all places records (a name may name several levels).
 
-    Photos are first reduced to their distinct (continent, country, region, town) places, a
-    cheap aggregate with few keys, so exploding and normalising run once per place, not per photo.
+    ``places_lines`` are the raw ``yfcc100m_places`` lines (``value``), ``continents`` the
+    ``country, continent`` table of :func:`pipeline.geography.continent_table`. Entries are reduced
+    to distinct (encoded name, level) pairs first, which partial aggregation does per partition
+    before any shuffle, so decoding, the continent join and normalising run once per distinct place.
     """
-    places = clean.select(*LEVELS).distinct()
-    pairs = F.array(*[F.struct(F.col(lv).alias("raw"), F.lit(lv).alias("level")) for lv in LEVELS])
-    raw = places.select(F.explode(pairs).alias("p")).select("p.raw", "p.level").distinct()
-    names = raw.select(normalize_tag(F.col("raw"), encoded=False).alias("name"), "level")
+    types = F.create_map(*[F.lit(x) for pair in LEVEL_OF_TYPE.items() for x in pair])
+    entries = place_entries(places_lines).select("name", types[F.col("type")].alias("level"))
+    # No distinct right after decoding: Spark would merge it with this one and decode every entry.
+    raw = entries.where(F.col("level").isNotNull()).distinct().select(decode(F.col("name")).alias("raw"), "level")
+    with_continent = raw.join(continents, (F.col("level") == "country") & (F.col("raw") == F.col("country")), "left")
+    pairs = F.array(F.struct(F.col("raw"), F.col("level")),
+                    F.struct(F.col("continent").alias("raw"), F.lit("continent").alias("level")))
+    exploded = with_continent.select(F.explode(pairs).alias("p")).select("p.raw", "p.level")
+    names = exploded.where(F.col("raw").isNotNull()).select(
+        normalize_tag(F.col("raw"), encoded=False).alias("name"), "level")
     return names.where(F.col("name").isNotNull()).distinct()
 
 

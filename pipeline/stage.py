@@ -5,7 +5,7 @@ import contextlib
 import json
 import logging
 import time
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from omegaconf import DictConfig
 from pyspark.sql import SparkSession
@@ -74,12 +74,20 @@ def stage(cfg: DictConfig, name: str) -> Iterator[Stage]:
 
 
 def check_conservation(stage_name: str, n_in: int, parts: Mapping[str, int]) -> None:
-    """Input rows must equal the sum of output rows; log it, and stop the job when they differ."""
+    """Input rows must equal the sum of output rows; log it, and stop the job when they differ.
+
+    Jobs call it on counts read back from their staged outputs, before publishing them
+    (:func:`pipeline.io.staged_outputs`), so a failure publishes nothing.
+    """
     total = sum(parts.values())
     detail = " + ".join(f"{k} {v:,}" for k, v in parts.items())
     if total != n_in:
         raise PipelineError(f"{stage_name}: {n_in:,} input rows but {detail} = {total:,} output rows")
     log.info("%s: %s input rows = %s", stage_name, f"{n_in:,}", detail)
+
+
+#: The signature of :func:`check_conservation`; jobs take one as ``check`` (tests pass a failing one).
+ConservationCheck = Callable[[str, int, Mapping[str, int]], None]
 
 
 def markdown_table(rows: list[Mapping[str, Any]], columns: list[str]) -> str:

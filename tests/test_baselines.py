@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,3 +91,41 @@ def test_dense_ranked_pads_short_and_null_rows():
     arr = pa.array([[3, 1], None, [], [5, 6, 7, 8]], type=pa.list_(pa.int32()))
     out = baselines.dense_ranked(arr.slice(0), 3, 99)
     assert out.tolist() == [[3, 1, 99], [99, 99, 99], [99, 99, 99], [5, 6, 7]]
+
+
+def test_unscored_images_match_brute_force(spark):
+    rows = _dataset(1) + [(1000, [], "t0", None, "A", "test"), (1001, [0, 2], "t1", None, "A", "test")]
+    df = spark.createDataFrame(rows, "photo_id long, tag_ids array<int>, town string, region string, "
+                                     "country string, split string")
+    place_ids = spark.createDataFrame([(i,) for i in sorted(PLACES)], "index int")
+    got = baselines.unscored_images(df.where("split = 'test'"), place_ids)
+    test = [r for r in rows if r[5] == "test"]
+    assert got == {"all": sum(not r[1] for r in test), "no_places": sum(set(r[1]) <= PLACES for r in test)}
+    assert got["all"] == 1 and got["no_places"] > 1
+
+
+def test_baselines_job_checks_every_test_image_before_publishing(spark, tmp_path):
+    """Every test image is scored or has no tag left to score; a failed check publishes nothing."""
+    from jobs.build_vocab import main as build_vocab
+    from jobs.clean_metadata import main as clean_metadata
+    from jobs.frequency_baselines import main as frequency_baselines
+    from pipeline.config import PipelineError
+
+    from test_clean import digests, hidden_entries, job_config, refuse
+    from yfcc_factory import TOWNS, at, write_raw
+
+    towns = ["nyc", "galway", "paris"]
+    lines = [at(towns[i % 3], i, tags="paris" if i % 10 == 0 else f"cat,{towns[i % 3]},t{chr(97 + i % 4)}x")
+             for i in range(1, 121)]
+    raw = write_raw(tmp_path / "raw", lines, {i: TOWNS[towns[i % 3]] for i in range(1, 121)})
+    cfg = job_config(tmp_path, raw, "vocab.drop_top=0", "splits.test=0.4", "splits.val=0.1")
+    clean_metadata(cfg)
+    build_vocab(cfg)
+    frequency_baselines(cfg)
+    out = Path(cfg.outputs.baselines)
+    assert {p.name for p in out.iterdir()} == {"baselines.md", "baselines.json"}
+    before = digests(out)
+    with pytest.raises(PipelineError, match="frequency_baselines .*: refused"):
+        frequency_baselines(job_config(tmp_path, raw, "baselines.k=[1,2]"), check=refuse)
+    assert digests(out) == before
+    assert hidden_entries(out) == [] and hidden_entries(out.parent) == []

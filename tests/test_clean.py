@@ -1,6 +1,8 @@
 """clean_metadata: every crafted bad line lands in rejects with its reason, and counts conserve."""
 from __future__ import annotations
 
+import bz2
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,23 @@ def job_config(tmp_path: Path, raw: Path, *extra: str):
     return load_config([f"paths.root_dir={tmp_path}", f"paths.raw_dir={raw}",
                         f"paths.mlflow_tracking_uri=sqlite:///{tmp_path}/mlruns.db",
                         "spark.shuffle_partitions=2", *extra])
+
+
+def digests(path: str | Path) -> dict[str, str]:
+    """MD5 of every file of an output (a file or a folder), by relative path: to compare outputs."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(f.relative_to(path.parent)): hashlib.md5(f.read_bytes()).hexdigest() for f in files}
+
+
+def hidden_entries(folder: str | Path) -> list[str]:
+    """Temp or set-aside siblings (hidden names) left in an output folder."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.name.startswith("."))
+
+
+def refuse(stage_name: str, n_in: int, parts) -> None:
+    """A conservation check that always fails, as a real one does when counts differ."""
+    raise PipelineError(f"{stage_name}: refused ({n_in} in, {dict(parts)} out)")
 
 
 # (line, expected reason or None); photo ids are unique unless a test says otherwise.
@@ -138,3 +157,62 @@ def test_folder_of_parts_plain_and_bz2(spark, tmp_path):
     (parts / "part-1.bz2").write_bytes(bz2.compress(("\n".join(lines[3:]) + "\n").encode()))
     _, kept, rej = _run_clean(spark, tmp_path, raw)
     assert sorted(r["photo_id"] for r in kept.collect()) == list(range(1, 7)) and rej.count() == 0
+
+
+def test_place_names_from_every_places_record(spark, tmp_path):
+    """Every continent, country, region (County too) and town of yfcc100m_places is listed, whether
+    or not its photo is kept: England and the United Kingdom of a UK record, Galway (a County),
+    Kyoto (whose only photo is a video), Paris (a places record with no dataset line)."""
+    lines = [at("london", 1), at("galway", 2), at("kyoto", 3, marker="1")]
+    places = {1: TOWNS["london"], 2: TOWNS["galway"], 3: TOWNS["kyoto"], 4: "1:Broken", 5: TOWNS["paris"]}
+    cfg, kept, rej = _run_clean(spark, tmp_path, write_raw(tmp_path / "raw", lines, places))
+    assert sorted(r["photo_id"] for r in kept.collect()) == [1, 2]
+    assert [(r["photo_id"], r["reason"]) for r in rej.collect()] == [(3, "video")]
+    assert kept.where(F.col("photo_id") == 1).first()["country"] == "England"   # the first Country entry
+    names = {(r["name"], r["level"]) for r in spark.read.parquet(cfg.outputs.place_names).collect()}
+    assert names == {
+        ("london", "town"), ("greaterlondon", "region"), ("england", "country"), ("unitedkingdom", "country"),
+        ("lettershea", "town"), ("galway", "region"), ("ireland", "country"),
+        ("kyoto", "town"), ("kyoto", "region"), ("japan", "country"), ("asia", "continent"),
+        ("paris", "town"), ("île-de-france", "region"), ("france", "country"), ("europe", "continent"),
+    }
+
+
+@pytest.mark.parametrize("name, setting, layout", [
+    ("yfcc100m_dataset", "clean.dataset", 25),
+    ("yfcc100m_places", "clean.places", 25),
+    ("yfcc100m_hash", "clean.hash", 23),
+])
+def test_two_candidate_inputs_stop_the_job(spark, tmp_path, name, setting, layout):
+    """A plain file next to its .bz2 is ambiguous: the job names both and how to choose."""
+    from jobs.clean_metadata import main
+
+    raw = write_raw(tmp_path / "raw", [at("nyc", 1, layout=layout)], {1: TOWNS["nyc"]}, layout=layout,
+                    hashes={1: "abc123"})
+    packed = raw / f"{name}.bz2"
+    packed.write_bytes(bz2.compress((raw / name).read_bytes()))
+    with pytest.raises(PipelineError) as err:
+        main(job_config(tmp_path, raw))
+    message = str(err.value)
+    assert str(raw / name) in message and str(packed) in message and f"{setting}=<path>" in message
+    assert not (tmp_path / "data" / "work" / "clean").exists()
+    _, kept, rej = _run_clean(spark, tmp_path, raw, f"{setting}={packed}")   # one explicit path
+    assert [r["photo_id"] for r in kept.collect()] == [1] and rej.count() == 0
+
+
+def test_failed_check_publishes_nothing(spark, tmp_path):
+    """A failed conservation check leaves the previous clean, rejects and place names as they were."""
+    from jobs.clean_metadata import main
+
+    cfg, _, _ = _run_clean(spark, tmp_path, write_raw(tmp_path / "raw", [at("nyc", 1), at("paris", 2)],
+                                                      {1: TOWNS["nyc"], 2: TOWNS["paris"]}))
+    outputs = [cfg.outputs.clean, cfg.outputs.clean_rejects, cfg.outputs.place_names]
+    before = [digests(p) for p in outputs]
+    other = write_raw(tmp_path / "raw2", [at("galway", 3), line(4, lat="abc")], {3: TOWNS["galway"]})
+    with pytest.raises(PipelineError, match="clean_metadata: refused"):
+        main(job_config(tmp_path, other), check=refuse)
+    assert [digests(p) for p in outputs] == before
+    assert hidden_entries(tmp_path / "data" / "work") == []
+    main(job_config(tmp_path, other))                    # the real check passes and publishes all three
+    assert [digests(p) for p in outputs] != before
+    assert {r["name"] for r in spark.read.parquet(cfg.outputs.place_names).collect()} >= {"lettershea", "galway"}

@@ -13,9 +13,10 @@ import pytest
 from PIL import Image
 
 from pipeline import images, yfcc
+from pipeline.config import PipelineError
 from pipeline.contract import SHARD_SCHEMA, VOCAB_SCHEMA, read_manifest
 
-from test_clean import job_config
+from test_clean import digests, hidden_entries, job_config, refuse
 from yfcc_factory import TOWNS, at, photo_hash, write_raw
 
 pytestmark = pytest.mark.spark
@@ -118,6 +119,15 @@ def test_shard_job_writes_contract_shards(spark, tmp_path):
     shard_dataset(cfg)
     after = {p.relative_to(shards): hashlib.md5(p.read_bytes()).hexdigest() for p in shards.rglob("*.parquet")}
     assert after == before                          # a rerun writes the same bytes
+
+    # A failed conservation check publishes neither the new shards nor their rejects.
+    published = [digests(shards), digests(cfg.outputs.shard_rejects)]
+    other = job_config(tmp_path, raw, "vocab.drop_top=0", "splits.test=0.2", "splits.val=0.1",
+                       "shard.image_size=16", "shard.rows_per_file=30", "shard.rows_per_row_group=8")
+    with pytest.raises(PipelineError, match="shard_dataset: refused"):
+        shard_dataset(other, check=refuse)
+    assert [digests(shards), digests(cfg.outputs.shard_rejects)] == published
+    assert hidden_entries(shards.parent) == []
 
 
 def test_img2dataset_source(spark, tmp_path):

@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 from pipeline import place_names, splits, vocab
 from pipeline.config import PipelineError
 
-from test_clean import job_config
+from test_clean import digests, hidden_entries, job_config, refuse
 from yfcc_factory import TOWNS, at, write_raw
 
 pytestmark = pytest.mark.spark
@@ -70,16 +70,21 @@ def test_split_counts_larger_than_data_are_refused(spark):
 
 
 def test_place_names_normalised_like_tags(spark):
-    clean = spark.createDataFrame(
-        [("New York", "New York", "United States", "North America"), ("Paris", "Île-de-France", "France", "Europe"),
-         ("District 9", None, "France", "Europe")],
-        "town string, region string, country string, continent string")
-    got = sorted(tuple(r) for r in place_names.place_names(clean).collect())
-    assert ("newyork", "town") in got and ("newyork", "region") in got
-    assert ("unitedstates", "country") in got and ("northamerica", "continent") in got
-    assert ("île-de-france", "region") in got
-    assert not any(n.startswith("district") for n, _ in got)
+    from pipeline.geography import continent_table
+
+    lines = ["1\t2459115:New+York:Town,2347591:New+York:State,23424977:United+States:Country",
+             "2\t615702:Paris:Town,12597155:%C3%8Ele-de-France:Region,23424819:France:Country",
+             "3\t1:District+9:Town,23424819:France:Country,28350911:Europe%2FParis:Timezone",
+             "4\t1:S%C3%A3o+Paulo:Town,2:Nowhereland:Country",      # a country GeoNames does not know
+             "5\t1:Broken", "x\t1:Bad+Id:Town", "6\t"]
+    places = spark.createDataFrame([(line,) for line in lines], "value string")
+    got = [tuple(r) for r in place_names.place_names(places, continent_table(spark)).collect()]
     assert len(got) == len(set(got))
+    # District 9 has a digit (dropped like such tags); timezones and malformed lines give nothing.
+    assert set(got) == {("newyork", "town"), ("newyork", "region"), ("unitedstates", "country"),
+                        ("northamerica", "continent"), ("paris", "town"), ("île-de-france", "region"),
+                        ("france", "country"), ("europe", "continent"), ("sãopaulo", "town"),
+                        ("nowhereland", "country")}
 
 
 def test_build_vocab_job_conserves_and_writes_contract_tables(spark, tmp_path):
@@ -107,8 +112,30 @@ def test_build_vocab_job_conserves_and_writes_contract_tables(spark, tmp_path):
     assert {r["split"]: r["count"] for r in ds.groupBy("split").count().collect()} == \
         {"test": 30, "val": 20, "train": 243}
     stats = json.loads((tmp_path / "data" / "work" / "stats" / "build_vocab.json").read_text())
-    assert stats["images"] == 293 and stats["place_tags_in_vocab"] == 1  # paris (Galway is a County here)
+    assert stats["images"] == 293 and stats["place_tags_in_vocab"] == 2  # paris, galway (a County)
     names = {(r["name"], r["level"]) for r in spark.read.parquet(cfg.outputs.place_names).collect()}
     assert ("lettershea", "town") in names and ("ireland", "country") in names
     with pytest.raises(PipelineError, match="vocab.max_tags"):
         build_vocab(job_config(tmp_path, raw, "vocab.max_tags=0"))
+
+
+def test_build_vocab_failed_check_publishes_nothing(spark, tmp_path):
+    """A failed check leaves vocabulary, dataset, rejects and stats file as they were; no temps."""
+    from jobs.build_vocab import main as build_vocab
+    from jobs.clean_metadata import main as clean_metadata
+
+    lines = [at(["nyc", "paris"][i % 2], i, tags=f"cat,dog,t{chr(97 + i % 5)}x") for i in range(1, 41)]
+    raw = write_raw(tmp_path / "raw", lines, {i: TOWNS[["nyc", "paris"][i % 2]] for i in range(1, 41)})
+    cfg = job_config(tmp_path, raw, "vocab.drop_top=0", "splits.test=5", "splits.val=5")
+    clean_metadata(cfg)
+    build_vocab(cfg)
+    out = cfg.outputs
+    outputs = [out.vocab, out.dataset, out.dataset_rejects, f"{out.stats}/build_vocab.json"]
+    before = [digests(p) for p in outputs]
+    other = job_config(tmp_path, raw, "vocab.drop_top=1", "splits.test=10", "splits.val=5")
+    with pytest.raises(PipelineError, match="build_vocab: refused"):
+        build_vocab(other, check=refuse)
+    assert [digests(p) for p in outputs] == before
+    assert hidden_entries(tmp_path / "data" / "work") == [] and hidden_entries(out.stats) == []
+    build_vocab(other)
+    assert [digests(p) for p in outputs] != before

@@ -13,8 +13,13 @@ TOWNS = {
     "galway": "91476962:Lettershea:Town,2345255:Galway:County,23424803:Ireland:Country,28350896:Europe%2FDublin:Timezone",
     "paris": "615702:Paris:Town,12597155:%C3%8Ele-de-France:Region,23424819:France:Country,28350911:Europe%2FParis:Timezone",
     "notown": "2347591:New+York:State,23424977:United+States:Country",
+    # Yahoo lists the UK's nations as Country entries before the United Kingdom itself.
+    "london": "20089369:Soho:Suburb,44418:London:Town,23416974:Greater+London:County,24554868:England:Country,"
+              "23424975:United+Kingdom:Country,28350927:Europe%2FLondon:Timezone",
+    "kyoto": "15015372:Kyoto:Town,2345847:Kyoto:Prefecture,23424856:Japan:Country,26198235:Asia%2FTokyo:Timezone",
 }
-COORDS = {"nyc": (-73.98, 40.74), "galway": (-9.05, 53.27), "paris": (2.35, 48.85), "notown": (-75.0, 43.0)}
+COORDS = {"nyc": (-73.98, 40.74), "galway": (-9.05, 53.27), "paris": (2.35, 48.85), "notown": (-75.0, 43.0),
+          "london": (-0.13, 51.51), "kyoto": (135.77, 35.01)}
 
 
 def photo_hash(download_url: str) -> str:

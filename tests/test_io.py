@@ -1,0 +1,91 @@
+"""pipeline.io: a job's outputs are staged, checked and published together, or not at all."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline import io
+from pipeline.config import PipelineError
+from pipeline.stage import check_conservation
+
+from test_clean import digests, hidden_entries
+
+pytestmark = pytest.mark.spark
+
+
+def _write_set(staged: io.OutputSet, work: Path, ids: list[int], rejected: int) -> None:
+    """Stage a table, its rejects and a stats file, as a job does."""
+    spark = staged.spark
+    staged.write_parquet(spark.createDataFrame([(i,) for i in ids], "photo_id long"), str(work / "kept"),
+                         partitions=1, sort_by=["photo_id"])
+    staged.write_parquet(spark.createDataFrame([(i, "bad") for i in range(rejected)], "photo_id long, reason string"),
+                         str(work / "rejects"), partitions=1)
+    staged.write_text(str(work / "stats" / "job.json"), f'{{"kept": {len(ids)}}}')
+
+
+def _outputs(work: Path) -> list[dict[str, str]]:
+    return [digests(work / "kept"), digests(work / "rejects"), digests(work / "stats" / "job.json")]
+
+
+def test_outputs_appear_together_after_the_check(spark, tmp_path):
+    work = tmp_path / "work"
+    with io.staged_outputs(spark) as staged:
+        staged.write_parquet(spark.createDataFrame([(1,), (2,)], "photo_id long"), str(work / "kept"))
+        staged.write_parquet(spark.createDataFrame([(3, "bad")], "photo_id long, reason string"), str(work / "rejects"))
+        staged.write_text(str(work / "stats" / "job.json"), "{}")
+        # Nothing is visible while the job counts its temps and checks them.
+        assert not (work / "kept").exists() and not (work / "rejects").exists()
+        assert not (work / "stats" / "job.json").exists()
+        n_kept = staged.read_parquet(str(work / "kept")).count()
+        n_rejected = staged.read_parquet(str(work / "rejects")).count()
+        check_conservation("test", 3, {"kept": n_kept, "rejected": n_rejected})
+    assert sorted(r["photo_id"] for r in spark.read.parquet(str(work / "kept")).collect()) == [1, 2]
+    assert (work / "stats" / "job.json").read_text() == "{}"
+    assert hidden_entries(work) == [] and hidden_entries(work / "stats") == []
+
+
+def test_failed_check_keeps_the_previous_outputs(spark, tmp_path):
+    work = tmp_path / "work"
+    with io.staged_outputs(spark) as staged:
+        _write_set(staged, work, [1, 2], 1)
+    before = _outputs(work)
+    with pytest.raises(PipelineError, match="3 input rows but kept 3 \\+ rejected 2 = 5"):
+        with io.staged_outputs(spark) as staged:
+            _write_set(staged, work, [4, 5, 6], 2)
+            check_conservation("test", 3, {"kept": 3, "rejected": 2})
+    assert _outputs(work) == before
+    assert hidden_entries(work) == [] and hidden_entries(work / "stats") == []
+    with io.staged_outputs(spark) as staged:     # a passing check replaces all of them
+        _write_set(staged, work, [4, 5, 6], 2)
+    assert all(a != b for a, b in zip(_outputs(work), before))
+    assert hidden_entries(work) == [] and hidden_entries(work / "stats") == []
+
+
+def test_a_failed_rename_puts_every_previous_output_back(spark, tmp_path):
+    """Publishing is all or nothing: when one output cannot be renamed, those already renamed
+    go back and the previous ones return."""
+    work = tmp_path / "work"
+    with io.staged_outputs(spark) as staged:
+        _write_set(staged, work, [1, 2], 1)
+    before = _outputs(work)
+    with pytest.raises(PipelineError, match="cannot rename"):
+        with io.staged_outputs(spark) as staged:
+            _write_set(staged, work, [4, 5, 6], 2)
+            io.remove(spark, staged.temp(str(work / "stats" / "job.json")))    # lost: its rename fails
+    assert _outputs(work) == before
+    assert hidden_entries(work) == [] and hidden_entries(work / "stats") == []
+
+
+def test_single_existing_refuses_two_candidates(spark, tmp_path):
+    plain, packed = tmp_path / "yfcc100m_dataset", tmp_path / "yfcc100m_dataset.bz2"
+    with pytest.raises(PipelineError, match="none of"):
+        io.single_existing(spark, [str(plain), str(packed)], "clean.dataset")
+    packed.write_bytes(b"")
+    assert io.single_existing(spark, [str(plain), str(packed)], "clean.dataset") == str(packed)
+    plain.write_text("")
+    with pytest.raises(PipelineError) as err:
+        io.single_existing(spark, [str(plain), str(packed)], "clean.dataset")
+    assert str(plain) in str(err.value) and str(packed) in str(err.value)
+    assert "clean.dataset=<path>" in str(err.value)
+    assert io.single_existing(spark, str(plain), "clean.dataset") == str(plain)   # one explicit path
