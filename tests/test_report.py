@@ -136,3 +136,30 @@ def test_runs_on_a_manifest_without_export_id_count_only_if_made_after_it(tmp_pa
     assert "mcc" not in collect_results(uri)
     os.utime(emb / MANIFEST_NAME, (started - 60, started - 60))
     assert collect_results(uri)["mcc"]["retrieval/P@10_agnostic"] == 10.0
+
+
+def test_repeats_in_run_directories_of_their_own_are_averaged(tmp_path):
+    """MCC's repeats train into directories of their own (LocSens reads the demo's export): paths
+    inside a run's directory are not settings, other paths are."""
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    mlflow.set_tracking_uri(uri)
+    train, evaluate = mlflow.create_experiment("train"), mlflow.create_experiment("evaluate")
+
+    def run(a1: float, run_dir: Path, seed: int, shards: str = "data/work/shards") -> None:
+        emb = run_dir / "embeddings"
+        _write_manifest(emb, f"export-{seed}")
+        with mlflow.start_run(experiment_id=train, run_name="mcc", tags={"run_dir": str(run_dir.resolve())}) as t:
+            mlflow.log_params({"seed": seed, "run_dir": str(run_dir), "data.shards_dir": shards,
+                               "callbacks.model_checkpoint.dirpath": f"{run_dir}/checkpoints"})
+        with mlflow.start_run(experiment_id=evaluate, run_name="mcc",
+                              tags={"train_run_id": t.info.run_id, "embeddings_dir": str(emb.resolve()),
+                                    "embeddings_export_id": f"export-{seed}"}):
+            mlflow.log_params({"embeddings_dir": str(emb.resolve())})
+            mlflow.log_metrics(mlflow_metrics({"tagging/A@1": a1}))
+
+    run(10.0, tmp_path / "outputs" / "mcc", 12345)
+    run(14.0, tmp_path / "outputs" / "repeats" / "mcc_seed1", 1)
+    got = collect_results(uri)["mcc"]
+    assert got["repeats"] == 2 and got["tagging/A@1"] == 12.0
+    run(30.0, tmp_path / "outputs" / "repeats" / "mcc_seed2", 2, shards="other/shards")   # other data: not a repeat
+    assert collect_results(uri)["mcc"]["tagging/A@1"] == 30.0

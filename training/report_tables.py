@@ -159,32 +159,41 @@ class _CurrentExports:
 
 
 #: Settings that may differ between repeats of one experiment: seeds, and how a run was resumed.
-_REPEAT_FREE = frozenset({"seed", "resume", "ckpt_path"})
+_REPEAT_FREE = frozenset({"seed", "resume", "ckpt_path", "run_dir"})
 
 
 class _Settings:
     """An evaluation run's settings, for telling repeats apart from changed experiments: its own
-    parameters and its training run's, without the seeds."""
+    parameters and its training run's, without the seeds, and with paths inside the training run's
+    own directory written relative to it (a repeat may train into a directory of its own, as MCC's
+    repeats do, since LocSens reads the demo's MCC export)."""
 
     def __init__(self, client):
         self._client = client
-        self._train: dict[str, dict[str, str]] = {}
+        self._train: dict[str, tuple[dict[str, str], list[str]]] = {}
 
-    def _train_params(self, run_id: Optional[str]) -> dict[str, str]:
+    def _train_run(self, run_id: Optional[str]) -> tuple[dict[str, str], list[str]]:
+        """The training run's parameters, and the spellings of its run directory."""
         if not run_id:
-            return {}
+            return {}, []
         if run_id not in self._train:
             from mlflow.exceptions import MlflowException
 
             try:
-                self._train[run_id] = dict(self._client.get_run(run_id).data.params)
+                data = self._client.get_run(run_id).data
             except MlflowException:   # the training run was deleted: compare evaluation settings only
-                self._train[run_id] = {}
+                self._train[run_id] = ({}, [])
+            else:
+                dirs = [d.rstrip("/") for d in (data.tags.get("run_dir"), data.params.get("run_dir")) if d]
+                self._train[run_id] = (dict(data.params), sorted(set(dirs), key=len, reverse=True))
         return self._train[run_id]
 
     def of(self, run) -> frozenset:
-        params = {f"train.{k}": v for k, v in self._train_params(run.data.tags.get("train_run_id")).items()}
+        train, run_dirs = self._train_run(run.data.tags.get("train_run_id"))
+        params = {f"train.{k}": v for k, v in train.items()}
         params.update({f"eval.{k}": v for k, v in run.data.params.items()})
+        for d in run_dirs:
+            params = {k: v.replace(d, "<run_dir>") for k, v in params.items()}
         return frozenset((k, v) for k, v in params.items() if not _repeat_free(k))
 
 
