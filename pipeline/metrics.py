@@ -1,4 +1,4 @@
-"""The evaluation metrics of SPEC section 5, written once for every model and baseline.
+"""The evaluation metrics of docs/evaluation.md, written once for every model and baseline.
 
 Used by the frequency-baselines job and by training evaluation alike. Pure numpy plus
 ``geographiclib`` (no Spark, no torch): callers rank with whatever they have (a GPU matmul, a
@@ -24,7 +24,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-#: Location-sensitive retrieval granularities (SPEC 5): street, city, region, country, continent.
+#: Location-sensitive retrieval granularities (docs/evaluation.md): street, city, region, country, continent.
 GRANULARITIES_KM: dict[str, float] = {
     "1km": 1.0, "25km": 25.0, "200km": 200.0, "750km": 750.0, "2500km": 2500.0,
 }
@@ -290,7 +290,7 @@ def within_km(lat1, lon1, lat2, lon2, thresholds_km: Sequence[float],
 def location_queries(truth: TagSets, num_tags: int, seed: int, min_images: int = 10,
                      max_queries: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
     """One query per test image: (image row, one of its tags drawn with ``seed``); queries whose tag
-    has fewer than ``min_images`` test images are skipped (SPEC 5). The image's own location is the
+    has fewer than ``min_images`` test images are skipped (docs/evaluation.md). The image's own location is the
     query location, and the image stays in the gallery.
 
     ``max_queries`` keeps a seeded subsample of that many. Every model evaluated on the same split

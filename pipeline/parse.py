@@ -53,7 +53,7 @@ def _has_digit(text: Column) -> Column:
 
 
 def normalize_tag(tag: Column, *, encoded: bool = True) -> Column:
-    """Decode, lower-case and remove white space (SPEC 2.2); digit and empty tags become null."""
+    """Decode, lower-case and remove white space (docs/method.md, tag normalisation); digit and empty tags become null."""
     text = _remove_space(F.lower(decode(tag) if encoded else tag))
     return F.when((text != "") & ~_has_digit(text), text)
 

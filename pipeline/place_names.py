@@ -1,4 +1,4 @@
-"""The place-name list (supplement; SPEC 2.6): continent, country, region and town names.
+"""The place-name list (the supplement; docs/method.md): continent, country, region and town names.
 
 The supplement gathers "all the continents, countries, regions and towns names in YFCC100M", so
 the list is built from every well-formed ``yfcc100m_places`` record (not only the kept photos')

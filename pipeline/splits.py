@@ -1,4 +1,4 @@
-"""Deterministic train / val / test splits from a hash of photo_id (SPEC 2.5).
+"""Deterministic train / val / test splits from a hash of photo_id (docs/method.md, splits).
 
 The authors shuffled without a seed; here a photo's split depends only on its id and the seed,
 so it is the same on every rerun and every cluster size. Sizes are counts (500k / 250k at full

@@ -1,4 +1,4 @@
-"""build_vocab transforms: tag frequencies, the vocabulary, and images kept by it (SPEC 2.3-2.4).
+"""build_vocab transforms: tag frequencies, the vocabulary, and images kept by it (docs/method.md, vocabulary).
 
 All DataFrame -> DataFrame. Ranking uses ``orderBy(...).limit(n)``, which Spark runs as a
 per-partition top-n and a merge, so only ``drop_top + size`` rows ever meet in one partition.

@@ -1,4 +1,4 @@
-"""The YFCC100M file formats, in one place (SPEC section 1).
+"""The YFCC100M file formats, in one place (docs/data-formats.md).
 
 Everything that knows the column layout of ``yfcc100m_dataset``, ``yfcc100m_places`` and
 ``yfcc100m_hash`` lives here: the synthetic-world writer, the Spark cleaning job and the tests all
@@ -55,7 +55,7 @@ class YfccFormatError(ValueError):
         self.detail = detail
 
 
-# --- decoding and tag normalisation (SPEC 1 and 2.2) ----------------------------------------------
+# --- decoding and tag normalisation (docs/data-formats.md, docs/method.md) ----------------------------
 
 _DIGIT = re.compile(r"\d")        # any Unicode decimal digit (Java: \p{Nd})
 _SPACE = re.compile(r"\s+")       # any Unicode white space (Java: (?U)\s)

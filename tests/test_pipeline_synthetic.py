@@ -1,5 +1,5 @@
 """The whole pipeline on a small synthetic world: counts conserve at every stage, the manifest
-adds up, and the frequency baselines come out in the paper's order (SPEC 6)."""
+adds up, and the frequency baselines come out in the paper's order (docs/evaluation.md)."""
 from __future__ import annotations
 
 import json

@@ -200,7 +200,7 @@ def test_about_three_photos_in_four_carry_place_names(records, places):
             names = {"".join(str(v).lower().split()) for v in levels.values() if v}
             tagged += 1
             with_place += bool(names & norm)
-    # About 3 in 4 (SPEC: 78% in YFCC); users tag alike, so a small world varies around that.
+    # About 3 in 4 (the supplement: 78% in YFCC); users tag alike, so a small world varies around that.
     assert 0.45 < with_place / tagged < 0.9
 
 

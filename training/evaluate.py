@@ -1,4 +1,4 @@
-"""Evaluation of exported embeddings (SPEC 5): tagging and retrieval, with one MLflow run.
+"""Evaluation of exported embeddings (docs/evaluation.md): tagging and retrieval, with one MLflow run.
 
 Ranking is chunked matrix products on the available device keeping only the top k (500k test
 images x 100k tags never exists as one matrix); the metrics themselves are
@@ -55,7 +55,7 @@ def evaluate_embeddings(embeddings_dir: str | Path, *, shards_dir: Optional[str 
                         split: str = "test", ks: Sequence[int] = (1, 10, 50), min_images: int = 10,
                         seed: int = 0, chunk: int = 4096, upper_bound: bool = True,
                         max_queries: Optional[int] = None, device: Optional[str] = None) -> dict[str, float]:
-    """All SPEC 5 metrics of one model's exported embeddings on ``split``, under stable names.
+    """All the metrics (docs/evaluation.md) of one model's exported embeddings on ``split``, under stable names.
     ``max_queries``: the same seeded subsample of location-sensitive queries as every other model
     (:func:`pipeline.metrics.location_queries`)."""
     from training.data import place_mask

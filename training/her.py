@@ -1,4 +1,4 @@
-"""HER, hashtag embedding regression (SPEC 3): backbone -> 300, cosine loss to the mean word
+"""HER, hashtag embedding regression (docs/method.md): backbone -> 300, cosine loss to the mean word
 vector of the image's tags.
 
 Word vectors come from :func:`training.word_vectors.build_word_vectors` (GloVe when configured,

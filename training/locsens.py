@@ -1,4 +1,4 @@
-"""LocSens (SPEC 4): scores an (image, tag, location) triplet.
+"""LocSens (docs/method.md): scores an (image, tag, location) triplet.
 
 The image and tag embeddings (MCC's) enter L2-normalised. Each modality is mapped to 300-d
 (Linear + ReLU) and L2-normalised (mapping all three to the same width is what made location

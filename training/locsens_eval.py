@@ -1,4 +1,4 @@
-"""Exact, batched LocSens evaluation (SPEC 5): tagging against every tag, retrieval against every image.
+"""Exact, batched LocSens evaluation (docs/evaluation.md): tagging against every tag, retrieval against every image.
 
 LocSens has no embedding space to search: every (image, tag, location) triplet must be scored.
 What can be shared is shared: the first MLP layer splits by modality, so the image part

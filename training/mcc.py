@@ -1,4 +1,4 @@
-"""MCC, the multi-class model (SPEC 3): backbone -> 300 (linear) -> V-way softmax.
+"""MCC, the multi-class model (docs/method.md): backbone -> 300 (linear) -> V-way softmax.
 
 Trained with cross-entropy on ONE tag drawn at random from the image's tags each time the image
 is loaded (the loader's ``tag``). The image embedding is the 300-d layer; tag i's embedding is

@@ -1,4 +1,4 @@
-"""MLC, the multi-label model (SPEC 3): backbone -> V logits, sigmoid + BCE over the multi-hot
+"""MLC, the multi-label model (docs/method.md): backbone -> V logits, sigmoid + BCE over the multi-hot
 target of all the image's tags (built on the device). The paper found it unstable.
 
 ``reduction="sum"`` sums the loss over the V tags and averages over images; the element mean

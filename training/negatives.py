@@ -1,4 +1,4 @@
-"""LocSens's positives and negatives (SPEC 4), drawn with tensor operations over a whole batch.
+"""LocSens's positives and negatives (docs/method.md), drawn with tensor operations over a whole batch.
 
 A positive is (image, one of its tags at random, its location). Each positive gets ``n`` negatives:
 - ``tagging`` mode: each negative replaces either the image (with another image that lacks the

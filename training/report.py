@@ -260,7 +260,7 @@ def build_report(cfg: DictConfig) -> Path:
         figs["Faked locations"] = f.faked_locations(rows, locations, out / "figures" / "faked_locations.png")
 
     parts = [f"# {cfg.report.title}", "",
-             "Ours (paper) in every cell: the paper's numbers are on full YFCC100M (SPEC section 6); ours on "
+             "Ours (paper) in every cell: the paper's numbers are on full YFCC100M (docs/evaluation.md); ours on "
              f"the data this run used ({cfg.paths.raw_dir}).", "",
              "## Image tagging", "", tagging_table(results), "",
              "## Image tagging, place names omitted", "", noplaces_table(results), "",

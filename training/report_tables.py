@@ -1,4 +1,4 @@
-"""The paper's result tables (SPEC 6), filled from MLflow, with the paper's numbers beside ours.
+"""The paper's result tables (docs/evaluation.md), filled from MLflow, with the paper's numbers beside ours.
 
 Results are read back from the tracking store, the single record of every run: the latest
 evaluation run of each model (experiment ``evaluate``), averaged with its repeats under other
@@ -21,7 +21,7 @@ Results = dict[str, dict[str, float]]          # model -> metric name -> value
 
 log = logging.getLogger(__name__)
 
-#: SPEC section 6: the paper's numbers on full YFCC100M (None: not reported).
+#: docs/evaluation.md: the paper's numbers on full YFCC100M (None: not reported).
 PAPER_TAGGING = {
     "global_frequency": (1.82, 13.45, None, None, None), "country_frequency": (28.05, 46.63, 63.14, None, None),
     "town_frequency": (51.41, 65.49, 71.05, None, None), "mlc": (8.86, 30.59, None, None, None),

@@ -1,4 +1,4 @@
-"""The sigma schedule of LocSens's location sampling (SPEC 4), and the fusion schedule of its
+"""The sigma schedule of LocSens's location sampling (docs/method.md), and the fusion schedule of its
 progressive-fusion variant.
 
 Training with location sampling starts at sigma = 1 (locations nearly random: the model learns
@@ -70,7 +70,7 @@ def normalise_location(lat: torch.Tensor, lon: torch.Tensor) -> torch.Tensor:
 
 
 def sample_locations(loc: torch.Tensor, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Each location drawn from N(loc, sigma^2 I) and wrapped into [0, 1) (SPEC 4)."""
+    """Each location drawn from N(loc, sigma^2 I) and wrapped into [0, 1) (docs/method.md)."""
     if sigma <= 0:
         return loc
     noise = torch.randn(loc.shape, generator=generator, device=loc.device if generator is None else "cpu",

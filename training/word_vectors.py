@@ -1,4 +1,4 @@
-"""Word vectors for HER's regression targets (SPEC 3).
+"""Word vectors for HER's regression targets (docs/method.md).
 
 The paper used GloVe 840B. When a GloVe-format text file is configured, each vocabulary tag gets
 its vector from it (missing tags: zero vectors, reported). Otherwise the vectors are learned from
