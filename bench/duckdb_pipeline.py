@@ -8,16 +8,31 @@ Two versions, both on the 25-column layout:
 * :func:`full_sql` - the same work and outputs as the two Spark jobs: every line kept or rejected
   with the same reasons in the same order, town / region / country / continent, one row per
   photo_id, the vocabulary, the 1..15-tag dataset with ``tag_ids`` in file order and a
-  hash split, the place-name list and the statistics, all written as Parquet.
+  hash split, the place-name list (from every ``yfcc100m_places`` record, as
+  :mod:`pipeline.place_names` builds it) and the statistics, all written as Parquet.
 
-Kept photos, rejects per reason, vocabulary size and dataset size of the full version are
-compared with Spark's in the benchmark, so the two engines are seen to do the same job.
+Kept photos, rejects per reason, vocabulary size, dataset size and the (name, level) pairs of the
+place-name list of the full version are compared with Spark's in the benchmark, so the two
+engines are seen to do the same job.
 DuckDB has no xxhash64, so splits come from its own ``hash``: same sizes, different photos.
 """
 from __future__ import annotations
 
 from pipeline import yfcc
 from pipeline.parse import PLACES_VALUE
+from pipeline.place_names import LEVEL_OF_TYPE
+
+#: White space as :func:`pipeline.parse.normalize_tag` removes it (Python's ``\s`` on str, Java's
+#: ``(?U)\s`` plus U+001C..U+001F), in RE2, whose ``\s`` is ASCII only.
+_WHITE_SPACE_RE = r"[\s\v\x{1C}-\x{1F}\x{85}\p{Z}]+"
+#: Any Unicode decimal digit (RE2's ``\d`` is ASCII only).
+_DIGIT_RE = r"\p{Nd}"
+#: Unicode's cased and case-ignorable characters (letters, marks, format characters and the
+#: apostrophes, dots and colons inside words), for the final-sigma rule of lower-casing; ``''``
+#: is the apostrophe, doubled inside the SQL string.
+_CASED = r"\p{Lu}\p{Ll}\p{Lt}"
+_CASE_IGNORABLE = (r"\p{Mn}\p{Me}\p{Cf}\p{Lm}\p{Sk}''.:\x{B7}\x{387}\x{5F4}\x{2018}\x{2019}\x{2024}\x{2027}"
+                   r"\x{FE13}\x{FE52}\x{FE55}\x{FF07}\x{FF0E}\x{FF1A}")
 
 
 def _read_lines(path: str) -> str:
@@ -33,6 +48,51 @@ def _decode(x: str) -> str:
 def _normalize(x: str, *, encoded: bool = True) -> str:
     """Tag normalisation (docs/method.md) of one tag: decode, lower-case, drop white space (digit and empty tags: caller)."""
     return f"regexp_replace(lower({_decode(x) if encoded else x}), '\\s+', '', 'g')"
+
+
+def _lower(x: str) -> str:
+    """Lower-case like Python's ``str.lower`` and Spark's ``lower`` (Java's), which DuckDB's does not.
+
+    They differ in two places (checked over all code points): U+0130 (capital I with dot) becomes ``i`` plus U+0307, not
+    ``i``, and a capital sigma ending a word (after a cased letter, not before one) becomes ``ς``.
+    """
+    ci, cased = _CASE_IGNORABLE, _CASED
+    sigma = f"'([{cased}][{ci}]*)\u03a3([{ci}]*)([^{cased}{ci}]|$)'"
+    final_sigma = f"regexp_replace({x}, {sigma}, '\\1\u03c2\\2\\3', 'g')"
+    return f"lower(replace({final_sigma}, '\u0130', 'i\u0307'))"
+
+
+def _sql_str(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _place_names_sql(places: str, out: str) -> str:
+    """The place-name list the way :func:`pipeline.place_names.place_names` builds it.
+
+    Every entry of every well-formed places line (kept photo or not, not only the first of each
+    level) whose type :data:`pipeline.place_names.LEVEL_OF_TYPE` lists, reduced to distinct
+    (encoded name, level) pairs, decoded, plus the continent of each country name; names
+    normalised like tags (Unicode white space and digits, as Spark does), distinct (name, level).
+    Needs the ``continents`` table.
+    """
+    level_of_type = ", ".join(f"({_sql_str(t)}, {_sql_str(lvl)})" for t, lvl in LEVEL_OF_TYPE.items())
+    norm = f"regexp_replace({_lower('raw')}, '{_WHITE_SPACE_RE}', '', 'g')"
+    return f"""COPY (
+            WITH s AS (SELECT string_split(line, chr(9)) AS f FROM {_read_lines(places)}),
+            v AS (SELECT rtrim(f[2], chr(13)) AS v FROM s
+                  WHERE len(f) = 2 AND TRY_CAST(f[1] AS BIGINT) IS NOT NULL),
+            e AS (SELECT string_split(unnest(string_split(v, ',')), ':') AS p FROM v
+                  WHERE regexp_full_match(v, '{PLACES_VALUE}')),
+            t AS (SELECT DISTINCT e.p[2] AS name, lt.level
+                  FROM e JOIN (VALUES {level_of_type}) lt(type, level) ON e.p[3] = lt.type),
+            d AS (SELECT {_decode('name')} AS raw, level FROM t),
+            r AS (SELECT raw, level FROM d
+                  UNION ALL SELECT c.continent AS raw, 'continent' AS level
+                  FROM d JOIN continents c ON d.level = 'country' AND d.raw = c.country),
+            n AS (SELECT {norm} AS name, level FROM r WHERE raw IS NOT NULL)
+            SELECT DISTINCT name, level FROM n WHERE name <> '' AND NOT regexp_matches(name, '{_DIGIT_RE}')
+            ORDER BY level, name)
+        TO '{out}/place_names.parquet' (FORMAT parquet)"""
 
 
 def _place(value: str, types: tuple[str, ...]) -> str:
@@ -140,6 +200,7 @@ def full_sql(dataset: str, places: str, out: str, *, drop_top: int, size: int, m
         f"""COPY (SELECT reason, file, photo_id, line_number, CASE WHEN len(string_split(line, chr(9))) <> 25
                          OR photo_id IS NULL THEN line[:2000] END AS line
                   FROM classified WHERE reason IS NOT NULL) TO '{out}/clean_rejects.parquet' (FORMAT parquet)""",
+        _place_names_sql(places, out),  # clean_metadata writes it, from every places record
         # build_vocab, from the written clean table as the Spark job does
         f"CREATE OR REPLACE TEMP VIEW clean AS SELECT * FROM read_parquet('{out}/clean.parquet')",
         f"""CREATE OR REPLACE TEMP TABLE vocab AS
@@ -161,13 +222,6 @@ def full_sql(dataset: str, places: str, out: str, *, drop_top: int, size: int, m
         f"""COPY (SELECT photo_id, reason, len(tag_ids) AS vocab_tags FROM applied WHERE reason IS NOT NULL
                   ORDER BY photo_id) TO '{out}/dataset_rejects.parquet' (FORMAT parquet)""",
         f"COPY (SELECT * FROM vocab ORDER BY idx) TO '{out}/vocab.parquet' (FORMAT parquet)",
-        f"""COPY (SELECT DISTINCT name, level FROM (
-                    SELECT {_normalize('raw', encoded=False)} AS name, level FROM (
-                      SELECT DISTINCT unnest([continent, country, region, town]) AS raw,
-                             unnest(['continent', 'country', 'region', 'town']) AS level
-                      FROM (SELECT DISTINCT continent, country, region, town FROM clean)))
-                  WHERE name <> '' AND NOT regexp_matches(name, '\\d') ORDER BY level, name)
-            TO '{out}/place_names.parquet' (FORMAT parquet)""",
         """CREATE OR REPLACE TEMP TABLE stats AS
             SELECT count(*) AS clean_images, sum(n_tags) AS clean_tag_occurrences,
                    sum(len(tag_ids)) / sum(n_tags) AS vocab_coverage_of_tag_occurrences,

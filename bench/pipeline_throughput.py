@@ -9,8 +9,9 @@ then DuckDB, the single-machine engine a user might pick instead, twice
 
 * **same work**: the same outputs as the Spark jobs (every line kept or rejected with its
   reason, place levels and continents, one row per photo, vocabulary, 1..15-tag dataset with
-  splits, place names, statistics); kept photos, rejects per reason, vocabulary and dataset
-  sizes are checked equal to Spark's, and the run fails if they are not;
+  splits, the place-name list from every places record, statistics); kept photos, rejects per
+  reason, vocabulary and dataset sizes and the place-name list's (name, level) pairs are checked
+  equal to Spark's, and the run fails if they are not;
 * **filter + count only**: just the kept photos and the vocabulary, the least a user could do.
 
 Prints lines/s, the Spark/DuckDB time ratios, and the cost per line at each size relative to
@@ -132,6 +133,21 @@ def spark_rejects(work: Path, raw: Path) -> dict[str, int]:
     return {r["values"]: r["counts"] for r in reasons.column("reason").value_counts().to_pylist()}
 
 
+def place_name_pairs(path: Path) -> set[tuple[str, str]]:
+    """The (name, level) pairs of a place-name list (a Parquet file or Spark's folder)."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path, columns=["name", "level"])
+    return set(zip(t.column("name").to_pylist(), t.column("level").to_pylist()))
+
+
+def per_level(pairs: set[tuple[str, str]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for _, level in pairs:
+        out[level] = out.get(level, 0) + 1
+    return dict(sorted(out.items()))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000])
@@ -151,16 +167,30 @@ def main() -> None:
         spark_s, stats = run_spark(raw, args.work, args.master, args.partitions)
         full_s, full = run_duckdb(raw, args.work, args.threads, cfg, full=True)
         min_s, minimal = run_duckdb(raw, args.work, args.threads, cfg, full=False)
+        spark_names = place_name_pairs(
+            args.work / f"spark_{raw.name}" / "data" / "work" / "place_names.parquet")
+        duck_names = place_name_pairs(args.work / f"duckdb_full_{raw.name}" / "place_names.parquet")
         same = {"clean_images": stats["clean_images"] == full["clean_images"] == minimal["clean_images"],
                 "images": stats["images"] == full["images"], "vocab_size": stats["vocab_size"] == full["vocab_size"],
-                "rejects_by_reason": spark_rejects(args.work, raw) == full["rejected"]}
+                "rejects_by_reason": spark_rejects(args.work, raw) == full["rejected"],
+                "place_names": spark_names == duck_names and stats["place_names"] == len(spark_names)}
         results.append({"lines": n, "bz2": bz, "spark_s": spark_s, "duckdb_full_s": full_s, "duckdb_minimal_s": min_s,
-                        "kept": stats["clean_images"], "dataset_images": stats["images"], "same_outputs": same})
+                        "kept": stats["clean_images"], "dataset_images": stats["images"],
+                        "place_names_by_level": {"spark": per_level(spark_names),
+                                                 "duckdb": per_level(duck_names)},
+                        "same_outputs": same})
         print(f"{n:>10,} lines{' .bz2' if bz else '     '}  spark {spark_s:6.1f}s {n / spark_s:>8,.0f} lines/s | "
               f"duckdb same work {full_s:5.1f}s {n / full_s:>8,.0f} lines/s, spark/duckdb {spark_s / full_s:4.2f}x | "
               f"duckdb filter+count only {min_s:5.1f}s, spark/duckdb {spark_s / min_s:4.2f}x", flush=True)
         print(f"{'':>16}kept {stats['clean_images']:,}, dataset {stats['images']:,}; outputs agree: "
               + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same.items()), flush=True)
+        print(f"{'':>16}place names by level: spark {per_level(spark_names)}, duckdb {per_level(duck_names)}",
+              flush=True)
+        if not same["place_names"]:
+            for label, extra in (("spark only", spark_names - duck_names),
+                                 ("duckdb only", duck_names - spark_names)):
+                if extra:
+                    print(f"{'':>16}{label} ({len(extra)}): {sorted(extra)[:10]}", flush=True)
     plain = [r for r in results if not r["bz2"]]
     base = plain[0]
     for r in plain[1:]:
