@@ -48,7 +48,7 @@ def to_tensors(table: pa.Table, max_tags: int) -> dict[str, torch.Tensor]:
     """A batch dict from embedding rows (``COLUMNS``)."""
     return {
         "photo_id": torch.from_numpy(table.column("photo_id").to_numpy().astype(np.int64)),
-        "embedding": torch.from_numpy(arrow_to_embeddings(table.column("embedding"))),
+        "embedding": torch.from_numpy(arrow_to_embeddings(table.column("embedding")).copy()),  # writable
         "latitude": torch.from_numpy(table.column("latitude").to_numpy().astype(np.float32)),
         "longitude": torch.from_numpy(table.column("longitude").to_numpy().astype(np.float32)),
         "tag_ids": torch.from_numpy(pad_tags(table.column("tag_ids"), max_tags)),

@@ -29,17 +29,18 @@ def _as(x, device) -> torch.Tensor:
 
 @torch.no_grad()
 def _rank(net: LocSensNet, query_part: torch.Tensor, key_part: torch.Tensor, k: int, pairs: int,
-          exclude: Optional[torch.Tensor] = None) -> np.ndarray:
-    """Top-k keys per query, scoring head(query_part[q] + key_part[j]) for every pair."""
+          excludes: Sequence[Optional[torch.Tensor]] = (None,)) -> list[np.ndarray]:
+    """Top-k keys per query, scoring head(query_part[q] + key_part[j]) for every pair once, then
+    ranking the same scores once per entry of ``excludes`` (bool over keys removed from ranking)."""
     nq, nk = query_part.shape[0], key_part.shape[0]
-    k = min(k, nk - (int(exclude.sum()) if exclude is not None else 0))
-    out = np.empty((nq, k), dtype=np.int64)
+    ks = [min(k, nk - (int(e.sum()) if e is not None else 0)) for e in excludes]
+    out = [np.empty((nq, kk), dtype=np.int64) for kk in ks]
     step = max(1, pairs // max(nk, 1))
     for s in range(0, nq, step):
         scores = net.head(query_part[s:s + step, None, :] + key_part[None, :, :])
-        if exclude is not None:
-            scores[:, exclude] = float("-inf")
-        out[s:s + step] = scores.topk(k, dim=1).indices.cpu().numpy()
+        for o, kk, exclude in zip(out, ks, excludes):
+            masked = scores if exclude is None else scores.masked_fill(exclude, float("-inf"))
+            o[s:s + step] = masked.topk(kk, dim=1).indices.cpu().numpy()
     return out
 
 
@@ -48,8 +49,17 @@ def tag_images(net: LocSensNet, images: torch.Tensor, loc: torch.Tensor, tag_tab
                pairs: int = 1 << 20, exclude: Optional[torch.Tensor] = None,
                location_weight: Optional[float] = None) -> np.ndarray:
     """Each image's top-k tags at its location: (N, k) vocabulary indices, best first."""
+    return tag_images_masked(net, images, loc, tag_table, k, pairs, [exclude], location_weight)[0]
+
+
+@torch.no_grad()
+def tag_images_masked(net: LocSensNet, images: torch.Tensor, loc: torch.Tensor, tag_table: torch.Tensor, k: int,
+                      pairs: int, excludes: Sequence[Optional[torch.Tensor]],
+                      location_weight: Optional[float] = None) -> list[np.ndarray]:
+    """:func:`tag_images` once per tag mask (e.g. all tags, and all but place names), from one
+    scoring pass: the places-omitted table costs a second top-k, not a second pass through the MLP."""
     query = net.image_part(images) + net.location_part(loc, location_weight)
-    return _rank(net, query, net.tag_part(tag_table), k, pairs, exclude)
+    return _rank(net, query, net.tag_part(tag_table), k, pairs, excludes)
 
 
 @torch.no_grad()
@@ -58,7 +68,7 @@ def retrieve_images(net: LocSensNet, gallery: torch.Tensor, query_tags: torch.Te
                     location_weight: Optional[float] = None) -> np.ndarray:
     """Each (tag, location) query's top-k gallery images: (Q, k) gallery rows, best first."""
     query = net.tag_part(tag_table[query_tags]) + net.location_part(query_loc, location_weight)
-    return _rank(net, query, net.image_part(gallery), k, pairs)
+    return _rank(net, query, net.image_part(gallery), k, pairs)[0]
 
 
 @torch.no_grad()
@@ -110,13 +120,13 @@ def _evaluate(net, split, tag_table, dev, place_mask, zero_location, ks, min_ima
     kmax = min(max(ks), num_tags)
     ks = [k for k in ks if k <= kmax]
     if tagging:
-        out.update(M.tagging_metrics(tag_images(net, images, loc, tags, kmax, pairs, location_weight=weight),
-                                     truth, num_tags, ks))
-    if tagging and place_mask is not None and np.any(place_mask):
-        ranked = tag_images(net, images, loc, tags, kmax, pairs, exclude=torch.as_tensor(place_mask, device=dev),
-                            location_weight=weight)
-        out.update(M.tagging_metrics(ranked, truth.without(place_mask), num_tags,
-                                     [k for k in ks if k <= ranked.shape[1]], suffix="_noplaces"))
+        places = place_mask is not None and bool(np.any(place_mask))
+        masks = [None] + ([torch.as_tensor(place_mask, device=dev)] if places else [])
+        ranked = tag_images_masked(net, images, loc, tags, kmax, pairs, masks, location_weight=weight)
+        out.update(M.tagging_metrics(ranked[0], truth, num_tags, ks))
+        if places:
+            out.update(M.tagging_metrics(ranked[1], truth.without(place_mask), num_tags,
+                                         [k for k in ks if k <= ranked[1].shape[1]], suffix="_noplaces"))
 
     q_rows, q_tags = M.location_queries(truth, num_tags, seed, min_images, max_queries)
     if q_rows.size:

@@ -70,7 +70,7 @@ def evaluate_after_fit(cfg: DictConfig, model: LocSens, datamodule, callbacks: l
             load_net(model, checkpoint).to(device), split, tag_table, place_mask=places,
             zero_location=model.location == "zeroed", ks=list(ev.ks), min_images=ev.min_images, seed=ev.seed,
             max_queries=ev.get("max_queries"), pairs=int(ev.get("pairs", 1 << 20)), device=device,
-            tagging=last or bool(ev.get("snapshot_tagging", True)))
+            tagging=bool(ev.get("tagging", True)) and (last or bool(ev.get("snapshot_tagging", True))))
         config: dict[str, Any] = {"evaluation": OmegaConf.to_container(ev, resolve=True), "model": "LocSens",
                                   "location": model.location,
                                   "negatives_mode": model.hparams.negatives_mode, "task_name": cfg.task_name,
