@@ -106,14 +106,17 @@ report: install
 	$(PY) -m training.report
 
 # Repeats: train experiments again with other seeds on the same inputs (after `make demo`), then
-# report. The report averages an experiment's repeats (same name, same embeddings, same settings
-# but the seed) and shows mean ± standard deviation; all are scored on the same queries.
-REPEAT_EXPERIMENTS ?= locsens locsens_raw_retrieval locsens_zeroed_retrieval
+# report. The report averages an experiment's repeats (same name, same settings but the seed) and
+# shows mean ± standard deviation; all are scored on the same queries. Image models (MCC, MLC, HER)
+# train into outputs/repeats/<model>_seed<seed>, so that LocSens keeps reading the demo's MCC export.
+REPEAT_EXPERIMENTS ?= mcc locsens locsens_raw locsens_raw_retrieval locsens_zeroed_retrieval
+IMAGE_MODELS := mcc mlc her
 SEEDS ?= 1 2 3
 repeats: install
 	@mkdir -p outputs/repeats; for seed in $(SEEDS); do for e in $(REPEAT_EXPERIMENTS); do \
 		log=outputs/repeats/$${e}_seed$$seed.log; echo "repeats: $$e seed=$$seed (log: $$log)"; \
-		$(PY) -m training.run +experiment=$${e}_sample seed=$$seed $(TRAIN_ARGS) > $$log 2>&1 \
+		case " $(IMAGE_MODELS) " in *" $$e "*) own="run_dir=outputs/repeats/$${e}_seed$$seed";; *) own="";; esac; \
+		$(PY) -m training.run +experiment=$${e}_sample seed=$$seed $$own $(TRAIN_ARGS) > $$log 2>&1 \
 			|| { echo "repeats: $$e seed=$$seed FAILED, see $$log"; exit 1; }; \
 	done; done
 	$(PY) -m training.report
