@@ -81,11 +81,16 @@ class EmbeddingStream(PlannedStream):
         plan, seed = self.worker_draws(epoch)
         rng = np.random.default_rng(seed)
         for rows, window in self.windows(plan, self.window):
+            # The window converted once; batches and pools are then cheap row gathers.
+            tensors = to_tensors(rows, self.max_tags)
+            del rows
             for take, pool in deal_window([b.size for b in window], rng, self.shuffle, self.negative_pool):
-                batch = to_tensors(rows.take(pa.array(take)), self.max_tags)
+                index = torch.from_numpy(take)
+                batch = {k: v.index_select(0, index) for k, v in tensors.items()}
                 if pool is not None:
-                    negatives = to_tensors(rows.take(pa.array(pool)), self.max_tags)
-                    batch["pool_embedding"], batch["pool_tag_ids"] = negatives["embedding"], negatives["tag_ids"]
+                    index = torch.from_numpy(pool)
+                    batch["pool_embedding"] = tensors["embedding"].index_select(0, index)
+                    batch["pool_tag_ids"] = tensors["tag_ids"].index_select(0, index)
                 yield batch
 
 
