@@ -29,7 +29,7 @@ import multiprocessing as mp
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -259,11 +259,13 @@ class PlannedStream(IterableDataset):
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
         return self.plan(epoch, worker, num_workers), [self.seed, epoch, self.rank, worker]
 
-    def windows(self, plan: Sequence[Batch], window: int) -> Iterator[tuple[pa.Table, list[Batch]]]:
-        """The plan's batches ``window`` at a time, with their rows read and laid end to end in
-        plan order; a row group stays in memory while consecutive windows need it."""
+    def windows(self, plan: Sequence[Batch], window: int,
+                convert: Callable[[pa.Table], Any] = lambda t: t) -> Iterator[tuple[list[Batch], dict[int, Any]]]:
+        """The plan's batches ``window`` at a time, with the work units they read: unit index ->
+        ``convert(row group table)``. A unit is read and converted once while consecutive windows
+        need it."""
         files: dict[str, pq.ParquetFile] = {}
-        cache: dict[int, pa.Table] = {}
+        cache: dict[int, Any] = {}
         for w in range(0, len(plan), max(1, window)):
             batches = list(plan[w:w + max(1, window)])
             needed = {u for b in batches for u, _, _ in b.segments}
@@ -272,8 +274,13 @@ class PlannedStream(IterableDataset):
                 path, group, _ = self.units[u]
                 if path not in files:
                     files[path] = pq.ParquetFile(self.root / path)
-                cache[u] = files[path].read_row_group(group, columns=self.columns)
-            yield pa.concat_tables([cache[u].slice(a, b - a) for bt in batches for u, a, b in bt.segments]), batches
+                cache[u] = convert(files[path].read_row_group(group, columns=self.columns))
+            yield batches, cache
+
+
+def window_table(batches: Sequence[Batch], units: dict[int, pa.Table]) -> pa.Table:
+    """A window's rows laid end to end in plan order (the positions :func:`deal_window` deals)."""
+    return pa.concat_tables([units[u].slice(a, b - a) for bt in batches for u, a, b in bt.segments])
 
 
 class ShardStream(PlannedStream):
@@ -297,8 +304,9 @@ class ShardStream(PlannedStream):
         plan, seed = self.worker_draws(epoch)
         gen = torch.Generator().manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
         rng = np.random.default_rng(seed)
-        for rows, window in self.windows(plan, self.shuffle_window):
-            for bt, (take, _) in zip(window, deal_window([b.size for b in window], rng, self.shuffle)):
+        for window, units in self.windows(plan, self.shuffle_window):
+            rows = window_table(window, units)
+            for take, _ in deal_window([b.size for b in window], rng, self.shuffle):
                 yield to_batch(rows.take(pa.array(take)), resize=self.resize, crop=self.crop,
                                train=self.train, seed=self.seed, epoch=epoch, gen=gen)
 

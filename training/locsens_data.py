@@ -14,6 +14,8 @@ instead of the same two thousand neighbours (``bench/locsens_negatives.py``).
 """
 from __future__ import annotations
 
+import functools
+import warnings
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -45,10 +47,15 @@ def pad_tags(tag_lists: pa.Array | pa.ChunkedArray, width: Optional[int] = None)
 
 
 def to_tensors(table: pa.Table, max_tags: int) -> dict[str, torch.Tensor]:
-    """A batch dict from embedding rows (``COLUMNS``)."""
+    """A batch dict from embedding rows (``COLUMNS``). The embeddings are a read-only view of
+    Arrow's buffer, not a copy (a window holds ~300 MB of them): the stream only gathers rows from
+    it into new tensors, and never writes to it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        embedding = torch.from_numpy(arrow_to_embeddings(table.column("embedding")))
     return {
         "photo_id": torch.from_numpy(table.column("photo_id").to_numpy().astype(np.int64)),
-        "embedding": torch.from_numpy(arrow_to_embeddings(table.column("embedding")).copy()),  # writable
+        "embedding": embedding,
         "latitude": torch.from_numpy(table.column("latitude").to_numpy().astype(np.float32)),
         "longitude": torch.from_numpy(table.column("longitude").to_numpy().astype(np.float32)),
         "tag_ids": torch.from_numpy(pad_tags(table.column("tag_ids"), max_tags)),
@@ -80,18 +87,47 @@ class EmbeddingStream(PlannedStream):
         epoch = self.epoch.get() if self.shuffle else 0
         plan, seed = self.worker_draws(epoch)
         rng = np.random.default_rng(seed)
-        for rows, window in self.windows(plan, self.window):
-            # The window converted once; batches and pools are then cheap row gathers.
-            tensors = to_tensors(rows, self.max_tags)
-            del rows
+        convert = functools.partial(to_tensors, max_tags=self.max_tags)
+        for window, units in self.windows(plan, self.window, convert):
+            rows = WindowRows(window, units)
             for take, pool in deal_window([b.size for b in window], rng, self.shuffle, self.negative_pool):
-                index = torch.from_numpy(take)
-                batch = {k: v.index_select(0, index) for k, v in tensors.items()}
+                batch = rows.gather(take)
                 if pool is not None:
-                    index = torch.from_numpy(pool)
-                    batch["pool_embedding"] = tensors["embedding"].index_select(0, index)
-                    batch["pool_tag_ids"] = tensors["tag_ids"].index_select(0, index)
+                    negatives = rows.gather(pool, ("embedding", "tag_ids"))
+                    batch["pool_embedding"], batch["pool_tag_ids"] = negatives["embedding"], negatives["tag_ids"]
                 yield batch
+
+
+class WindowRows:
+    """A window's rows, gathered straight from its work units converted to tensors (each row
+    group once): a gathered row is copied once, and the window as a whole never is."""
+
+    def __init__(self, batches, units: dict[int, dict[str, torch.Tensor]]):
+        segments = [(u, a, b) for bt in batches for u, a, b in bt.segments]
+        self.units = units
+        self.unit = np.array([u for u, _, _ in segments], dtype=np.int64)
+        self.first = np.array([a for _, a, _ in segments], dtype=np.int64)
+        sizes = np.array([b - a for _, a, b in segments], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        self.keys = tuple(next(iter(units.values())))
+
+    def gather(self, positions: np.ndarray, keys: Optional[tuple[str, ...]] = None) -> dict[str, torch.Tensor]:
+        """The rows at ``positions`` (of the window laid end to end in plan order), grouped by work
+        unit (a batch is a set: its order carries nothing), each copied once into the output."""
+        keys = keys or self.keys
+        positions = np.sort(positions)
+        seg = np.searchsorted(self.starts, positions, side="right") - 1
+        unit, row = self.unit[seg], self.first[seg] + positions - self.starts[seg]
+        order = np.argsort(unit, kind="stable")
+        unit, row = unit[order], torch.from_numpy(row[order])
+        bounds = np.flatnonzero(np.diff(unit)) + 1
+        some = self.units[int(unit[0])] if len(unit) else next(iter(self.units.values()))
+        out = {k: torch.empty((len(positions), *some[k].shape[1:]), dtype=some[k].dtype) for k in keys}
+        for lo, hi in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [len(unit)]])):
+            src = self.units[int(unit[lo])]
+            for k in keys:
+                torch.index_select(src[k], 0, row[lo:hi], out=out[k][lo:hi])
+        return out
 
 
 class LocSensDataModule(pl.LightningDataModule):
