@@ -26,6 +26,8 @@ CHUNK_ROWS = 100_000          # rows per independently seeded chunk (fixed: part
 ID_SPACE = 13_000_000_000     # photo ids spread up to ~1.3e10, past int32 as in the real data
 SALIENCE_MIN = 0.3            # per-photo concept salience is uniform on [SALIENCE_MIN, 1]
 SALIENCE_MEAN = (SALIENCE_MIN + 1.0) / 2
+#: Share of a user's photos at a place that carry the user's word for that place.
+STAY_WORD_PROBABILITY = 0.6
 #: Mean photos per user. Small enough that a test gallery holds about one photo per user, as on
 #: Flickr, so images near a query location come from many people with their own tags.
 PHOTOS_PER_USER = 12
@@ -240,6 +242,18 @@ def _draw(cum: np.ndarray, u: np.ndarray) -> np.ndarray:
     return np.minimum(np.searchsorted(cum, u, side="right"), len(cum) - 1)
 
 
+def _pair_uniform(a: np.ndarray, b: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform [0, 1) number fixed by the pair (a, b) and the world's seed (splitmix64 of the
+    pair): the same in every chunk, so a property of a (user, town) pair needs no table."""
+    x = (np.asarray(a, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) ^ np.asarray(b, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(seed & 0xFFFFFFFF) * np.uint64(0xD1B54A32D192ED03)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
 _HEX2 = pa.array([format(i, "02x") for i in range(256)])
 _HEX_UNPADDED = pa.array([format(i, "x") for i in range(256)])
 
@@ -307,6 +321,11 @@ def generate_chunk(world: World, chunk: int, start: int, n: int) -> tuple[pa.Tab
     cols.append(np.where(rng.random(n) < 0.12, world.event_tags[rng.integers(0, len(world.event_tags), n)], -1))
     cols.append(np.where(rng.random(n) < 0.25, world.digit_tags[rng.integers(0, len(world.digit_tags), n)], -1))
     cols += [np.where(rng.random(n) < 0.5, us[h].to_numpy()[user], -1) for h in ("habit0", "habit1")]
+    # A word bound to this user at this place (a friend's name, the hotel, the family's house): on
+    # their photos there, on no one else's. Training sees it tied to a place; other people's photos
+    # of that place do not carry it.
+    stay = world.noise_tags[_draw(world.noise_cum, _pair_uniform(user, town, world.seed))]
+    cols.append(np.where(rng.random(n) < STAY_WORD_PROBABILITY, stay, -1))
     n_noise = np.minimum(rng.poisson(2.0, n) + (rng.random(n) < 0.04) * rng.integers(6, 13, n), 12)
     noise = world.noise_tags[_draw(world.noise_cum, rng.random((n, 12)))]
     noise = np.where(np.arange(12)[None, :] < n_noise[:, None], noise, -1)

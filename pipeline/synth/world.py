@@ -157,6 +157,20 @@ CONCEPTS: tuple[Concept, ...] = (
             {"all": _L((250, 140, 60), (90, 30, 80), "stripes", (250, 200, 100), 4, 0, "circle", (255, 230, 120))}, 0.8),
     Concept("food", "invariant", ("dinner", "restaurant"), {"es": "comida", "de": "essen", "it": "cibo"},
             {"all": _L((235, 230, 220), (200, 190, 170), "checker", (230, 230, 230), 12, 0, "ring", (240, 240, 240))}, 0.8),
+    # More of what people photograph wherever they are: most of a place's photos show things that
+    # look the same everywhere, for which the place says nothing.
+    Concept("bicycle", "invariant", ("cycling", "bike"), {},
+            {"all": _L((210, 220, 230), (120, 120, 120), "grid", (90, 90, 90), 4, 0, "ring", (20, 20, 20))}, 0.8),
+    Concept("coffee", "invariant", ("cafe", "cup"), {},
+            {"all": _L((120, 80, 50), (80, 50, 30), "none", (0, 0, 0), 0, 0, "circle", (245, 235, 215))}, 0.8),
+    Concept("boat", "invariant", ("sailing", "harbour"), {},
+            {"all": _L((150, 190, 230), (40, 80, 140), "waves", (230, 230, 240), 8, 0, "triangle", (240, 240, 240))}, 0.8),
+    Concept("horse", "invariant", ("animal", "farm"), {},
+            {"all": _L((160, 200, 230), (120, 150, 60), "none", (0, 0, 0), 0, 0, "square", (120, 70, 30))}, 0.8),
+    Concept("book", "invariant", ("reading", "library"), {},
+            {"all": _L((230, 220, 200), (180, 160, 130), "stripes", (100, 60, 40), 14, 90, "square", (150, 30, 30))}, 0.8),
+    Concept("baby", "invariant", ("kid", "cute"), {},
+            {"all": _L((250, 220, 230), (240, 200, 210), "dots", (255, 255, 255), 10, 0, "circle", (250, 200, 170))}, 0.8),
 )
 
 CAMERA_TAGS = ("canon", "nikon", "sony", "iphone", "olympus", "pentax", "fuji", "lumix")
@@ -247,6 +261,8 @@ def describe(params: dict, counts: dict) -> dict:
         "tags": {
             "camera": list(CAMERA_TAGS), "camera_rule": "the brand of the user's capture device",
             "event": list(EVENT_TAGS), "digit_formats": list(DIGIT_TAG_FORMATS),
+            "stay": ("per (user, town): a noise word the user writes on a share of their photos there "
+                     "(bound to one person's place, not carried by other photos of it)"),
             "place": "town, region, country, continent names, joined (newyork) or spaced (new+york)",
             "noise": "words drawn Zipf-like from the authors' released vocabulary, minus place and concept words",
         },
