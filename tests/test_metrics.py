@@ -210,3 +210,20 @@ def test_location_queries_subsample_is_the_same_for_every_model():
     full = dict(zip(rows.tolist(), tags.tolist()))
     assert all(full[r] == t for r, t in zip(sub_rows.tolist(), sub_tags.tolist()))   # a subset of the queries
     assert np.array_equal(M.location_queries(truth, 12, 3, 10, max_queries=10_000)[0], rows)
+
+
+def test_location_retrieval_metrics_without_place_name_queries():
+    truth = M.TagSets.from_lists([[0], [0], [1], [1], [0, 1]] * 4)
+    lat, lon = np.zeros(20), np.linspace(0, 1, 20)
+    rows, tags = np.array([0, 2, 4]), np.array([0, 1, 1])
+    # Query 0 (a place name) retrieves only images without its tag.
+    retrieved = np.stack([[2, 3, 7, 8, 12, 13, 17, 18, 2, 3], np.arange(10, 20), np.arange(10)])
+    place = np.array([True, False])
+    got = M.location_retrieval_metrics(retrieved, rows, tags, truth, lat, lon, 2, place_mask=place)
+    whole = M.p_at_10_by_distance(retrieved, tags, lat[rows], lon[rows], truth, lat, lon, 2)
+    only = M.p_at_10_by_distance(retrieved[1:], tags[1:], lat[rows[1:]], lon[rows[1:]], truth, lat, lon, 2)
+    assert got["retrieval/P@10_agnostic"] == whole["agnostic"]
+    assert got["retrieval/P@10_agnostic_noplaces"] == only["agnostic"] != whole["agnostic"]
+    assert got["retrieval/queries_locations"] == 3 and got["retrieval/queries_locations_noplaces"] == 2
+    assert "retrieval/P@10_agnostic_noplaces" not in M.location_retrieval_metrics(retrieved, rows, tags, truth,
+                                                                                 lat, lon, 2)

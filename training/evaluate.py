@@ -95,10 +95,8 @@ def evaluate_embeddings(embeddings_dir: str | Path, *, shards_dir: Optional[str 
     q_rows, q_tags = M.location_queries(truth, num_tags, seed, min_images, max_queries)
     position = np.full(num_tags, -1, dtype=np.int64)
     position[query_tags] = np.arange(query_tags.size)
-    by_distance = M.p_at_10_by_distance(per_tag[position[q_tags]], q_tags, lat[q_rows], lon[q_rows],
-                                        truth, lat, lon, num_tags)
-    out.update({f"retrieval/P@10_{g}": v for g, v in by_distance.items()})
-    out["retrieval/queries_locations"] = float(q_rows.size)
+    out.update(M.location_retrieval_metrics(per_tag[position[q_tags]], q_rows, q_tags, truth, lat, lon, num_tags,
+                                            place_mask=places))
     if upper_bound:
         ub = M.upper_bound_p_at_10_by_distance(q_tags, lat[q_rows], lon[q_rows], truth, lat, lon, num_tags)
         out.update({f"upper_bound/P@10_{g}": v for g, v in ub.items()})

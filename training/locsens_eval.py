@@ -132,7 +132,7 @@ def _evaluate(net, split, tag_table, dev, place_mask, zero_location, ks, min_ima
     if q_rows.size:
         retrieved = retrieve_images(net, images, torch.as_tensor(q_tags, device=dev), loc[q_rows], tags, 10, pairs,
                                     location_weight=weight)
-        by_distance = M.p_at_10_by_distance(retrieved, q_tags, lat[q_rows], lon[q_rows], truth, lat, lon, num_tags)
-        out.update({f"retrieval/P@10_{g}": v for g, v in by_distance.items()})
-    out["retrieval/queries_locations"] = float(q_rows.size)
+        out.update(M.location_retrieval_metrics(retrieved, q_rows, q_tags, truth, lat, lon, num_tags, place_mask))
+    else:
+        out["retrieval/queries_locations"] = 0.0
     return out

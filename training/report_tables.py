@@ -218,8 +218,9 @@ def baseline_results(metrics: Mapping[str, float]) -> Results:
 
 def _metric_names() -> list[str]:
     names = [f"tagging/{m}{s}" for m in ("A@1", "A@10", "A@50", "pct_pred", "pct_cpred") for s in ("", "_noplaces")]
-    names += ["retrieval/P@10"] + [f"retrieval/P@10_{g}" for g in [*GRANULARITIES_KM, "agnostic"]]
-    return names + ["retrieval/queries_locations", "eval/images"]
+    names += ["retrieval/P@10"] + [f"retrieval/P@10_{g}{s}" for g in [*GRANULARITIES_KM, "agnostic"]
+                                   for s in ("", "_noplaces")]
+    return names + ["retrieval/queries_locations", "retrieval/queries_locations_noplaces", "eval/images"]
 
 
 def _cell(ours: Optional[float], paper: Optional[float], sd: Optional[float] = None) -> str:
@@ -276,29 +277,32 @@ def agnostic_retrieval_table(results: Results) -> str:
     return _table(["Method", "P@10"], rows)
 
 
-def location_table(results: Results) -> str:
-    """Location-sensitive P@10 per granularity: agnostic, continent ... street."""
+def location_table(results: Results, suffix: str = "") -> str:
+    """Location-sensitive P@10 per granularity: agnostic, continent ... street. ``suffix``
+    ``"_noplaces"``: over the queries whose tag is not a place name (the paper has no such table)."""
     results = retrieval_results(results)
     rows = []
     for n in ORDER:
-        if n in results and any(f"retrieval/P@10_{g}" in results[n] for g in DISTANCE_COLUMNS):
-            rows.append(_row(results, n, [f"retrieval/P@10_{g}" for g in DISTANCE_COLUMNS],
-                             PAPER_LOCATION.get(n, (None,) * 6)))
+        cols = [f"retrieval/P@10_{g}{suffix}" for g in DISTANCE_COLUMNS]
+        if n in results and any(c in results[n] for c in cols):
+            rows.append(_row(results, n, cols, PAPER_LOCATION.get(n, (None,) * 6) if not suffix else (None,) * 6))
     header = ["Method", "Location agnostic", "Continent (2500 km)", "Country (750 km)", "Region (200 km)",
               "City (25 km)", "Street (1 km)"]
     return _table(header, rows)
 
 
-def queries_note(results: Results) -> str:
+def queries_note(results: Results, suffix: str = "") -> str:
     """How many location-sensitive queries the retrieval table's rows were scored on, and a warning
     naming the rows when they were not all scored on the same number (not comparable)."""
     results = retrieval_results(results)
-    counts = {n: int(results[n]["retrieval/queries_locations"]) for n in ORDER
-              if n in results and "retrieval/queries_locations" in results[n]}
+    key = f"retrieval/queries_locations{suffix}"
+    counts = {n: int(results[n][key]) for n in ORDER if n in results and key in results[n]}
     if not counts:
         return ""
     if len(set(counts.values())) == 1:
         n = next(iter(counts.values()))
-        return f"Every row is scored on the same {n:,} location-sensitive queries (one per test image whose tag has enough test images)."
+        which = ("one per test image whose tag has enough test images" if not suffix
+                 else "those whose tag is not a place name")
+        return f"Every row is scored on the same {n:,} location-sensitive queries ({which})."
     detail = ", ".join(f"{LABELS[n]} {c:,}" for n, c in counts.items())
     return f"**Not comparable:** the rows were scored on different numbers of queries: {detail}."
