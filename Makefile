@@ -54,14 +54,27 @@ $(SHARDS_MANIFEST):
 train-mcc train-mlc train-her: train-%: install $(SHARDS_MANIFEST)
 	$(PY) -m training.run +experiment=$*_sample $(TRAIN_ARGS)
 
-# The demo: every stage in order on the embedded sample, as file targets: a stage runs when its
-# output marker is missing or older than its input's, so a second `make demo` skips finished
-# stages and FORCE=1 reruns all of them. A failed stage says which and stops, leaving earlier
-# outputs intact: fix it and rerun `make demo` to carry on. Seconds per stage: outputs/demo_timings.tsv.
+# The demo: every stage on the embedded sample, as file targets: a stage runs when its output marker
+# is missing or older than its input's, so a second `make demo` skips finished stages and FORCE=1
+# reruns all of them. A failed stage says which and stops, leaving earlier outputs intact: fix it
+# and rerun `make demo` to carry on. Seconds per stage: outputs/demo_timings.tsv.
+# The default set is the paper's main path: MCC, LocSens trained for tagging (raw locations) and
+# for retrieval (the sigma schedule). DEMO=full adds MLC, HER and the raw- and zeroed-location
+# retrieval models (`make repeats` adds seeds). Training stages run DEMO_JOBS at a time, one CPU
+# thread each (two small models train faster side by side than one after the other on two
+# threads); their output goes to outputs/logs/<stage>.log.
 MLFLOW_PORT ?= 5000
 DEMO_VOCAB ?= 2000
+DEMO ?= default
+ifeq ($(DEMO),full)
 DEMO_MODELS ?= mcc mlc her
-DEMO_LOCSENS ?= locsens locsens_raw locsens_raw_retrieval locsens_zeroed_retrieval
+DEMO_LOCSENS ?= locsens_raw locsens locsens_raw_retrieval locsens_zeroed_retrieval
+else
+DEMO_MODELS ?= mcc
+DEMO_LOCSENS ?= locsens_raw locsens
+endif
+DEMO_JOBS ?= 2
+DEMO_TRAIN_ARGS := $(if $(filter 1,$(DEMO_JOBS)),,torch_threads=1) $(TRAIN_ARGS)
 DEMO_STAGES := sample pipeline $(DEMO_MODELS) $(DEMO_LOCSENS) report
 DEMO_PIPELINE_ARGS ?= $(PIPELINE_ARGS) vocab.size=$(DEMO_VOCAB)
 SAMPLE_MARKER := $(SAMPLE_DIR)/world.json
@@ -73,16 +86,21 @@ ifneq ($(FORCE),)
 MAKEFLAGS += --always-make
 endif
 
-# $(call demo_stage,name,command): announce "stage i/N", run, time, or say which stage failed.
+# $(call demo_stage,name,command[,log]): announce "stage i/N", run, time, or say which stage
+# failed. With a log file, the command's output goes there (and its tail to the screen on failure).
 define demo_stage
 	@i=0; for s in $(DEMO_STAGES); do i=$$((i+1)); [ "$$s" = "$(1)" ] && break; done; \
-	echo ""; echo "==> demo stage $$i/$(words $(DEMO_STAGES)): $(1)"; mkdir -p outputs; start=$$(date +%s); \
-	if ! ( $(2) ); then echo ""; echo "demo: stage '$(1)' FAILED (messages above); earlier stages' outputs are intact"; exit 1; fi; \
+	log="$(3)"; echo ""; echo "==> demo stage $$i/$(words $(DEMO_STAGES)): $(1)$${log:+ (progress: $$log)}"; \
+	mkdir -p outputs/logs; start=$$(date +%s); \
+	if [ -n "$$log" ]; then ( $(2) ) > "$$log" 2>&1; else ( $(2) ); fi; status=$$?; \
+	if [ $$status -ne 0 ]; then echo ""; [ -n "$$log" ] && tail -n 30 "$$log"; \
+		echo "demo: stage '$(1)' FAILED ($${log:-messages above}); earlier stages' outputs are intact"; exit 1; fi; \
 	secs=$$(( $$(date +%s) - start )); printf '%s\t%s\n' "$(1)" "$$secs" >> outputs/demo_timings.tsv; \
 	echo "    $(1) done in $${secs} s"
 endef
 
-demo: install $(REPORT_MARKER)
+demo: install
+	@$(MAKE) --no-print-directory -j$(DEMO_JOBS) $(REPORT_MARKER)
 	@echo ""; echo "demo: complete. Report: $(REPORT_MARKER); runs: make ui (MLflow UI on http://127.0.0.1:$(MLFLOW_PORT))"
 	@echo "seconds per stage (this and earlier runs):"; cat outputs/demo_timings.tsv 2>/dev/null || true
 
@@ -94,10 +112,10 @@ $(PIPELINE_MARKER): $(SAMPLE_MARKER)
 
 # Image models on the shards; LocSens on MCC's embeddings.
 $(MODEL_MARKERS): outputs/%/metrics.json: $(PIPELINE_MARKER)
-	$(call demo_stage,$*,$(PY) -m training.run +experiment=$*_sample $(TRAIN_ARGS))
+	$(call demo_stage,$*,$(PY) -m training.run +experiment=$*_sample $(DEMO_TRAIN_ARGS),outputs/logs/$*.log)
 
 $(LOCSENS_MARKERS): outputs/%/metrics.json: outputs/mcc/metrics.json
-	$(call demo_stage,$*,$(PY) -m training.run +experiment=$*_sample $(TRAIN_ARGS))
+	$(call demo_stage,$*,$(PY) -m training.run +experiment=$*_sample $(DEMO_TRAIN_ARGS),outputs/logs/$*.log)
 
 $(REPORT_MARKER): $(MODEL_MARKERS) $(LOCSENS_MARKERS)
 	$(call demo_stage,report,$(PY) -m training.report > /dev/null)
@@ -107,18 +125,16 @@ report: install
 
 # Repeats: train experiments again with other seeds on the same inputs (after `make demo`), then
 # report. The report averages an experiment's repeats (same name, same settings but the seed) and
-# shows mean ± standard deviation; all are scored on the same queries. Image models (MCC, MLC, HER)
-# train into outputs/repeats/<model>_seed<seed>, so that LocSens keeps reading the demo's MCC export.
-REPEAT_EXPERIMENTS ?= mcc locsens locsens_raw locsens_raw_retrieval locsens_zeroed_retrieval
-IMAGE_MODELS := mcc mlc her
+# shows mean ± standard deviation; all are scored on the same queries. Every repeat trains into
+# outputs/repeats/<experiment>_seed<seed> (LocSens keeps reading the demo's MCC export), DEMO_JOBS
+# at a time with one CPU thread each.
+REPEAT_EXPERIMENTS ?= mcc locsens_raw locsens locsens_raw_retrieval locsens_zeroed_retrieval
 SEEDS ?= 1 2 3
 repeats: install
-	@mkdir -p outputs/repeats; for seed in $(SEEDS); do for e in $(REPEAT_EXPERIMENTS); do \
-		log=outputs/repeats/$${e}_seed$$seed.log; echo "repeats: $$e seed=$$seed (log: $$log)"; \
-		case " $(IMAGE_MODELS) " in *" $$e "*) own="run_dir=outputs/repeats/$${e}_seed$$seed";; *) own="";; esac; \
-		$(PY) -m training.run +experiment=$${e}_sample seed=$$seed $$own $(TRAIN_ARGS) > $$log 2>&1 \
-			|| { echo "repeats: $$e seed=$$seed FAILED, see $$log"; exit 1; }; \
-	done; done
+	@mkdir -p outputs/repeats; for seed in $(SEEDS); do for e in $(REPEAT_EXPERIMENTS); do echo "$$e $$seed"; done; done | \
+		xargs -P $(DEMO_JOBS) -n 2 sh -c 'log=outputs/repeats/$$0_seed$$1.log; echo "repeats: $$0 seed=$$1 (log: $$log)"; \
+			$(PY) -m training.run +experiment=$${0}_sample seed=$$1 run_dir=outputs/repeats/$${0}_seed$$1 $(DEMO_TRAIN_ARGS) \
+				> $$log 2>&1 || { echo "repeats: $$0 seed=$$1 FAILED, see $$log"; exit 255; }'
 	$(PY) -m training.report
 
 # The MLflow UI over the project's tracking store, on loopback only.

@@ -158,8 +158,9 @@ class _CurrentExports:
         return run.info.start_time / 1000.0 >= written - 1.0
 
 
-#: Settings that may differ between repeats of one experiment: seeds, and how a run was resumed.
-_REPEAT_FREE = frozenset({"seed", "resume", "ckpt_path", "run_dir"})
+#: Settings that may differ between repeats of one experiment: seeds, how a run was resumed, where
+#: it wrote, and how many CPU threads it used.
+_REPEAT_FREE = frozenset({"seed", "resume", "ckpt_path", "run_dir", "torch_threads"})
 
 
 class _Settings:
