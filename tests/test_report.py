@@ -163,3 +163,33 @@ def test_repeats_in_run_directories_of_their_own_are_averaged(tmp_path):
     assert got["repeats"] == 2 and got["tagging/A@1"] == 12.0
     run(30.0, tmp_path / "outputs" / "repeats" / "mcc_seed2", 2, shards="other/shards")   # other data: not a repeat
     assert collect_results(uri)["mcc"]["tagging/A@1"] == 30.0
+
+
+def test_repeats_grouped_whatever_the_spelling_of_their_run_directory(tmp_path):
+    """The demo trains into ``./outputs/locsens`` and logs its snapshots as ``outputs/locsens/...``;
+    a repeat trains into ``outputs/repeats/locsens_seed1``: same experiment. A sibling directory whose
+    name merely starts with the run directory's is a different setting."""
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    mlflow.set_tracking_uri(uri)
+    train, evaluate = mlflow.create_experiment("train"), mlflow.create_experiment("evaluate")
+
+    emb = tmp_path / "outputs" / "mcc" / "embeddings"
+    _write_manifest(emb, "export-1")
+    os.utime(emb / MANIFEST_NAME, (0, 0))
+
+    def run(p10: float, run_dir: str, seed: int, checkpoint: str) -> None:
+        with mlflow.start_run(experiment_id=train, run_name="locsens",
+                              tags={"run_dir": f"/home/u/clone/{run_dir.removeprefix('./')}"}) as t:
+            mlflow.log_params({"seed": seed, "run_dir": run_dir})
+        with mlflow.start_run(experiment_id=evaluate, run_name="locsens_sigma_1",
+                              tags={"train_run_id": t.info.run_id, "embeddings_dir": str(emb.resolve()),
+                                    "embeddings_export_id": "export-1"}):
+            mlflow.log_params({"embeddings_dir": str(emb.resolve()), "checkpoint": checkpoint})
+            mlflow.log_metrics(mlflow_metrics({"retrieval/P@10_agnostic": p10}))
+
+    run(10.0, "./outputs/locsens", 12345, "outputs/locsens/checkpoints/sigma_1.ckpt")
+    run(14.0, "outputs/repeats/locsens_seed1", 1, "outputs/repeats/locsens_seed1/checkpoints/sigma_1.ckpt")
+    got = collect_results(uri)["locsens_sigma_1"]
+    assert got["repeats"] == 2 and got["retrieval/P@10_agnostic"] == 12.0
+    run(30.0, "outputs/repeats/locsens_seed2", 2, "outputs/repeats/locsens_seed2_old/checkpoints/sigma_1.ckpt")
+    assert collect_results(uri)["locsens_sigma_1"]["retrieval/P@10_agnostic"] == 30.0

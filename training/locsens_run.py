@@ -64,6 +64,7 @@ def evaluate_after_fit(cfg: DictConfig, model: LocSens, datamodule, callbacks: l
     export = embeddings_tags(datamodule.embeddings_dir, datamodule.manifest)   # one read for every snapshot
     out: dict[str, float] = {}
     for i, (name, checkpoint) in enumerate(targets.items()):
+        checkpoint = str(Path(checkpoint).resolve()) if checkpoint else None   # runs name files unambiguously
         last = i == len(targets) - 1
         log.info("evaluating %s (%s)", name, checkpoint or "weights in memory")
         metrics = evaluate_locsens(

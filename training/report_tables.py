@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import re
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -185,16 +187,18 @@ class _Settings:
             except MlflowException:   # the training run was deleted: compare evaluation settings only
                 self._train[run_id] = ({}, [])
             else:
-                dirs = [d.rstrip("/") for d in (data.tags.get("run_dir"), data.params.get("run_dir")) if d]
-                self._train[run_id] = (dict(data.params), sorted(set(dirs), key=len, reverse=True))
+                given = [d for d in (data.tags.get("run_dir"), data.params.get("run_dir")) if d]
+                dirs = {d.rstrip("/") for d in given} | {os.path.normpath(d) for d in given}   # "./out" is "out"
+                self._train[run_id] = (dict(data.params), sorted(dirs, key=len, reverse=True))
         return self._train[run_id]
 
     def of(self, run) -> frozenset:
         train, run_dirs = self._train_run(run.data.tags.get("train_run_id"))
         params = {f"train.{k}": v for k, v in train.items()}
         params.update({f"eval.{k}": v for k, v in run.data.params.items()})
-        for d in run_dirs:
-            params = {k: v.replace(d, "<run_dir>") for k, v in params.items()}
+        for d in run_dirs:   # a whole path component only: "out/locsens" is not inside "out/locsens_raw"
+            inside = re.compile(re.escape(d) + r"(?=/|$)")
+            params = {k: inside.sub("<run_dir>", v) for k, v in params.items()}
         return frozenset((k, v) for k, v in params.items() if not _repeat_free(k))
 
 
