@@ -3,7 +3,7 @@ candidate negatives per image over training, replayed from the loader's own batc
 
 LocSens draws replacement images for an image's negatives from the rows that travel with it. The
 authors drew them from the whole training set. This replays the plan of the embeddings stream
-(:func:`training.data.plan_epoch` and :func:`training.data.deal_window`, the same seeded draws the
+(:func:`training.data.plan.plan_epoch` and :func:`training.data.plan.deal_window`, the same seeded draws the
 stream makes, no data read) for a tracked sample of images and counts, over all epochs:
 
 - batch-mates: the other images of the image's batches;
@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.data import deal_window, plan_epoch  # noqa: E402
+from training.data.plan import deal_window, plan_epoch  # noqa: E402
 
 
 def replay(unit_rows: np.ndarray, *, batch: int, epochs: int, window: int, pool: int, tracked: np.ndarray,

@@ -4,11 +4,11 @@ tagging images/s against a 100k-tag vocabulary next to the authors' way of scori
 - training: the paper's network, batches of 1024 positives with 6 negatives each (vectorised
   negatives, location sampling, forward, backward, SGD step), each batch with a negative pool of
   1024 rows (older code ignores it);
-- loader: one epoch of :class:`training.locsens_data.EmbeddingStream` over a synthetic export
+- loader: one epoch of :class:`training.data.embeddings.EmbeddingStream` over a synthetic export
   (300-d, row groups of 65,536), as training streams it;
-- tagging: :func:`training.locsens_eval.tag_images` (each projection and each modality's part of
+- tagging: :func:`training.evaluate.locsens.tag_images` (each projection and each modality's part of
   the first layer computed once, the rest of the MLP per pair) against
-  :func:`training.locsens_eval.tag_images_naive` (per image, a batch of V copies of the image and
+  :func:`training.evaluate.locsens.tag_images_naive` (per image, a batch of V copies of the image and
   location with every tag, everything recomputed), on the same random weights.
 
 ``--baseline REV`` measures training and loading with the code of git revision REV too, in the
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def training_rate(steps: int, batch: int, num_tags: int, pool: int = 1024) -> float:
     """Positives per second of training steps (imports the ``training`` package on sys.path)."""
-    from training.locsens import LocSens
+    from training.models.locsens import LocSens
 
     model = LocSens(num_tags=num_tags, optimizer=functools.partial(torch.optim.SGD, lr=0.01, momentum=0.9,
                                                                    weight_decay=1e-4), location="sampling")
@@ -66,11 +66,12 @@ def training_rate(steps: int, batch: int, num_tags: int, pool: int = 1024) -> fl
 
 
 def write_export(out: Path, rows: int, num_tags: int = 1000, dim: int = 300) -> Path:
-    """A synthetic embeddings export in the layout training.export writes (train split only)."""
+    """A synthetic embeddings export in the layout common.embeddings writes (train split only)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from training.export import MANIFEST_NAME, TAGS_FILE, EmbeddingsManifest, embeddings_to_arrow, image_schema, tag_schema
+    from common.embeddings import (MANIFEST_NAME, TAGS_FILE, EmbeddingsManifest, embeddings_to_arrow,
+                                   image_schema, tag_schema)
 
     rng = np.random.default_rng(0)
     out.mkdir(parents=True, exist_ok=True)
@@ -97,7 +98,7 @@ def write_export(out: Path, rows: int, num_tags: int = 1000, dim: int = 300) -> 
 
 def loader_rate(export: Path, batch: int) -> float:
     """Rows per second of one training epoch of the embeddings stream (with its pool, if it has one)."""
-    from training.locsens_data import EmbeddingStream
+    from training.data.embeddings import EmbeddingStream
 
     extra = {"negative_pool": 1024} if "negative_pool" in inspect.signature(EmbeddingStream).parameters else {}
     stream = EmbeddingStream(export, "train", batch_size=batch, shuffle=True, **extra)
@@ -162,8 +163,8 @@ def main() -> None:
     if args.baseline:
         return compare(args)
     sys.path.insert(0, str(ROOT))
-    from training.locsens import LocSens
-    from training.locsens_eval import tag_images, tag_images_naive
+    from training.models.locsens import LocSens
+    from training.evaluate.locsens import tag_images, tag_images_naive
 
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")

@@ -3,7 +3,7 @@
     spark-submit jobs/frequency_baselines.py [baselines.k=[1,10,50]] [baselines.fallback=false]
 
 Extract: ``outputs.dataset``, ``outputs.vocab`` (jobs/build_vocab.py), ``outputs.place_names``
-(jobs/clean_metadata.py). Transform: :mod:`pipeline.baselines` (A@k from :mod:`pipeline.metrics`).
+(jobs/clean_metadata.py). Transform: :mod:`pipeline.baselines` (A@k from :mod:`common.metrics`).
 Load: the table under ``outputs.baselines`` (JSON, Markdown), published together once every test
 image is scored or has no tag left to score, and the MLflow run's metrics and artifacts.
 """
@@ -80,8 +80,8 @@ def log_comparable_runs(cfg: DictConfig, result: list[dict], ks: list[int]) -> N
     compare view puts the baselines beside MCC and LocSens."""
     import mlflow
 
-    from pipeline.metrics import mlflow_metrics
-    from pipeline.tracking import stage_run
+    from common.metrics import mlflow_metrics
+    from common.tracking import stage_run
 
     for level in baselines.LEVELS:
         metrics = {f"tagging/A@{r['k']}{'' if r['variant'] == 'all' else '_noplaces'}": r["accuracy"]

@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 
 from pipeline import images, io, shards
 from pipeline.config import PipelineError, require_int, run_job
-from pipeline.contract import MANIFEST_NAME, PLACE_NAMES_SCHEMA, VOCAB_SCHEMA, Manifest
+from common.contract import MANIFEST_NAME, PLACE_NAMES_SCHEMA, VOCAB_SCHEMA, Manifest
 from pipeline.stage import ConservationCheck, check_conservation, stage, start_spark
 
 log = logging.getLogger("pipeline.shard_dataset")

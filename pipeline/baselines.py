@@ -2,7 +2,7 @@
 
 Global ranks by frequency over all training images; country and town rank by frequency among
 the training images of the test image's country / town (town = town, region, country, since town
-names repeat). Evaluation uses :func:`pipeline.metrics.accuracy_at_k`, the same code training
+names repeat). Evaluation uses :func:`common.metrics.accuracy_at_k`, the same code training
 uses, applied per Arrow batch on the executors; only per-batch hit counts reach the driver.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pyarrow as pa
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from pipeline import metrics
+from common import metrics
 
 LEVELS: tuple[str, ...] = ("global", "country", "town")
 VARIANTS: tuple[str, ...] = ("all", "no_places")

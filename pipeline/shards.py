@@ -4,7 +4,7 @@ The split's rows are spread over ``ceil(rows / rows_per_file)`` files by a seede
 photo_id and ordered inside each file by another, so rows are in random (but reproducible)
 order within a split. Only narrow metadata is shuffled; each partition then reads and resizes
 its own images (:mod:`pipeline.images`) while writing its Parquet files with pyarrow, in exactly
-:data:`pipeline.contract.SHARD_SCHEMA` and with row groups of exactly ``rows_per_row_group`` rows
+:data:`common.contract.SHARD_SCHEMA` and with row groups of exactly ``rows_per_row_group`` rows
 (the last one shorter). The writer emits one record per file and per rejected row, from which the
 job builds the manifest and the rejects table.
 """
@@ -19,7 +19,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from pipeline import images
-from pipeline.contract import SHARD_SCHEMA, ShardFile, SplitInfo
+from common.contract import SHARD_SCHEMA, ShardFile, SplitInfo
 
 RECORD_SCHEMA = "kind string, split string, path string, row_groups array<bigint>, photo_id bigint, reason string"
 _RECORD_ARROW = pa.schema([("kind", pa.string()), ("split", pa.string()), ("path", pa.string()),

@@ -12,7 +12,7 @@ from pyspark.sql import SparkSession
 
 from pipeline.config import PipelineError, to_dict
 from pipeline.spark import spark_session
-from pipeline.tracking import stage_run
+from common.tracking import stage_run
 
 log = logging.getLogger("pipeline")
 

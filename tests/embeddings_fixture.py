@@ -1,4 +1,4 @@
-"""A small MCC-style embeddings export written through ``training.export``'s schemas, for LocSens
+"""A small MCC-style embeddings export written through ``common.embeddings``'s schemas, for LocSens
 tests. Images are noisy copies of their tags' prototype vectors plus a location signature, so a
 small LocSens learns something in a few steps. Not production code."""
 from __future__ import annotations
@@ -9,7 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from training.export import MANIFEST_NAME, TAGS_FILE, EmbeddingsManifest, embeddings_to_arrow, image_schema, tag_schema
+from common.embeddings import (MANIFEST_NAME, TAGS_FILE, EmbeddingsManifest, embeddings_to_arrow,
+                               image_schema, tag_schema)
 
 TOWNS = [(48.85, 2.35), (-33.87, 151.21), (35.68, 139.69), (-12.05, -77.04), (59.91, 10.75)]
 

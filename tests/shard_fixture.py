@@ -1,4 +1,4 @@
-"""A small shard directory written through ``pipeline.contract``, for tests of the training code.
+"""A small shard directory written through ``common.contract``, for tests of the training code.
 
 Images are real JPEGs of coloured shapes; each image's "visual" tag names its shape and colour,
 so a model can learn something in a few steps. Locations cluster around a few towns whose names
@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-from pipeline.contract import (PLACE_NAMES_SCHEMA, SHARD_SCHEMA, VOCAB_SCHEMA, Manifest, ShardFile,
-                               SplitInfo, write_manifest)
+from common.contract import (PLACE_NAMES_SCHEMA, SHARD_SCHEMA, VOCAB_SCHEMA, Manifest, ShardFile, SplitInfo,
+                             write_manifest)
 
 COLOURS = [(220, 30, 30), (30, 160, 40), (40, 60, 220), (230, 200, 30)]
 SHAPES = ["square", "circle", "triangle"]

@@ -2,41 +2,17 @@
 from __future__ import annotations
 
 import bz2
-import hashlib
-from pathlib import Path
 
 import pytest
 from pyspark.sql import functions as F
 
 from pipeline import clean
-from pipeline.config import PipelineError, load_config
+from pipeline.config import PipelineError
 
+from job_helpers import digests, hidden_entries, job_config, refuse
 from yfcc_factory import TOWNS, at, line, photo_hash, write_raw
 
 pytestmark = pytest.mark.spark
-
-
-def job_config(tmp_path: Path, raw: Path, *extra: str):
-    return load_config([f"paths.root_dir={tmp_path}", f"paths.raw_dir={raw}",
-                        f"paths.mlflow_tracking_uri=sqlite:///{tmp_path}/mlruns.db",
-                        "spark.shuffle_partitions=2", *extra])
-
-
-def digests(path: str | Path) -> dict[str, str]:
-    """MD5 of every file of an output (a file or a folder), by relative path: to compare outputs."""
-    path = Path(path)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return {str(f.relative_to(path.parent)): hashlib.md5(f.read_bytes()).hexdigest() for f in files}
-
-
-def hidden_entries(folder: str | Path) -> list[str]:
-    """Temp or set-aside siblings (hidden names) left in an output folder."""
-    return sorted(p.name for p in Path(folder).iterdir() if p.name.startswith("."))
-
-
-def refuse(stage_name: str, n_in: int, parts) -> None:
-    """A conservation check that always fails, as a real one does when counts differ."""
-    raise PipelineError(f"{stage_name}: refused ({n_in} in, {dict(parts)} out)")
 
 
 # (line, expected reason or None); photo ids are unique unless a test says otherwise.

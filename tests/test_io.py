@@ -9,7 +9,7 @@ from pipeline import io
 from pipeline.config import PipelineError
 from pipeline.stage import check_conservation
 
-from test_clean import digests, hidden_entries
+from job_helpers import digests, hidden_entries
 
 pytestmark = pytest.mark.spark
 

@@ -11,13 +11,13 @@ import torch
 from torch import nn
 
 from embeddings_fixture import write_embeddings
-from pipeline import metrics as M
-from training.locsens import PAPER_HIDDEN, LocSens, LocSensNet, margin_ranking_loss
-from training.locsens_data import LocSensDataModule, pad_tags
-from training.locsens_eval import evaluate_locsens, retrieve_images, tag_images, tag_images_naive
-from training.location_schedule import LocationSchedule
-from training.negatives import draw_positive_tags, has_tag, sample_negatives
-from training.sigma_schedule import StageSchedule, normalise_location, sample_locations
+from common import metrics as M
+from training.models.locsens import PAPER_HIDDEN, LocSens, LocSensNet, margin_ranking_loss
+from training.data.embeddings import LocSensDataModule, pad_tags
+from training.evaluate.locsens import evaluate_locsens, retrieve_images, tag_images, tag_images_naive
+from training.callbacks.sigma_snapshots import LocationSchedule
+from training.models.negatives import draw_positive_tags, has_tag, sample_negatives
+from training.models.sigma import StageSchedule, normalise_location, sample_locations
 
 
 def test_paper_architecture_layout():

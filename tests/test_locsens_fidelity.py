@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from embeddings_fixture import write_embeddings
-from training.locsens import PAPER_HIDDEN, LocSens, LocSensNet, draw_generator, margin_ranking_loss
-from training.locsens_data import EmbeddingStream, LocSensDataModule
-from training.locsens_eval import evaluate_locsens
-from training.negatives import draw_positive_tags, has_tag, sample_negatives
-from training.sigma_schedule import normalise_location
+from training.models.locsens import PAPER_HIDDEN, LocSens, LocSensNet, draw_generator, margin_ranking_loss
+from training.data.embeddings import EmbeddingStream, LocSensDataModule
+from training.evaluate.locsens import evaluate_locsens
+from training.models.negatives import draw_positive_tags, has_tag, sample_negatives
+from training.models.sigma import normalise_location
 
 
 class AuthorsNet(nn.Module):

@@ -14,7 +14,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 from embeddings_fixture import write_embeddings
-from training.export import EmbeddingsManifest
+from common.embeddings import EmbeddingsManifest
+from training.report.tables import collect_results, location_table, sigma_rows
 from training.run import train
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -51,8 +52,8 @@ def test_experiments_compose(tmp_path, embeddings, experiment, location, negativ
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         sample = compose("train.yaml", overrides=[f"+experiment={experiment}_sample"])
     assert sample.task_name == experiment and sample.model.negatives_mode == negatives
-    assert cfg.model._target_ == "training.locsens.LocSens"
-    assert cfg.data._target_ == "training.locsens_data.LocSensDataModule"
+    assert cfg.model._target_ == "training.models.locsens.LocSens"
+    assert cfg.data._target_ == "training.data.embeddings.LocSensDataModule"
     assert "location_schedule" in cfg.callbacks and "embedding_writer" not in cfg.callbacks
     paper = compose_cfg(tmp_path, embeddings, f"+experiment={experiment}")
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
@@ -84,6 +85,23 @@ def test_sigma_schedule_run_evaluates_every_snapshot(tmp_path, embeddings):
     train_runs = mlflow.search_runs(experiment_names=["train"])
     assert "metrics.locsens/sigma" in train_runs.columns
 
+
+
+def test_the_report_follows_a_changed_sigma_schedule(tmp_path, embeddings):
+    """The schedule lives in the config alone: snapshot names, evaluation runs and the report's rows
+    all follow it (three stages at 1, 0.3 and 0 here, not the paper's five)."""
+    cfg = compose_cfg(tmp_path, embeddings, "+experiment=locsens", "trainer.max_epochs=2",
+                      "model.sigma_schedule=[[1.0,0.5],[0.3,0.25],[0.0,0.25]]")
+    metrics = train(cfg)
+    assert {k.split("/")[0] for k in metrics if k.startswith("locsens_sigma")} == {"locsens_sigma_1", "locsens_sigma_0.3"}
+    assert sorted(p.name for p in (tmp_path / "outputs" / "locsens" / "checkpoints").glob("sigma_*")) == [
+        "sigma_0.3.ckpt", "sigma_0.ckpt", "sigma_1.ckpt"]
+    results = collect_results(f"sqlite:///{tmp_path}/mlruns.db")
+    assert sigma_rows(results) == ["locsens_sigma_1", "locsens_sigma_0.3", "locsens_sigma_0"]
+    table = location_table(results)
+    labels = [line.split(" | ")[0].lstrip("| ") for line in table.splitlines()[2:]]
+    assert labels == [f"LocSens - location sampling, sigma={s}" for s in ("1", "0.3", "0")]
+    assert "(40.60)" in table and "sigma=0.3 | " in table and "(40.03)" not in table   # paper values where it has them
 
 class CountEpochs(pl.Callback):
     def __init__(self, out: str):

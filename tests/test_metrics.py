@@ -1,11 +1,11 @@
-"""pipeline.metrics against brute-force references on small inputs."""
+"""common.metrics against brute-force references on small inputs."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from geographiclib.geodesic import Geodesic
 
-from pipeline import metrics as M
+from common import metrics as M
 
 V = 40
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import run_job
-from pipeline.contract import read_manifest
+from common.contract import read_manifest
 
-from test_clean import job_config
+from job_helpers import job_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import mlflow
 from hydra import compose, initialize_config_dir
 
-from pipeline.metrics import mlflow_metrics
-from training.report import build_report
-from training.export import MANIFEST_NAME, EmbeddingsManifest
-from training.report_tables import (baseline_results, collect_results, location_table, noplaces_table,
+from common.metrics import mlflow_metrics
+from training.report.build import build_report
+from common.embeddings import MANIFEST_NAME, EmbeddingsManifest
+from training.report.tables import (baseline_results, collect_results, location_table, noplaces_table,
                                     queries_note, summarise, tagging_table)
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -39,7 +39,7 @@ def test_each_table_reports_the_model_trained_for_its_task():
     dist = lambda v: {f"retrieval/P@10_{g}": v for g in ("agnostic", "2500km", "750km", "200km", "25km", "1km")}
     results = {"locsens_raw": {"tagging/A@1": 30.0, "tagging/A@1_noplaces": 20.0, **dist(11.0)},
                "locsens_raw_retrieval": {"tagging/A@1": 5.0, "tagging/A@1_noplaces": 4.0, **dist(22.0)},
-               "locsens_sigma_0": {"tagging/A@1": 6.0, "tagging/A@1_noplaces": 3.0, **dist(33.0)}}
+               "locsens_sigma_0": {"sigma": 0.0, "tagging/A@1": 6.0, "tagging/A@1_noplaces": 3.0, **dist(33.0)}}
     assert "| LocSens - raw locations | 30.00 (28.10) |" in tagging_table(results)
     assert "| LocSens - raw locations | 20.00 (17.34) |" in noplaces_table(results)
     assert "sigma" not in tagging_table(results) and "sigma" not in noplaces_table(results)
@@ -52,7 +52,7 @@ def test_each_table_reports_the_model_trained_for_its_task():
 def test_the_report_says_how_many_queries_and_flags_rows_that_differ():
     rows = {"mcc": {"retrieval/queries_locations": 757.0}, "locsens_raw": {"retrieval/queries_locations": 757.0}}
     assert "same 757 location-sensitive queries" in queries_note(rows)
-    rows["locsens_sigma_0"] = {"retrieval/queries_locations": 500.0}
+    rows["locsens_sigma_0"] = {"sigma": 0.0, "retrieval/queries_locations": 500.0}
     note = queries_note(rows)
     assert note.startswith("**Not comparable:**") and "sigma=0 500" in note and "MCC 757" in note
 
@@ -63,8 +63,10 @@ def test_report_reads_mlflow_and_draws_figures(tmp_path):
     exp = mlflow.create_experiment("evaluate")
     metrics = {f"retrieval/P@10_{g}": v for g, v in zip(("agnostic", "2500km", "750km", "200km", "25km", "1km"),
                                                           (40, 30, 25, 20, 15, 5))}
-    for name, shift in (("mcc", 0.0), ("locsens_sigma_1", 1.0), ("locsens_sigma_0", -1.0)):
+    for name, shift, sigma in (("mcc", 0.0, None), ("locsens_sigma_1", 1.0, 1.0), ("locsens_sigma_0", -1.0, 0.0)):
         with mlflow.start_run(experiment_id=exp, run_name=name):
+            if sigma is not None:           # a snapshot's evaluation run records its sigma
+                mlflow.log_param("sigma", sigma)
             mlflow.log_metrics(mlflow_metrics({**{k: v + shift for k, v in metrics.items()}, "tagging/A@10": 30 + shift}))
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("report.yaml", overrides=[f"paths.root_dir={tmp_path}", f"paths.mlflow_tracking_uri={uri}"])
@@ -83,7 +85,7 @@ def test_repeats_are_averaged_with_their_spread():
     assert abs(got["retrieval/P@10_agnostic_sd"] - 2 ** 0.5) < 1e-9
     assert got["tagging/A@1"] == 5.0 and "tagging/A@1_sd" not in got       # one value: no spread
     assert summarise([{"tagging/A@1": 5.0}]) == {"tagging/A@1": 5.0}
-    row = location_table({"locsens_sigma_1": got})
+    row = location_table({"locsens_sigma_1": {**got, "sigma": 1.0}})
     assert "| LocSens - location sampling, sigma=1 (2 runs) | 21.00 ± 1.41 (40.60) |" in row
 
 
@@ -184,7 +186,7 @@ def test_repeats_grouped_whatever_the_spelling_of_their_run_directory(tmp_path):
         with mlflow.start_run(experiment_id=evaluate, run_name="locsens_sigma_1",
                               tags={"train_run_id": t.info.run_id, "embeddings_dir": str(emb.resolve()),
                                     "embeddings_export_id": "export-1"}):
-            mlflow.log_params({"embeddings_dir": str(emb.resolve()), "checkpoint": checkpoint})
+            mlflow.log_params({"embeddings_dir": str(emb.resolve()), "checkpoint": checkpoint, "sigma": 1.0})
             mlflow.log_metrics(mlflow_metrics({"retrieval/P@10_agnostic": p10}))
 
     run(10.0, "./outputs/locsens", 12345, "outputs/locsens/checkpoints/sigma_1.ckpt")

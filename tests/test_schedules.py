@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.schedules import staged_cosine, warmup_cosine
+from training.models.lr import staged_cosine, warmup_cosine
 
 SIGMA_STAGES = [[1.0, 0.5], [0.1, 0.125], [0.05, 0.125], [0.01, 0.125], [0.0, 0.125]]
 

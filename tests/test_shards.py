@@ -14,9 +14,9 @@ from PIL import Image
 
 from pipeline import images, yfcc
 from pipeline.config import PipelineError
-from pipeline.contract import SHARD_SCHEMA, VOCAB_SCHEMA, read_manifest
+from common.contract import SHARD_SCHEMA, VOCAB_SCHEMA, read_manifest
 
-from test_clean import digests, hidden_entries, job_config, refuse
+from job_helpers import digests, hidden_entries, job_config, refuse
 from yfcc_factory import TOWNS, at, photo_hash, write_raw
 
 pytestmark = pytest.mark.spark

@@ -13,10 +13,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from pipeline.contract import read_manifest
+from common.contract import read_manifest
 from shard_fixture import make_shards
 from training.errors import SetupError
-from training.export import EmbeddingsManifest
+from common.embeddings import EmbeddingsManifest
 from training.run import train
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -73,7 +73,7 @@ def test_eval_config_composes():
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         sample = compose("train.yaml", overrides=["+experiment=mcc_sample"])
     assert sample.task_name == "mcc" and sample.model.backbone.name == "mobilenet_v3_small"
-    assert sample.data.crop == 64 and sample.model._target_ == "training.mcc.MCC"
+    assert sample.data.crop == 64 and sample.model._target_ == "training.models.mcc.MCC"
 
 
 @pytest.mark.parametrize("experiment", ["mcc", "mlc", "her"])
@@ -122,7 +122,7 @@ def test_train_export_evaluate_and_resume(tmp_path, shards):
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
     train_run = client.search_runs([client.get_experiment_by_name("train").experiment_id])[0]
     assert len(client.get_metric_history(train_run.info.run_id, "val/loss")) == 2
-    assert train_run.data.params["model._target_"] == "training.mcc.MCC"
+    assert train_run.data.params["model._target_"] == "training.models.mcc.MCC"
     assert train_run.data.tags["best_checkpoint"].endswith("best.ckpt")
     eval_run = client.get_run(train_run.data.tags["eval_run_id"])
     assert eval_run.data.metrics["tagging/A_at_10"] == pytest.approx(metrics["tagging/A@10"])

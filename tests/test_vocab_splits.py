@@ -4,12 +4,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from pyspark.sql import functions as F
 
 from pipeline import place_names, splits, vocab
 from pipeline.config import PipelineError
 
-from test_clean import digests, hidden_entries, job_config, refuse
+from job_helpers import digests, hidden_entries, job_config, refuse
 from yfcc_factory import TOWNS, at, write_raw
 
 pytestmark = pytest.mark.spark

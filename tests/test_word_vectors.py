@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.metrics import TagSets
+from common.metrics import TagSets
 from shard_fixture import make_shards, vocabulary
-from training.word_vectors import (build_word_vectors, cooccurrence_counts, cooccurrence_vectors, load_glove,
-                                   ppmi)
+from training.data.word_vectors import (build_word_vectors, cooccurrence_counts, cooccurrence_vectors,
+                                        load_glove, ppmi)
 
 
 def test_cooccurrence_counts_and_ppmi_match_brute_force():

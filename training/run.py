@@ -9,6 +9,7 @@ rank, except the side effects guarded for rank 0 (the MLflow runs, evaluation).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import sys
@@ -24,6 +25,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from common.files import atomic_write
 from training.errors import SetupError
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,7 @@ def _instantiate_group(group: Optional[DictConfig]) -> list[Any]:
 
 
 def _prepare_mlflow(cfg: DictConfig, loggers: list, model: pl.LightningModule) -> Optional[MLFlowLogger]:
-    """Create the training run on rank 0 (experiment made through pipeline.tracking, so its
+    """Create the training run on rank 0 (experiment made through common.tracking, so its
     artifacts sit with the other stages'), with the flattened config, config.yaml and the weights
     the backbone actually started from."""
     mlf = next((lg for lg in loggers if isinstance(lg, MLFlowLogger)), None)
@@ -44,9 +46,9 @@ def _prepare_mlflow(cfg: DictConfig, loggers: list, model: pl.LightningModule) -
         return mlf
     import mlflow
 
-    from pipeline.tracking import _check_uri, flatten, get_or_create_experiment
+    from common.tracking import check_uri, flatten, get_or_create_experiment
 
-    mlflow.set_tracking_uri(_check_uri(cfg.paths.mlflow_tracking_uri))
+    mlflow.set_tracking_uri(check_uri(cfg.paths.mlflow_tracking_uri))
     name = next(c.experiment_name for c in cfg.logger.values() if c._target_.endswith("MLFlowLogger"))
     get_or_create_experiment(name, cfg.paths.get("mlflow_artifact_root"))  # the logger finds it by name
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -139,12 +141,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
             mlf.experiment.set_tag(mlf.run_id, "embeddings_dir", embeddings_dir)
     if cfg.get("evaluate", True) and getattr(model, "evaluates_after_fit", False):
         # LocSens scores triplets itself: best checkpoint, or every sigma-stage snapshot.
-        from training.locsens_run import evaluate_after_fit
+        from training.evaluate.after_fit import evaluate_after_fit
 
         metrics.update(evaluate_after_fit(cfg, model, datamodule, callbacks, mlf.run_id if mlf else None,
                                           checkpoint=evaluated))
     if cfg.get("evaluate", True) and embeddings_dir:
-        from training.evaluate import embeddings_tags, evaluate_embeddings, log_evaluation
+        from training.evaluate.embeddings import embeddings_tags, evaluate_embeddings, log_evaluation
 
         results = evaluate_embeddings(embeddings_dir, shards_dir=datamodule.shards_dir, **cfg.evaluation)
         metrics.update(results)
@@ -168,14 +170,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def _write_metrics(run_dir: Path, metrics: dict[str, float]) -> None:
     """``metrics.json`` in the run dir, written last and atomically: a finished run's marker
     (``make demo`` skips stages that have one)."""
-    import json
-    import tempfile
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".metrics-", dir=run_dir)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({k: float(v) for k, v in metrics.items()}, fh, indent=2, sort_keys=True)
-    os.replace(tmp, run_dir / "metrics.json")
+    atomic_write(run_dir / "metrics.json", json.dumps({k: float(v) for k, v in metrics.items()}, indent=2,
+                                                      sort_keys=True))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train.yaml")

@@ -22,10 +22,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Optional
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
+from common.files import atomic_write
 
 from ..yfcc import LAYOUTS, image_relpath
 from .geography import load_geography
@@ -178,9 +179,7 @@ def generate(params: SynthParams, progress: Optional[IO[str]] = sys.stderr) -> d
     os.replace(out / ".world_photos.parquet.tmp", out / "world_photos.parquet")
     counts["seconds"] = round(time.perf_counter() - t0, 2)
     meta = describe(params.fingerprint(), counts)
-    tmp = out / ".world.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False))
-    os.replace(tmp, out / "world.json")
+    atomic_write(out / "world.json", json.dumps(meta, indent=2, ensure_ascii=False))
     return counts
 
 

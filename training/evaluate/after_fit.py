@@ -1,7 +1,7 @@
 """After LocSens is fitted: evaluate the model(s) the paper reports, one MLflow run each (rank 0).
 
 Location sampling is reported at every sigma stage (the snapshots ``sigma_1`` ... ``sigma_0`` the
-:class:`~training.location_schedule.LocationSchedule` callback saved); the other variants at
+:class:`~training.callbacks.sigma_snapshots.LocationSchedule` callback saved); the other variants at
 their best checkpoint by validation loss. Evaluation runs are named ``<task>`` or
 ``<task>_sigma_<s>`` so that MLflow's compare view lines them up with MCC and the baselines.
 """
@@ -17,25 +17,26 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from training.locsens import LocSens
-from training.locsens_eval import evaluate_locsens
-from training.location_schedule import LocationSchedule
+from training.models.locsens import LocSens
+from training.evaluate.locsens import evaluate_locsens
+from training.callbacks.sigma_snapshots import LocationSchedule
+from training.models.sigma import snapshot_name
 
 log = logging.getLogger(__name__)
 
 
 def models_to_evaluate(cfg: DictConfig, model: LocSens, callbacks: list,
-                       checkpoint: Optional[str] = None) -> dict[str, Optional[str]]:
-    """Run name -> checkpoint path (None: the weights in memory); ``checkpoint``: evaluate that one
-    (``train=false``)."""
+                       checkpoint: Optional[str] = None) -> dict[str, tuple[Optional[str], Optional[float]]]:
+    """Run name -> (checkpoint path or None for the weights in memory, the snapshot's sigma or None);
+    ``checkpoint``: evaluate that one (``train=false``)."""
     if checkpoint:
-        return {cfg.task_name: checkpoint}
+        return {cfg.task_name: (checkpoint, None)}
     schedule = next((c for c in callbacks if isinstance(c, LocationSchedule)), None)
     if model.location == "sampling" and cfg.evaluation.get("snapshots", True) and schedule and schedule.saved:
-        order = [f"sigma_{v:g}" for v, _ in model.sigma_schedule.stages]
-        return {f"{cfg.task_name}_{name}": schedule.saved[name] for name in order if name in schedule.saved}
+        named = [(snapshot_name(v), v) for v, _ in model.sigma_schedule.stages]
+        return {f"{cfg.task_name}_{name}": (schedule.saved[name], v) for name, v in named if name in schedule.saved}
     best = next((c.best_model_path for c in callbacks if isinstance(c, ModelCheckpoint)), "")
-    return {cfg.task_name: best or None}
+    return {cfg.task_name: (best or None, None)}
 
 
 def load_net(model: LocSens, checkpoint: Optional[str]) -> torch.nn.Module:
@@ -51,8 +52,8 @@ def evaluate_after_fit(cfg: DictConfig, model: LocSens, datamodule, callbacks: l
                        train_run_id: Optional[str] = None, checkpoint: Optional[str] = None) -> dict[str, float]:
     """Evaluate on ``cfg.evaluation.split``; returns metrics, prefixed by run name for snapshots.
     ``checkpoint``: evaluate that checkpoint only (``train=false``)."""
-    from training.data import place_mask
-    from training.evaluate import embeddings_tags, log_evaluation
+    from training.data.shards import place_mask
+    from training.evaluate.embeddings import embeddings_tags, log_evaluation
 
     ev = cfg.evaluation
     split = datamodule.split_arrays(ev.split)
@@ -63,7 +64,7 @@ def evaluate_after_fit(cfg: DictConfig, model: LocSens, datamodule, callbacks: l
     targets = models_to_evaluate(cfg, model, callbacks, checkpoint)
     export = embeddings_tags(datamodule.embeddings_dir, datamodule.manifest)   # one read for every snapshot
     out: dict[str, float] = {}
-    for i, (name, checkpoint) in enumerate(targets.items()):
+    for i, (name, (checkpoint, sigma)) in enumerate(targets.items()):
         checkpoint = str(Path(checkpoint).resolve()) if checkpoint else None   # runs name files unambiguously
         last = i == len(targets) - 1
         log.info("evaluating %s (%s)", name, checkpoint or "weights in memory")
@@ -75,7 +76,8 @@ def evaluate_after_fit(cfg: DictConfig, model: LocSens, datamodule, callbacks: l
         config: dict[str, Any] = {"evaluation": OmegaConf.to_container(ev, resolve=True), "model": "LocSens",
                                   "location": model.location,
                                   "negatives_mode": model.hparams.negatives_mode, "task_name": cfg.task_name,
-                                  "checkpoint": checkpoint, "embeddings_dir": str(datamodule.embeddings_dir)}
+                                  "checkpoint": checkpoint, "embeddings_dir": str(datamodule.embeddings_dir),
+                                  **({"sigma": sigma} if sigma is not None else {})}
         if cfg.get("logger") and any("MLFlowLogger" in str(c.get("_target_", "")) for c in cfg.logger.values()):
             log_evaluation(metrics, config, tracking_uri=cfg.paths.mlflow_tracking_uri,
                            artifact_root=cfg.paths.get("mlflow_artifact_root"), run_name=name,

@@ -10,20 +10,20 @@ the same weights score up to 10% apart and rank differently. Training uses a mar
 
 The first MLP layer is linear in the concatenation, so it splits into an image, a tag and a
 location part: :meth:`LocSensNet.first_layer_parts`. Evaluation computes each part once per image,
-tag or query location and only the rest of the MLP once per pair (``training.locsens_eval``).
+tag or query location and only the rest of the MLP once per pair (``training.evaluate.locsens``).
 
 Location variants (``location``) act on the 300-d location *representation* (after projection
 and normalisation), as the paper describes: ``raw`` true locations; ``zeroed`` the representation
 times 0; ``dropout`` progressive fusion (the representation scaled by a fusion weight alpha that
 rises 0 -> 1 over training, and zeroed with probability ``location_dropout`` per positive and its
 negatives); ``sampling`` Gaussian location sampling with the sigma schedule
-(:mod:`training.sigma_schedule`), one draw per triplet, the positive and each negative on its own,
+(:mod:`training.models.sigma`), one draw per triplet, the positive and each negative on its own,
 as the authors train. Validation always uses true locations (zeroed for the ``zeroed`` variant,
 whose model never sees one).
 
 Negative images come from ``pool_embedding`` / ``pool_tag_ids`` when the batch carries them (rows
 the loader samples from a shuffle buffer spanning several row groups,
-:class:`training.locsens_data.EmbeddingStream`), else from the batch itself. Each DDP rank draws
+:class:`training.data.embeddings.EmbeddingStream`), else from the batch itself. Each DDP rank draws
 its own positives' tags, negatives and location noise from a generator seeded by (seed, rank, epoch).
 """
 from __future__ import annotations
@@ -31,13 +31,13 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.negatives import draw_positive_tags, sample_negatives
-from training.sigma_schedule import StageSchedule, normalise_location, sample_locations
+from training.models.negatives import draw_positive_tags, sample_negatives
+from training.models.streamed import StreamedModule
+from training.models.sigma import PAPER_SIGMA_SCHEDULE, StageSchedule, normalise_location, sample_locations
 
 LOCATION_MODES = ("raw", "zeroed", "dropout", "sampling")
 PAPER_HIDDEN = (2048, 2048, 2048, 1024, 512)
@@ -130,10 +130,10 @@ def margin_ranking_loss(pos: torch.Tensor, neg: torch.Tensor, valid: Optional[to
     return (losses * valid).sum() / valid.sum().clamp(min=1.0)
 
 
-class LocSens(pl.LightningModule):
+class LocSens(StreamedModule):
     """LocSens trained on precomputed MCC embeddings (see the module doc)."""
 
-    #: training.run evaluates it with training.locsens_run instead of exporting embeddings.
+    #: training.run evaluates it with training.evaluate.after_fit instead of exporting embeddings.
     evaluates_after_fit = True
 
     def __init__(self, num_tags: int, optimizer: Callable[..., torch.optim.Optimizer],
@@ -143,8 +143,7 @@ class LocSens(pl.LightningModule):
                  negatives_mode: str = "tagging", negative_tries: int = 8, location: str = "raw",
                  location_dropout: float = 0.5,
                  fusion_schedule: Sequence[Sequence[float]] = ((0.0, 0.5), (1.0, 0.25), (1.0, 0.25)),
-                 sigma_schedule: Sequence[Sequence[float]] = ((1.0, 0.5), (0.1, 0.125), (0.05, 0.125),
-                                                              (0.01, 0.125), (0.0, 0.125)),
+                 sigma_schedule: Sequence[Sequence[float]] = PAPER_SIGMA_SCHEDULE,
                  sigma_interpolate: bool = False, seed: int = 0):
         super().__init__()
         if location not in LOCATION_MODES:
@@ -156,7 +155,7 @@ class LocSens(pl.LightningModule):
         self.location = location
         self.sigma_schedule = StageSchedule.from_config(sigma_schedule, sigma_interpolate)
         self.fusion_schedule = StageSchedule.from_config(fusion_schedule, interpolate=True)
-        # Current schedule values, set each step by training.location_schedule.LocationSchedule.
+        # Current schedule values, set each step by training.callbacks.sigma_snapshots.LocationSchedule.
         self.sigma = float(self.sigma_schedule.stages[0][0])
         self.fusion = 0.0 if location == "dropout" else 1.0
         self.register_buffer("tag_table", torch.zeros(num_tags, input_dim), persistent=False)
@@ -200,11 +199,7 @@ class LocSens(pl.LightningModule):
     # --- training ---------------------------------------------------------------------------------
 
     def on_train_epoch_start(self) -> None:
-        # Lightning sets epochs on samplers, not on iterable datasets: the stream plans by epoch.
-        loader = self.trainer.train_dataloader
-        dataset = getattr(loader, "dataset", None)
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(self.current_epoch)
+        super().on_train_epoch_start()
         self._train_generator = draw_generator(self.hparams.seed, self.global_rank, self.current_epoch)
 
     def triplet_loss(self, batch: dict[str, torch.Tensor], train: bool,
@@ -249,11 +244,3 @@ class LocSens(pl.LightningModule):
         loss = self.triplet_loss(batch, train=False, generator=gen)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["embedding"].shape[0])
         return loss
-
-    def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer,
-                                           total_steps=int(self.trainer.estimated_stepping_batches))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -11,11 +11,11 @@ import abc
 
 from typing import Any, Callable, Mapping, Optional
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from training.backbone import build_backbone
+from training.models.backbone import build_backbone
+from training.models.streamed import StreamedModule
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,7 +40,7 @@ def score(image_emb: torch.Tensor, tag_emb: torch.Tensor, kind: str) -> torch.Te
     raise ValueError(f"unknown score {kind!r}")
 
 
-class TagModel(pl.LightningModule, abc.ABC):
+class TagModel(StreamedModule, abc.ABC):
     score: str = "cosine"
 
     def __init__(self, num_tags: int, backbone: Mapping[str, Any],
@@ -82,14 +82,6 @@ class TagModel(pl.LightningModule, abc.ABC):
     def tag_embeddings(self) -> torch.Tensor:
         """(V, d) exported tag embeddings, comparable with :meth:`embed` under :attr:`score`."""
 
-    def on_train_epoch_start(self) -> None:
-        # The streaming loaders reshuffle with seed + epoch (persistent workers see it too).
-        loader = self.trainer.train_dataloader
-        for dl in (loader if isinstance(loader, (list, tuple)) else [loader]):
-            dataset = getattr(dl, "dataset", None)
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(self.current_epoch)
-
     # --- loops ----------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         loss, _ = self.compute_loss(batch)
@@ -110,11 +102,3 @@ class TagModel(pl.LightningModule, abc.ABC):
         return {"photo_id": batch["photo_id"], "embedding": self.embed(batch["image"]).float(),
                 "latitude": batch["latitude"], "longitude": batch["longitude"],
                 "tag_values": batch["tag_values"], "tag_offsets": batch["tag_offsets"]}
-
-    def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer,
-                                           total_steps=self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

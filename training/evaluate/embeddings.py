@@ -2,7 +2,7 @@
 
 Ranking is chunked matrix products on the available device keeping only the top k (500k test
 images x 100k tags never exists as one matrix); the metrics themselves are
-:mod:`pipeline.metrics`, shared with the frequency baselines. Every score compares image and
+:mod:`common.metrics`, shared with the frequency baselines. Every score compares image and
 tag embeddings the way the model was trained to (the manifest's ``score``).
 
     python -m training.evaluate embeddings_dir=outputs/mcc/embeddings
@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import metrics as M
-from training.export import (EmbeddingsManifest, arrow_to_embeddings, read_image_embeddings,
-                             read_tag_embeddings)
+from common import metrics as M
+from training.evaluate.topk import top_k
+from common.embeddings import (EmbeddingsManifest, arrow_to_embeddings, read_image_embeddings,
+                               read_tag_embeddings)
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +30,6 @@ log = logging.getLogger(__name__)
 def _prepare(x: np.ndarray | torch.Tensor, kind: str, device: torch.device) -> torch.Tensor:
     t = torch.from_numpy(np.array(x, dtype=np.float32)).to(device)  # a writable copy
     return F.normalize(t, dim=1) if kind == "cosine" else t
-
-
-def top_k(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk: int = 4096,
-          exclude: Optional[torch.Tensor] = None) -> np.ndarray:
-    """For each query row, the indices of the k keys with the highest dot product (best first),
-    computed ``chunk`` queries at a time; ``exclude`` (bool over keys) removes keys from ranking."""
-    k = min(k, keys.shape[0] - (int(exclude.sum()) if exclude is not None else 0))
-    out = np.empty((queries.shape[0], max(k, 0)), dtype=np.int64)
-    for s in range(0, queries.shape[0], chunk):
-        scores = queries[s:s + chunk] @ keys.T
-        if exclude is not None:
-            scores[:, exclude] = float("-inf")
-        out[s:s + chunk] = scores.topk(k, dim=1).indices.cpu().numpy()
-    return out
 
 
 def default_device() -> torch.device:
@@ -57,8 +44,8 @@ def evaluate_embeddings(embeddings_dir: str | Path, *, shards_dir: Optional[str 
                         max_queries: Optional[int] = None, device: Optional[str] = None) -> dict[str, float]:
     """All the metrics (docs/evaluation.md) of one model's exported embeddings on ``split``, under stable names.
     ``max_queries``: the same seeded subsample of location-sensitive queries as every other model
-    (:func:`pipeline.metrics.location_queries`)."""
-    from training.data import place_mask
+    (:func:`common.metrics.location_queries`)."""
+    from training.data.shards import place_mask
 
     manifest = EmbeddingsManifest.read(embeddings_dir)
     shards_dir = shards_dir or manifest.extra.get("shards_dir")
@@ -116,7 +103,7 @@ def log_evaluation(metrics: Mapping[str, float], config: Mapping[str, Any], *, t
     """One MLflow run holding an evaluation's config and metrics (call on rank 0); its run id."""
     import mlflow
 
-    from pipeline.tracking import stage_run
+    from common.tracking import stage_run
 
     with stage_run(experiment, run_name, config, tracking_uri=tracking_uri, artifact_root=artifact_root,
                    tags=tags) as run:
@@ -135,7 +122,7 @@ def format_table(rows: Mapping[str, Mapping[str, float]], names: Sequence[str]) 
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval.yaml")
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="eval.yaml")
 def main(cfg: DictConfig) -> dict[str, float]:
     metrics = evaluate_embeddings(cfg.embeddings_dir, shards_dir=cfg.get("shards_dir"), **cfg.evaluation)
     for k, v in metrics.items():
@@ -147,6 +134,3 @@ def main(cfg: DictConfig) -> dict[str, float]:
                        run_name=cfg.task_name, tags=embeddings_tags(cfg.embeddings_dir))
     return metrics
 
-
-if __name__ == "__main__":
-    main()

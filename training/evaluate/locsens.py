@@ -8,7 +8,7 @@ What can be shared is shared: the first MLP layer splits by modality, so the ima
 and location per image, every projection recomputed) is :func:`tag_images_naive`, kept as the
 benchmark's baseline and as the reference in tests.
 
-The metrics are :mod:`pipeline.metrics`, shared with MCC and the frequency baselines, under the
+The metrics are :mod:`common.metrics`, shared with MCC and the frequency baselines, under the
 same names.
 """
 from __future__ import annotations
@@ -18,30 +18,22 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from pipeline import metrics as M
-from training.locsens import LocSensNet
-from training.sigma_schedule import normalise_location
+from common import metrics as M
+from training.evaluate.topk import chunked_top_k
+from training.models.locsens import LocSensNet
+from training.models.sigma import normalise_location
+
+
+def _rank(net: LocSensNet, query_part: torch.Tensor, key_part: torch.Tensor, k: int, pairs: int,
+          excludes: Sequence[Optional[torch.Tensor]] = (None,)) -> list[np.ndarray]:
+    """Top-k keys per query, scoring head(query_part[q] + key_part[j]) for every pair once
+    (``pairs`` at a time), ranked once per entry of ``excludes``."""
+    return chunked_top_k(lambda rows: net.head(query_part[rows, None, :] + key_part[None, :, :]),
+                         query_part.shape[0], key_part.shape[0], k, pairs // max(key_part.shape[0], 1), excludes)
 
 
 def _as(x, device) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x), dtype=torch.float32, device=device)
-
-
-@torch.no_grad()
-def _rank(net: LocSensNet, query_part: torch.Tensor, key_part: torch.Tensor, k: int, pairs: int,
-          excludes: Sequence[Optional[torch.Tensor]] = (None,)) -> list[np.ndarray]:
-    """Top-k keys per query, scoring head(query_part[q] + key_part[j]) for every pair once, then
-    ranking the same scores once per entry of ``excludes`` (bool over keys removed from ranking)."""
-    nq, nk = query_part.shape[0], key_part.shape[0]
-    ks = [min(k, nk - (int(e.sum()) if e is not None else 0)) for e in excludes]
-    out = [np.empty((nq, kk), dtype=np.int64) for kk in ks]
-    step = max(1, pairs // max(nk, 1))
-    for s in range(0, nq, step):
-        scores = net.head(query_part[s:s + step, None, :] + key_part[None, :, :])
-        for o, kk, exclude in zip(out, ks, excludes):
-            masked = scores if exclude is None else scores.masked_fill(exclude, float("-inf"))
-            o[s:s + step] = masked.topk(kk, dim=1).indices.cpu().numpy()
-    return out
 
 
 @torch.no_grad()
@@ -90,8 +82,8 @@ def evaluate_locsens(net: LocSensNet, split: dict, tag_table: np.ndarray | torch
                      device: Optional[str] = None, tagging: bool = True) -> dict[str, float]:
     """Tagging (with and without place names) and location-sensitive retrieval on one split.
 
-    ``split`` is :meth:`training.locsens_data.LocSensDataModule.split_arrays`. ``max_queries``
-    subsamples the retrieval queries (seeded, :func:`pipeline.metrics.location_queries`: the same
+    ``split`` is :meth:`training.data.embeddings.LocSensDataModule.split_arrays`. ``max_queries``
+    subsamples the retrieval queries (seeded, :func:`common.metrics.location_queries`: the same
     subsample for every model on the same split) when scoring every query against every image is
     too slow for the machine; the number used is reported as ``retrieval/queries_locations``.
     ``zero_location``: the zeroed-locations variant (its location representation times 0).

@@ -13,9 +13,7 @@ from typing import Optional
 
 import pytorch_lightning as pl
 
-
-def snapshot_name(sigma: float) -> str:
-    return f"sigma_{sigma:g}"
+from training.models.sigma import snapshot_name
 
 
 class LocationSchedule(pl.Callback):

@@ -9,18 +9,18 @@ on any shard directory. The result is cached next to the run, keyed by its input
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from pipeline.contract import read_manifest
-from pipeline.metrics import TagSets
+from common.contract import read_manifest
+from common.files import atomic_write
+from common.metrics import TagSets
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def build_word_vectors(shards_dir: str, dim: int = 300, glove_path: Optional[str
                        smoothing: float = 0.75, seed: int = 0,
                        cache_dir: Optional[str] = None) -> torch.Tensor:
     """The (V, dim) word-vector matrix for a shard directory's vocabulary (used from config)."""
-    from training.data import read_split_columns, read_vocab
+    from training.data.shards import read_split_columns, read_vocab
 
     manifest = read_manifest(shards_dir)
     key = json.dumps({"shards": str(Path(shards_dir).resolve()), "manifest": manifest.to_json(),
@@ -126,9 +126,7 @@ def build_word_vectors(shards_dir: str, dim: int = 300, glove_path: Optional[str
         train = read_split_columns(shards_dir, "train", ["tag_ids"], manifest).column("tag_ids")
         vec = cooccurrence_vectors(TagSets.from_arrow(train), manifest.vocab_size, dim, smoothing, seed)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".wv-", suffix=".npy", dir=cache.parent)
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, vec)
-        os.replace(tmp, cache)  # ranks racing here write the same bytes
+        buf = io.BytesIO()
+        np.save(buf, vec)
+        atomic_write(cache, buf.getvalue())  # ranks racing here write the same bytes
     return torch.from_numpy(vec)

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-from training.sigma_schedule import StageSchedule
+from training.models.sigma import StageSchedule
 
 
 def _cosine(progress: float, peak: float, floor: float) -> float:

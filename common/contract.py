@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
+
+from common.files import atomic_write
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
@@ -108,14 +109,7 @@ class Manifest:
 
 def write_manifest(directory: str | os.PathLike, manifest: Manifest) -> Path:
     """Write ``manifest.json`` atomically (temp file + rename): readers never see half of it."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / MANIFEST_NAME
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", dir=directory)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(manifest.to_json())
-    os.replace(tmp, target)
-    return target
+    return atomic_write(Path(directory) / MANIFEST_NAME, manifest.to_json())
 
 
 def read_manifest(directory: str | os.PathLike) -> Manifest:

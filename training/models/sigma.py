@@ -18,6 +18,17 @@ from typing import Sequence
 
 import torch
 
+#: The paper's schedule: (sigma, share of training) stages from 1 down to 0, half of training at 1
+#: (conf/model/locsens.yaml sets it for runs; this is the model's default).
+PAPER_SIGMA_SCHEDULE: tuple[tuple[float, float], ...] = ((1.0, 0.5), (0.1, 0.125), (0.05, 0.125), (0.01, 0.125),
+                                                         (0.0, 0.125))
+
+
+def snapshot_name(sigma: float) -> str:
+    """The name of the model saved at the end of a sigma stage: its checkpoint file's stem, and the
+    suffix of its evaluation run (``<task>_sigma_0.1``). The only place sigma becomes a name."""
+    return f"sigma_{sigma:g}"
+
 
 @dataclass(frozen=True)
 class StageSchedule:

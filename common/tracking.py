@@ -31,7 +31,7 @@ def flatten(d: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str,
     return out
 
 
-def _check_uri(tracking_uri: str) -> str:
+def check_uri(tracking_uri: str) -> str:
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri[len("sqlite:///"):])
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +83,7 @@ def stage_run(experiment: str, run_name: str, config: Mapping[str, Any], *, trac
 
     # MLflow's own progress and migration chatter is noise in job logs.
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    mlflow.set_tracking_uri(_check_uri(tracking_uri))
+    mlflow.set_tracking_uri(check_uri(tracking_uri))
     experiment_id = get_or_create_experiment(experiment, artifact_root)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags or {})) as run:
         log_params(config)

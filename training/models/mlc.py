@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.module import TagModel, multi_hot
+from training.models.base import TagModel, multi_hot
 
 
 class MLC(TagModel):

@@ -1,11 +1,11 @@
 """LocSens's data: MCC's exported image embeddings with their locations and tags, streamed.
 
 The loader streams rows: (file, row group) work units of the embeddings export, planned per epoch
-exactly like the image shards (:func:`training.data.plan_epoch`: same seed + epoch order on every
+exactly like the image shards (:func:`training.data.plan.plan_epoch`: same seed + epoch order on every
 rank, split by rank and worker, the same number of batches per rank). Rows are shuffled within a
 window of about ``shuffle_rows`` rows, several row groups of a reshuffled unit order, so that an
 image meets new batch-mates every epoch; each training batch also carries a *negative pool*:
-``negative_pool`` rows drawn from the whole window, from which :mod:`training.negatives` takes
+``negative_pool`` rows drawn from the whole window, from which :mod:`training.models.negatives` takes
 replacement images. Over 30 epochs an image then meets tens of thousands of candidate negatives
 instead of the same two thousand neighbours (``bench/locsens_negatives.py``).
 
@@ -14,10 +14,9 @@ instead of the same two thousand neighbours (``bench/locsens_negatives.py``).
 """
 from __future__ import annotations
 
-import functools
 import warnings
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -26,10 +25,11 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.metrics import TagSets
-from training.data import PlannedStream, deal_window
+from common.metrics import TagSets
+from training.data.plan import PlannedStream
 from training.errors import SetupError
-from training.export import EmbeddingsManifest, arrow_to_embeddings, read_image_embeddings, read_tag_embeddings
+from common.embeddings import (EmbeddingsManifest, arrow_to_embeddings, read_image_embeddings,
+                               read_tag_embeddings)
 
 COLUMNS = ["photo_id", "embedding", "latitude", "longitude", "tag_ids"]
 
@@ -81,21 +81,22 @@ class EmbeddingStream(PlannedStream):
                          world_size=world_size, rank=rank)
         self.max_tags = max_tags
         self.window = max(1, -(-int(shuffle_rows) // batch_size))   # batches shuffled together
-        self.negative_pool = int(negative_pool)
+        self.pool = int(negative_pool)
+        self.varies_by_epoch = shuffle
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        epoch = self.epoch.get() if self.shuffle else 0
-        plan, seed = self.worker_draws(epoch)
-        rng = np.random.default_rng(seed)
-        convert = functools.partial(to_tensors, max_tags=self.max_tags)
-        for window, units in self.windows(plan, self.window, convert):
-            rows = WindowRows(window, units)
-            for take, pool in deal_window([b.size for b in window], rng, self.shuffle, self.negative_pool):
-                batch = rows.gather(take)
-                if pool is not None:
-                    negatives = rows.gather(pool, ("embedding", "tag_ids"))
-                    batch["pool_embedding"], batch["pool_tag_ids"] = negatives["embedding"], negatives["tag_ids"]
-                yield batch
+    def convert(self, table: pa.Table) -> dict[str, torch.Tensor]:
+        return to_tensors(table, self.max_tags)
+
+    def window_rows(self, batches, units: dict[int, dict[str, torch.Tensor]]) -> "WindowRows":
+        return WindowRows(batches, units)
+
+    def make_batch(self, rows: "WindowRows", take: np.ndarray, pool: Optional[np.ndarray], epoch: int,
+                   state: None) -> dict[str, torch.Tensor]:
+        batch = rows.gather(take)
+        if pool is not None:
+            negatives = rows.gather(pool, ("embedding", "tag_ids"))
+            batch["pool_embedding"], batch["pool_tag_ids"] = negatives["embedding"], negatives["tag_ids"]
+        return batch
 
 
 class WindowRows:

@@ -17,7 +17,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from pipeline.metrics import GRANULARITIES_KM, mlflow_metric_name
+from common.metrics import GRANULARITIES_KM, mlflow_metric_name
 
 Results = dict[str, dict[str, float]]          # model -> metric name -> value
 
@@ -41,27 +41,46 @@ PAPER_LOCATION = {
     "her": (37.36, 25.03, 20.27, 15.51, 11.23, 3.65), "mlc": (5.28, 2.54, 1.65, 1.00, 0.62, 0.17),
     "locsens_zeroed": (40.05, 28.32, 24.34, 18.44, 12.79, 3.74), "locsens_raw": (32.74, 28.42, 25.52, 21.83, 15.53, 4.83),
     "locsens_dropout": (36.95, 30.42, 26.14, 20.46, 14.28, 4.64),
-    "locsens_sigma_1": (40.60, 28.40, 23.84, 18.16, 13.04, 4.13), "locsens_sigma_0.1": (40.03, 29.30, 24.36, 18.83, 13.46, 4.22),
-    "locsens_sigma_0.05": (39.80, 31.25, 25.76, 19.58, 13.78, 4.30),
-    "locsens_sigma_0.01": (37.05, 31.27, 26.65, 20.14, 14.15, 4.44), "locsens_sigma_0": (35.95, 30.61, 27.00, 21.39, 14.75, 4.83),
+}
+#: The paper's location-sampling model at each sigma it reports, same columns.
+PAPER_SIGMA = {
+    1.0: (40.60, 28.40, 23.84, 18.16, 13.04, 4.13), 0.1: (40.03, 29.30, 24.36, 18.83, 13.46, 4.22),
+    0.05: (39.80, 31.25, 25.76, 19.58, 13.78, 4.30), 0.01: (37.05, 31.27, 26.65, 20.14, 14.15, 4.44),
+    0.0: (35.95, 30.61, 27.00, 21.39, 14.75, 4.83),
 }
 LABELS = {
     "global_frequency": "Global frequency", "country_frequency": "Country frequency", "town_frequency": "Town frequency",
     "mlc": "MLC", "mcc": "MCC", "her": "HER", "upper_bound": "Upper bound", "locsens_zeroed": "LocSens - zeroed locations",
     "locsens_raw": "LocSens - raw locations", "locsens_dropout": "LocSens - dropout",
-    **{f"locsens_sigma_{s}": f"LocSens - location sampling, sigma={s}" for s in ("1", "0.1", "0.05", "0.01", "0")},
 }
+#: Rows in table order; the location-sampling snapshots follow, one row per sigma the runs
+#: recorded (their evaluation runs' ``sigma`` parameter), from the largest sigma down.
 ORDER = ["global_frequency", "country_frequency", "town_frequency", "upper_bound", "mlc", "mcc", "her",
-         "locsens_zeroed", "locsens_raw", "locsens_dropout",
-         *[f"locsens_sigma_{s}" for s in ("1", "0.1", "0.05", "0.01", "0")]]
+         "locsens_zeroed", "locsens_raw", "locsens_dropout"]
 DISTANCE_COLUMNS = ["agnostic", "2500km", "750km", "200km", "25km", "1km"]
-SIGMAS = ("1", "0.1", "0.05", "0.01", "0")
 #: The paper trains separate models for its two tasks: tagging models (negatives replace the image or
 #: the tag) in the tagging tables, retrieval models (negatives replace only the image) in the
 #: retrieval table. Row -> the run that fills it in the retrieval table, when that run exists.
 RETRIEVAL_SOURCE = {"locsens_raw": "locsens_raw_retrieval", "locsens_zeroed": "locsens_zeroed_retrieval"}
-#: Rows that are retrieval models only (the paper reports them in the retrieval table alone).
-RETRIEVAL_ONLY = frozenset({"locsens_dropout", *(f"locsens_sigma_{s}" for s in SIGMAS)})
+#: Rows that are retrieval models only (the paper reports them in the retrieval table alone), with
+#: every sigma snapshot.
+RETRIEVAL_ONLY = frozenset({"locsens_dropout"})
+
+
+def sigma_rows(results: Results) -> list[str]:
+    """The sigma snapshots' rows, largest sigma first: the runs say which sigmas there are."""
+    return sorted((n for n, m in results.items() if "sigma" in m), key=lambda n: -results[n]["sigma"])
+
+
+def rows(results: Results) -> list[str]:
+    """Every row the results can fill, in table order."""
+    return [n for n in ORDER if n in results] + sigma_rows(results)
+
+
+def label(results: Results, name: str) -> str:
+    if "sigma" in results[name]:
+        return f"LocSens - location sampling, sigma={results[name]['sigma']:g}"
+    return LABELS[name]
 
 
 def collect_results(tracking_uri: str) -> Results:
@@ -88,7 +107,7 @@ def collect_results(tracking_uri: str) -> Results:
         stale: dict[str, int] = {}
         for run in runs:
             name = run.data.tags.get("mlflow.runName", "")
-            if name not in names:
+            if name not in names and "sigma" not in run.data.params:
                 continue
             if current.matches(run):
                 groups.setdefault(name, []).append(run)
@@ -102,6 +121,8 @@ def collect_results(tracking_uri: str) -> Results:
             key = settings.of(group[0])
             repeats = [r for r in group if settings.of(r) == key]
             out[name] = summarise([{wanted[k]: v for k, v in r.data.metrics.items() if k in wanted} for r in repeats])
+            if "sigma" in group[0].data.params:
+                out[name]["sigma"] = float(group[0].data.params["sigma"])
             if name == "mcc":    # the upper bound is measured with MCC's evaluation
                 latest = group[0].data.metrics
                 out["upper_bound"] = {f"retrieval/P@10_{g}": v for k, v in latest.items()
@@ -144,7 +165,7 @@ class _CurrentExports:
         if not directory:
             return True
         if directory not in self._exports:
-            from training.export import MANIFEST_NAME, EmbeddingsManifest
+            from common.embeddings import MANIFEST_NAME, EmbeddingsManifest
 
             try:
                 self._exports[directory] = (EmbeddingsManifest.read(directory).export_id,
@@ -240,8 +261,8 @@ def _cell(ours: Optional[float], paper: Optional[float], sd: Optional[float] = N
 def _row(results: Results, name: str, columns: Sequence[str], paper: Sequence[Optional[float]]) -> list[str]:
     """A table row: the model's label (with its number of runs when repeated), then its cells."""
     m = results[name]
-    label = LABELS[name] + (f" ({int(m['repeats'])} runs)" if m.get("repeats", 1) > 1 else "")
-    return [label] + [_cell(m.get(c), p, m.get(f"{c}_sd")) for c, p in zip(columns, paper)]
+    text = label(results, name) + (f" ({int(m['repeats'])} runs)" if m.get("repeats", 1) > 1 else "")
+    return [text] + [_cell(m.get(c), p, m.get(f"{c}_sd")) for c, p in zip(columns, paper)]
 
 
 def _table(header: Sequence[str], rows: list[list[str]]) -> str:
@@ -254,8 +275,8 @@ def tagging_table(results: Results) -> str:
     """A@1 / A@10 / A@50 / %pred / %cpred, ours (paper)."""
     cols = ["tagging/A@1", "tagging/A@10", "tagging/A@50", "tagging/pct_pred", "tagging/pct_cpred"]
     rows = []
-    for name in _tagging_rows():
-        if name in results and any(c in results[name] for c in cols):
+    for name in _tagging_rows(results):
+        if any(c in results[name] for c in cols):
             rows.append(_row(results, name, cols, PAPER_TAGGING.get(name, (None,) * 5)))
     return _table(["Method", "A@1", "A@10", "A@50", "%pred", "%cpred"], rows)
 
@@ -263,12 +284,12 @@ def tagging_table(results: Results) -> str:
 def noplaces_table(results: Results) -> str:
     cols = ["tagging/A@1_noplaces", "tagging/A@10_noplaces", "tagging/A@50_noplaces"]
     rows = [_row(results, n, cols, PAPER_NOPLACES.get(n, (None,) * 3))
-            for n in _tagging_rows() if n in results and any(c in results[n] for c in cols)]
+            for n in _tagging_rows(results) if any(c in results[n] for c in cols)]
     return _table(["Method", "A@1", "A@10", "A@50"], rows)
 
 
-def _tagging_rows() -> list[str]:
-    return [n for n in ORDER if n not in RETRIEVAL_ONLY]
+def _tagging_rows(results: Results) -> list[str]:
+    return [n for n in rows(results) if n not in RETRIEVAL_ONLY and "sigma" not in results[n]]
 
 
 def retrieval_results(results: Results) -> Results:
@@ -286,14 +307,15 @@ def location_table(results: Results, suffix: str = "") -> str:
     """Location-sensitive P@10 per granularity: agnostic, continent ... street. ``suffix``
     ``"_noplaces"``: over the queries whose tag is not a place name (the paper has no such table)."""
     results = retrieval_results(results)
-    rows = []
-    for n in ORDER:
-        cols = [f"retrieval/P@10_{g}{suffix}" for g in DISTANCE_COLUMNS]
-        if n in results and any(c in results[n] for c in cols):
-            rows.append(_row(results, n, cols, PAPER_LOCATION.get(n, (None,) * 6) if not suffix else (None,) * 6))
+    cols = [f"retrieval/P@10_{g}{suffix}" for g in DISTANCE_COLUMNS]
+    table = []
+    for n in rows(results):
+        paper = PAPER_SIGMA.get(results[n]["sigma"]) if "sigma" in results[n] else PAPER_LOCATION.get(n)
+        if any(c in results[n] for c in cols):
+            table.append(_row(results, n, cols, paper if paper and not suffix else (None,) * 6))
     header = ["Method", "Location agnostic", "Continent (2500 km)", "Country (750 km)", "Region (200 km)",
               "City (25 km)", "Street (1 km)"]
-    return _table(header, rows)
+    return _table(header, table)
 
 
 def queries_note(results: Results, suffix: str = "") -> str:
@@ -301,7 +323,7 @@ def queries_note(results: Results, suffix: str = "") -> str:
     naming the rows when they were not all scored on the same number (not comparable)."""
     results = retrieval_results(results)
     key = f"retrieval/queries_locations{suffix}"
-    counts = {n: int(results[n][key]) for n in ORDER if n in results and key in results[n]}
+    counts = {n: int(results[n][key]) for n in rows(results) if key in results[n]}
     if not counts:
         return ""
     if len(set(counts.values())) == 1:
@@ -309,5 +331,5 @@ def queries_note(results: Results, suffix: str = "") -> str:
         which = ("one per test image whose tag has enough test images" if not suffix
                  else "those whose tag is not a place name")
         return f"Every row is scored on the same {n:,} location-sensitive queries ({which})."
-    detail = ", ".join(f"{LABELS[n]} {c:,}" for n, c in counts.items())
+    detail = ", ".join(f"{label(results, n)} {c:,}" for n, c in counts.items())
     return f"**Not comparable:** the rows were scored on different numbers of queries: {detail}."

@@ -1,7 +1,7 @@
 """HER, hashtag embedding regression (docs/method.md): backbone -> 300, cosine loss to the mean word
 vector of the image's tags.
 
-Word vectors come from :func:`training.word_vectors.build_word_vectors` (GloVe when configured,
+Word vectors come from :func:`training.data.word_vectors.build_word_vectors` (GloVe when configured,
 else PPMI + SVD of tag co-occurrence in the training split). They are a buffer of the model, saved
 in its checkpoints; tags and images are ranked by cosine to them.
 """
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.module import TagModel
+from training.models.base import TagModel
 
 
 class HER(TagModel):

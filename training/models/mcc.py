@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from training.module import TagModel
+from training.models.base import TagModel
 
 
 class MCC(TagModel):

@@ -13,15 +13,15 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from training.report_tables import (DISTANCE_COLUMNS, LABELS, ORDER, SIGMAS, Results, agnostic_retrieval_table,
-                                    collect_results, location_table, noplaces_table, queries_note,
-                                    retrieval_results, tagging_table)
+from training.report.tables import (DISTANCE_COLUMNS, Results, label, rows, sigma_rows,
+                                    agnostic_retrieval_table, collect_results, location_table,
+                                    noplaces_table, queries_note, retrieval_results, tagging_table)
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +79,13 @@ def _plt():
 def plot_granularities(results: Results, path: Path) -> Optional[Path]:
     plt = _plt()
     results = retrieval_results(results)
-    models = [n for n in ORDER if n in results and all(f"retrieval/P@10_{g}" in results[n] for g in DISTANCE_COLUMNS)]
+    models = [n for n in rows(results) if all(f"retrieval/P@10_{g}" in results[n] for g in DISTANCE_COLUMNS)]
     if not models:
         return None
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for n in models:
         ax.plot(range(len(DISTANCE_COLUMNS)), [results[n][f"retrieval/P@10_{g}"] for g in DISTANCE_COLUMNS],
-                marker="o", label=LABELS[n], linestyle="--" if n == "upper_bound" else "-")
+                marker="o", label=label(results, n), linestyle="--" if n == "upper_bound" else "-")
     ax.set_xticks(range(len(DISTANCE_COLUMNS)), ["agnostic", "2500 km", "750 km", "200 km", "25 km", "1 km"])
     ax.set_ylabel("P@10 (%)")
     ax.set_title("Location-sensitive retrieval: P@10 per granularity")
@@ -98,21 +98,21 @@ def plot_granularities(results: Results, path: Path) -> Optional[Path]:
 
 def plot_sigma(results: Results, path: Path) -> Optional[Path]:
     plt = _plt()
-    present = [s for s in SIGMAS if f"locsens_sigma_{s}" in results]
+    present = sigma_rows(results)
     if len(present) < 2:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     x = np.arange(len(present))
-    rows = [results[f"locsens_sigma_{s}"] for s in present]
+    stats = [results[n] for n in present]
     for g in DISTANCE_COLUMNS:
         key = f"retrieval/P@10_{g}"
-        sd = [r.get(f"{key}_sd", 0.0) for r in rows]   # error bars: spread over repeats
-        ax.errorbar(x, [r.get(key, np.nan) for r in rows], yerr=sd if any(sd) else None, marker="o",
+        sd = [r.get(f"{key}_sd", 0.0) for r in stats]   # error bars: spread over repeats
+        ax.errorbar(x, [r.get(key, np.nan) for r in stats], yerr=sd if any(sd) else None, marker="o",
                     capsize=3, label=g)
-    runs = int(rows[0].get("repeats", 1))
+    runs = int(stats[0].get("repeats", 1))
     if runs > 1:
         ax.set_xlabel(f"mean and standard deviation over {runs} runs")
-    ax.set_xticks(x, [f"sigma={s}" for s in present])
+    ax.set_xticks(x, [f"sigma={r['sigma']:g}" for r in stats])
     ax.set_ylabel("P@10 (%)")
     ax.set_title("LocSens with location sampling: P@10 against sigma")
     ax.legend(fontsize=8)
@@ -129,8 +129,8 @@ class FigureData:
     def __init__(self, embeddings_dir: Path, shards_dir: Path):
         import torch
 
-        from training.data import read_vocab
-        from training.locsens_data import LocSensDataModule
+        from training.data.shards import read_vocab
+        from training.data.embeddings import LocSensDataModule
 
         dm = LocSensDataModule(str(embeddings_dir))
         self.shards_dir = shards_dir
@@ -143,7 +143,7 @@ class FigureData:
 
     def prefetch(self, rows) -> None:
         """Read the JPEGs of these test rows in one filtered pass over the split."""
-        from training.data import read_split_images
+        from training.data.shards import read_split_images
 
         ids = [int(self.test["photo_id"][r]) for r in np.asarray(rows).ravel()]
         missing = [i for i in ids if i not in self.jpeg]
@@ -161,7 +161,7 @@ class Figures:
     """The qualitative figures of one LocSens checkpoint over the shared :class:`FigureData`."""
 
     def __init__(self, checkpoint: Path, data: FigureData):
-        from training.locsens import LocSens
+        from training.models.locsens import LocSens
 
         self.model = LocSens.load_from_checkpoint(str(checkpoint), map_location="cpu", optimizer=None,
                                                   weights_only=True).eval()
@@ -171,8 +171,8 @@ class Figures:
     def retrieval_grid(self, tags: list[str], locations: dict[str, list[float]], top: int, path: Path) -> Optional[Path]:
         import torch
 
-        from training.locsens_eval import retrieve_images
-        from training.sigma_schedule import normalise_location
+        from training.evaluate.locsens import retrieve_images
+        from training.models.sigma import normalise_location
 
         d = self.data
         tags = [t for t in tags if t in d.tags]
@@ -206,8 +206,8 @@ class Figures:
     def faked_locations(self, rows: list[int], locations: dict[str, list[float]], path: Path) -> Optional[Path]:
         import torch
 
-        from training.locsens_eval import tag_images
-        from training.sigma_schedule import normalise_location
+        from training.evaluate.locsens import tag_images
+        from training.models.sigma import normalise_location
 
         d = self.data
         d.prefetch(rows)
@@ -310,17 +310,14 @@ def _example_rows(data: FigureData, tags: list[str]) -> list[int]:
 def _log_report(cfg: DictConfig, out: Path) -> None:
     import mlflow
 
-    from pipeline.tracking import stage_run
+    from common.tracking import stage_run
 
     with stage_run("report", cfg.report.run_name, OmegaConf.to_container(cfg, resolve=True),
                    tracking_uri=cfg.paths.mlflow_tracking_uri, artifact_root=cfg.paths.get("mlflow_artifact_root")):
         mlflow.log_artifacts(str(out))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="report.yaml")
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="report.yaml")
 def main(cfg: DictConfig) -> None:
     print(build_report(cfg).read_text())
 
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,169 @@
+"""Streaming the Parquet shards (:mod:`common.contract`) into training batches, and reading whole
+splits of them for evaluation.
+
+Batches are built inside the dataset (``DataLoader(batch_size=None)``) by
+:class:`~training.data.plan.PlannedStream` and :func:`training.data.images.to_batch`.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from common.contract import Manifest, read_manifest
+from common.metrics import TagSets
+from training.data.images import to_batch
+from training.data.plan import PlannedStream
+
+log = logging.getLogger(__name__)
+
+#: Columns a training/prediction batch needs (the shards hold more).
+BATCH_COLUMNS = ("photo_id", "latitude", "longitude", "tag_ids", "image")
+
+
+class ShardStream(PlannedStream):
+    """One split of a shard directory as a stream of ready-made batches for one rank."""
+
+    def __init__(self, shards_dir: str | Path, split: str, *, batch_size: int, crop: int,
+                 resize: Optional[int] = None, train: bool = False, shuffle: bool = False,
+                 shuffle_window: int = 8, seed: int = 0, world_size: int = 1, rank: int = 0,
+                 manifest: Optional[Manifest] = None, columns: Sequence[str] = BATCH_COLUMNS):
+        self.shards_dir = Path(shards_dir)
+        manifest = manifest or read_manifest(self.shards_dir)
+        self.split = split
+        super().__init__(self.shards_dir, manifest.work_units(split), columns, batch_size=batch_size,
+                         shuffle=shuffle, seed=seed, world_size=world_size, rank=rank)
+        self.crop, self.resize = crop, resize
+        self.train, self.window = train, max(1, shuffle_window)
+        self.varies_by_epoch = train   # training draws change with the epoch; evaluation sees the same data
+
+    def worker_state(self, seed: list[int]) -> torch.Generator:
+        """The generator of crops and flips."""
+        return torch.Generator().manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
+
+    def make_batch(self, rows: pa.Table, take: np.ndarray, pool: Optional[np.ndarray], epoch: int,
+                   state: torch.Generator) -> dict[str, torch.Tensor]:
+        return to_batch(rows.take(pa.array(take)), resize=self.resize, crop=self.crop, train=self.train,
+                        seed=self.seed, epoch=epoch, gen=state)
+
+
+def read_split_columns(shards_dir: str | Path, split: str, columns: Sequence[str],
+                       manifest: Optional[Manifest] = None) -> pa.Table:
+    """Some (light) columns of a whole split, in manifest order: tags and locations, not images."""
+    manifest = manifest or read_manifest(shards_dir)
+    tables = [pq.read_table(Path(shards_dir) / f.path, columns=list(columns))
+              for f in manifest.splits[split].files]
+    if not tables:
+        raise ValueError(f"split {split!r} of {shards_dir} has no files")
+    return pa.concat_tables(tables)
+
+
+def read_split_images(shards_dir: str | Path, split: str, photo_ids: Sequence[int],
+                      manifest: Optional[Manifest] = None) -> dict[int, bytes]:
+    """The JPEG bytes of a few photos of a split, by photo_id: a filtered read, so only the
+    row groups whose statistics may hold them are decoded, not the split's every image."""
+    manifest = manifest or read_manifest(shards_dir)
+    wanted = sorted({int(i) for i in photo_ids})
+    out: dict[int, bytes] = {}
+    if not wanted:
+        return out
+    for f in manifest.splits[split].files:
+        t = pq.read_table(Path(shards_dir) / f.path, columns=["photo_id", "image"],
+                          filters=[("photo_id", "in", wanted)])
+        out.update(zip(t.column("photo_id").to_pylist(), t.column("image").to_pylist()))
+    return out
+
+
+def read_vocab(shards_dir: str | Path, manifest: Optional[Manifest] = None) -> pa.Table:
+    manifest = manifest or read_manifest(shards_dir)
+    return pq.read_table(Path(shards_dir) / manifest.vocab_path).sort_by("index")
+
+
+def place_mask(shards_dir: str | Path, manifest: Optional[Manifest] = None) -> np.ndarray:
+    """Boolean vocabulary mask of the tags that are place names (supplement, Table 2)."""
+    manifest = manifest or read_manifest(shards_dir)
+    vocab = read_vocab(shards_dir, manifest)
+    path = Path(shards_dir) / manifest.place_names_path
+    if not path.exists():
+        log.warning("%s missing: no place names to omit", path)
+        return np.zeros(manifest.vocab_size, dtype=bool)
+    names = set(pq.read_table(path, columns=["name"]).column("name").to_pylist())
+    mask = np.zeros(manifest.vocab_size, dtype=bool)
+    idx = vocab.column("index").to_numpy()
+    mask[idx] = np.array([t in names for t in vocab.column("tag").to_pylist()], dtype=bool)
+    return mask
+
+
+# --- the Lightning data module --------------------------------------------------------------------------
+
+class ShardDataModule(pl.LightningDataModule):
+    """Train/val/test shards of one manifest; ranks and world size come from the trainer."""
+
+    def __init__(self, shards_dir: str, batch_size: int = 64, eval_batch_size: Optional[int] = None,
+                 crop: int = 224, resize: Optional[int] = None, num_workers: int = 0,
+                 shuffle_window: int = 8, seed: int = 0, pin_memory: bool = False,
+                 persistent_workers: bool = False, prefetch_factor: Optional[int] = None,
+                 predict_splits: Sequence[str] = ("train", "val", "test")):
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.shards_dir = Path(shards_dir)
+        self._manifest: Optional[Manifest] = None
+        self.predict_splits = list(predict_splits)
+
+    @property
+    def manifest(self) -> Manifest:
+        if self._manifest is None:
+            self._manifest = read_manifest(self.shards_dir)
+        return self._manifest
+
+    @property
+    def num_tags(self) -> int:
+        return self.manifest.vocab_size
+
+    def _world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 1, 0
+        return trainer.world_size, trainer.global_rank
+
+    def stream(self, split: str, train: bool) -> ShardStream:
+        world_size, rank = self._world()
+        h = self.hparams
+        return ShardStream(self.shards_dir, split, manifest=self.manifest,
+                           batch_size=h.batch_size if train else (h.eval_batch_size or h.batch_size),
+                           crop=h.crop, resize=h.resize, train=train, shuffle=train,
+                           shuffle_window=h.shuffle_window, seed=h.seed,
+                           world_size=world_size, rank=rank)
+
+    def _loader(self, dataset: ShardStream) -> DataLoader:
+        h = self.hparams
+        kwargs = {}
+        if h.num_workers > 0:
+            kwargs["persistent_workers"] = h.persistent_workers
+            if h.prefetch_factor:
+                kwargs["prefetch_factor"] = h.prefetch_factor
+        return DataLoader(dataset, batch_size=None, num_workers=h.num_workers,
+                          pin_memory=h.pin_memory, **kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.stream("train", train=True))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.stream("val", train=False))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.stream("test", train=False))
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        return [self._loader(self.stream(s, train=False)) for s in self.predict_splits]
+
+    def tag_sets(self, split: str) -> TagSets:
+        return TagSets.from_arrow(read_split_columns(self.shards_dir, split, ["tag_ids"],
+                                                     self.manifest).column("tag_ids"))

@@ -1,0 +1,31 @@
+"""What every model here does the same way around its training loop: tell the streaming loaders
+the epoch (Lightning sets epochs on samplers, not on iterable datasets, and the streams plan by
+epoch), and build its optimizer and per-step learning-rate schedule from the configured factories."""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import pytorch_lightning as pl
+
+
+class StreamedModule(pl.LightningModule):
+    """A LightningModule trained on :class:`training.data.plan.PlannedStream` loaders, with
+    ``optimizer_factory`` and an optional ``scheduler_factory(optimizer, total_steps)``."""
+
+    optimizer_factory: Callable[..., Any]
+    scheduler_factory: Optional[Callable[..., Any]]
+
+    def on_train_epoch_start(self) -> None:
+        loader = self.trainer.train_dataloader
+        for dl in (loader if isinstance(loader, (list, tuple)) else [loader]):
+            dataset = getattr(dl, "dataset", None)
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(self.current_epoch)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer,
+                                           total_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
