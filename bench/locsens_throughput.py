@@ -163,8 +163,8 @@ def main() -> None:
     if args.baseline:
         return compare(args)
     sys.path.insert(0, str(ROOT))
-    from training.models.locsens import LocSens
     from training.evaluate.locsens import tag_images, tag_images_naive
+    from training.models.locsens import LocSens
 
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")

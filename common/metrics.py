@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
+import pyarrow as pa
+from geographiclib.geodesic import Geodesic
 
 #: Location-sensitive retrieval granularities (docs/evaluation.md): street, city, region, country, continent.
 GRANULARITIES_KM: dict[str, float] = {
@@ -30,6 +32,16 @@ GRANULARITIES_KM: dict[str, float] = {
 }
 #: Mean Earth radius (IUGG) for the spherical pre-filter.
 EARTH_RADIUS_KM = 6371.0088
+
+# Metric names (the functions that build the rest are at the end of this module).
+#: The suffix of a metric computed without place names: tagging with place-name tags removed from
+#: the ranking, retrieval over the queries whose tag is not a place name.
+NOPLACES = "_noplaces"
+#: Accuracy cut-offs of the tagging tables.
+TAGGING_KS = (1, 10, 50)
+#: Location-agnostic retrieval (one query per tag), and the number of location-sensitive queries.
+AGNOSTIC_P10 = "retrieval/P@10"
+QUERIES = "retrieval/queries_locations"
 #: Great-circle distance on that sphere is within 0.6% of the WGS-84 geodesic (measured:
 #: ratio 0.9944..1.0045); pairs closer than this relative margin to a threshold are measured exactly.
 SPHERE_TOLERANCE = 0.01
@@ -67,8 +79,6 @@ class TagSets:
     @classmethod
     def from_arrow(cls, list_array) -> "TagSets":
         """From a pyarrow ``list<int>`` array or chunked array (e.g. the shards' ``tag_ids``)."""
-        import pyarrow as pa
-
         if isinstance(list_array, pa.ChunkedArray):
             list_array = list_array.combine_chunks()
         offsets = np.asarray(list_array.offsets, dtype=np.int64)
@@ -194,14 +204,12 @@ def filter_ranked(ranked: np.ndarray, excluded: np.ndarray, k: int) -> np.ndarra
 
 
 def tagging_metrics(topk: np.ndarray, truth: TagSets, num_tags: int,
-                    ks: Sequence[int] = (1, 10, 50), prefix: str = "tagging/",
+                    ks: Sequence[int] = TAGGING_KS, prefix: str = "tagging/",
                     suffix: str = "") -> dict[str, float]:
-    """A@k for ``ks`` plus %pred / %cpred from the top 10, under the project's metric names."""
-    out = {f"{prefix}A@{k}{suffix}": v for k, v in accuracy_at_k(topk, truth, num_tags, ks).items()}
+    """A@k for ``ks`` plus %pred / %cpred from the top 10, under :func:`tagging_metric_names`."""
+    accuracy = accuracy_at_k(topk, truth, num_tags, ks)
     pred, cpred = predicted_tag_coverage(topk[:, :10], truth, num_tags)
-    out[f"{prefix}pct_pred{suffix}"] = pred
-    out[f"{prefix}pct_cpred{suffix}"] = cpred
-    return out
+    return dict(zip(tagging_metric_names(ks, prefix, suffix), [*(accuracy[k] for k in ks), pred, cpred]))
 
 
 # --- location-agnostic retrieval -------------------------------------------------------------------
@@ -249,8 +257,6 @@ def haversine_km(lat1, lon1, lat2, lon2) -> np.ndarray:
 def geodesic_km(lat1, lon1, lat2, lon2) -> np.ndarray:
     """Geodesic distance on the WGS-84 ellipsoid (geographiclib; Karney's algorithm, which
     converges everywhere, unlike Vincenty). One geographiclib call per pair: use on few pairs."""
-    from geographiclib.geodesic import Geodesic
-
     inverse, mask = Geodesic.WGS84.Inverse, Geodesic.DISTANCE
     a = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (lat1, lon1, lat2, lon2)))
     flat = [x.ravel() for x in a]
@@ -347,15 +353,15 @@ def location_retrieval_metrics(retrieved: np.ndarray, query_rows: np.ndarray, qu
     """
     query_rows, query_tags = np.asarray(query_rows), np.asarray(query_tags)
     qlat, qlon = np.asarray(gallery_lat)[query_rows], np.asarray(gallery_lon)[query_rows]
-    out = {f"retrieval/P@10_{g}": v for g, v in p_at_10_by_distance(
+    out = {location_metric_name(g): v for g, v in p_at_10_by_distance(
         retrieved, query_tags, qlat, qlon, truth, gallery_lat, gallery_lon, num_tags).items()}
-    out["retrieval/queries_locations"] = float(query_tags.size)
+    out[QUERIES] = float(query_tags.size)
     if place_mask is not None and np.any(place_mask):
         keep = ~np.asarray(place_mask, dtype=bool)[query_tags]
-        out.update({f"retrieval/P@10_{g}_noplaces": v for g, v in p_at_10_by_distance(
+        out.update({location_metric_name(g, NOPLACES): v for g, v in p_at_10_by_distance(
             np.asarray(retrieved)[keep], query_tags[keep], qlat[keep], qlon[keep], truth, gallery_lat, gallery_lon,
             num_tags).items()})
-        out["retrieval/queries_locations_noplaces"] = float(keep.sum())
+        out[QUERIES + NOPLACES] = float(keep.sum())
     return out
 
 
@@ -405,10 +411,30 @@ def upper_bound_p_at_10_by_distance(query_tags: np.ndarray, query_lat: np.ndarra
     return out
 
 
-def retrieval_metric_names(granularities: Mapping[str, float] = GRANULARITIES_KM,
-                           prefix: str = "retrieval/P@10_") -> list[str]:
+# --- metric names: the one place that names what evaluations log and the report reads -----------
+
+
+
+def tagging_metric_names(ks: Sequence[int] = TAGGING_KS, prefix: str = "tagging/", suffix: str = "") -> list[str]:
+    """A@k for each k, then %pred and %cpred."""
+    return [f"{prefix}A@{k}{suffix}" for k in ks] + [f"{prefix}pct_pred{suffix}", f"{prefix}pct_cpred{suffix}"]
+
+
+def location_metric_name(granularity: str, suffix: str = "") -> str:
+    """Location-sensitive P@10 at one granularity (``2500km`` ... ``1km``, or ``agnostic``)."""
+    return f"retrieval/P@10_{granularity}{suffix}"
+
+
+def retrieval_metric_names(granularities: Mapping[str, float] = GRANULARITIES_KM, suffix: str = "") -> list[str]:
     """The stable metric names of location-sensitive retrieval, finest granularity first."""
-    return [f"{prefix}{name}" for name in [*granularities, "agnostic"]]
+    return [location_metric_name(name, suffix) for name in [*granularities, "agnostic"]]
+
+
+def evaluation_metric_names(ks: Sequence[int] = TAGGING_KS) -> list[str]:
+    """Every metric an evaluation run logs that the report reads, with and without place names."""
+    names = [n for s in ("", NOPLACES) for n in tagging_metric_names(ks, suffix=s)]
+    names += [AGNOSTIC_P10] + [n for s in ("", NOPLACES) for n in retrieval_metric_names(suffix=s)]
+    return names + [QUERIES, QUERIES + NOPLACES, "eval/images"]
 
 
 def mlflow_metric_name(name: str) -> str:

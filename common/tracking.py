@@ -12,6 +12,8 @@ import logging
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
+import mlflow
+
 log = logging.getLogger(__name__)
 
 #: MLflow refuses param values longer than this.
@@ -45,8 +47,6 @@ def check_uri(tracking_uri: str) -> str:
 
 def get_or_create_experiment(name: str, artifact_root: Optional[str]) -> str:
     """Experiment id for ``name``, creating it with an artifact location under ``artifact_root``."""
-    import mlflow
-
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
@@ -64,8 +64,6 @@ def get_or_create_experiment(name: str, artifact_root: Optional[str]) -> str:
 
 def log_params(params: Mapping[str, Any]) -> None:
     """Log flattened params in batches, truncating values MLflow would reject."""
-    import mlflow
-
     flat = {k: ("" if v is None else str(v))[:_MAX_PARAM_CHARS] for k, v in flatten(params).items()}
     items = sorted(flat.items())
     for i in range(0, len(items), _PARAM_BATCH):
@@ -79,8 +77,6 @@ def stage_run(experiment: str, run_name: str, config: Mapping[str, Any], *, trac
 
     Call it on rank 0 only in distributed training.
     """
-    import mlflow
-
     # MLflow's own progress and migration chatter is noise in job logs.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(check_uri(tracking_uri))

@@ -12,10 +12,13 @@ from __future__ import annotations
 import json
 import logging
 
+import mlflow
 import numpy as np
 from omegaconf import DictConfig
 from pyspark.sql import functions as F
 
+from common.metrics import NOPLACES, mlflow_metrics
+from common.tracking import stage_run
 from pipeline import baselines, io, place_names
 from pipeline.config import PipelineError, run_job
 from pipeline.stage import ConservationCheck, check_conservation, markdown_table, stage, start_spark
@@ -58,7 +61,7 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
         n_test = test.count()
         rows = table_rows(result, ks)
         for r in result:
-            suffix = "" if r["variant"] == "all" else "_no_places"
+            suffix = "" if r["variant"] == "all" else NOPLACES
             st.metric(f"baselines/{r['level']}/A@{r['k']}{suffix}", r["accuracy"])
         st.metrics_from({"test_images": n_test, "place_tags": int(mask.sum()),
                          "fallback_share/country": fb["country"], "fallback_share/town": fb["town"]})
@@ -78,11 +81,6 @@ def log_comparable_runs(cfg: DictConfig, result: list[dict], ks: list[int]) -> N
     """One run per baseline in the ``evaluate`` experiment, named (``town_frequency``) and measured
     (``tagging/A_at_10``, ``..._noplaces``) like the models' evaluation runs, so that MLflow's
     compare view puts the baselines beside MCC and LocSens."""
-    import mlflow
-
-    from common.metrics import mlflow_metrics
-    from common.tracking import stage_run
-
     for level in baselines.LEVELS:
         metrics = {f"tagging/A@{r['k']}{'' if r['variant'] == 'all' else '_noplaces'}": r["accuracy"]
                    for r in result if r["level"] == level}

@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig
 from pyspark.sql import functions as F
 
+from common.contract import MANIFEST_NAME, PLACE_NAMES_SCHEMA, VOCAB_SCHEMA, Manifest
 from pipeline import images, io, shards
 from pipeline.config import PipelineError, require_int, run_job
-from common.contract import MANIFEST_NAME, PLACE_NAMES_SCHEMA, VOCAB_SCHEMA, Manifest
 from pipeline.stage import ConservationCheck, check_conservation, stage, start_spark
 
 log = logging.getLogger("pipeline.shard_dataset")

@@ -12,7 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 log = logging.getLogger("pipeline")
@@ -25,10 +28,6 @@ class PipelineError(RuntimeError):
 def load_config(argv: Sequence[str], config_name: str = "pipeline",
                 conf_dir: Path | str = CONF_DIR) -> DictConfig:
     """Compose ``conf/<config_name>.yaml`` with ``key=value`` overrides; resolved and read-only."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     bad = [a for a in argv if "=" not in a]
     if bad:
         raise PipelineError(f"arguments must be key=value overrides, got {bad!r}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import os
 from typing import Optional
 
 import pyarrow.fs as pafs
@@ -35,7 +36,6 @@ def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
             root = scheme + root[len(alias):]
     if "://" in root:
         return pafs.FileSystem.from_uri(root)
-    import os
 
     return pafs.LocalFileSystem(), os.path.abspath(root)
 

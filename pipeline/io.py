@@ -14,6 +14,7 @@ import logging
 import uuid
 from typing import Iterator, Sequence
 
+from py4j.protocol import Py4JJavaError
 from pyspark.sql import DataFrame, SparkSession
 
 from pipeline.config import PipelineError
@@ -83,8 +84,6 @@ def _temp_sibling(path: str, tag: str) -> str:
 
 def _rename(spark: SparkSession, src: str, dst: str) -> bool:
     """Hadoop's rename; False where it fails, whether it says so or throws (e.g. a missing ``src``)."""
-    from py4j.protocol import Py4JJavaError
-
     fs, hsrc = _fs_and_path(spark, src)
     try:
         return bool(fs.rename(hsrc, _fs_and_path(spark, dst)[1]))

@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipeline import images
 from common.contract import SHARD_SCHEMA, ShardFile, SplitInfo
+from pipeline import images
 
 RECORD_SCHEMA = "kind string, split string, path string, row_groups array<bigint>, photo_id bigint, reason string"
 _RECORD_ARROW = pa.schema([("kind", pa.string()), ("split", pa.string()), ("path", pa.string()),

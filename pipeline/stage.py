@@ -7,12 +7,13 @@ import logging
 import time
 from typing import Any, Callable, Iterator, Mapping
 
+import mlflow
 from omegaconf import DictConfig
 from pyspark.sql import SparkSession
 
+from common.tracking import stage_run
 from pipeline.config import PipelineError, to_dict
 from pipeline.spark import spark_session
-from common.tracking import stage_run
 
 log = logging.getLogger("pipeline")
 
@@ -34,8 +35,6 @@ class Stage:
         self._t0 = time.perf_counter()
 
     def metric(self, key: str, value: float) -> None:
-        import mlflow
-
         self.metrics[key] = float(value)
         mlflow.log_metric(key.replace("@", "_at_"), float(value))
 
@@ -51,13 +50,9 @@ class Stage:
         log.info("%s: %s took %.1fs", self.name, step, time.perf_counter() - t)
 
     def artifact_json(self, obj: Any, name: str) -> None:
-        import mlflow
-
         mlflow.log_text(json.dumps(obj, indent=2, sort_keys=True, default=str), name)
 
     def artifact_text(self, text: str, name: str) -> None:
-        import mlflow
-
         mlflow.log_text(text, name)
 
 

@@ -106,13 +106,13 @@ def test_unscored_images_match_brute_force(spark):
 
 def test_baselines_job_checks_every_test_image_before_publishing(spark, tmp_path):
     """Every test image is scored or has no tag left to score; a failed check publishes nothing."""
+    from test_clean import digests, hidden_entries, job_config, refuse
+    from yfcc_factory import TOWNS, at, write_raw
+
     from jobs.build_vocab import main as build_vocab
     from jobs.clean_metadata import main as clean_metadata
     from jobs.frequency_baselines import main as frequency_baselines
     from pipeline.config import PipelineError
-
-    from test_clean import digests, hidden_entries, job_config, refuse
-    from yfcc_factory import TOWNS, at, write_raw
 
     towns = ["nyc", "galway", "paris"]
     lines = [at(towns[i % 3], i, tags="paris" if i % 10 == 0 else f"cat,{towns[i % 3]},t{chr(97 + i % 4)}x")

@@ -4,13 +4,12 @@ from __future__ import annotations
 import bz2
 
 import pytest
+from job_helpers import digests, hidden_entries, job_config, refuse
 from pyspark.sql import functions as F
+from yfcc_factory import TOWNS, at, line, photo_hash, write_raw
 
 from pipeline import clean
 from pipeline.config import PipelineError
-
-from job_helpers import digests, hidden_entries, job_config, refuse
-from yfcc_factory import TOWNS, at, line, photo_hash, write_raw
 
 pytestmark = pytest.mark.spark
 

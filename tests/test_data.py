@@ -7,12 +7,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shard_fixture import make_shards
 from torch.utils.data import DataLoader
 
 from common.contract import read_manifest
 from training.data.plan import batch_sizes, batches_per_rank, draw_one_tag, plan_epoch
 from training.data.shards import ShardStream, read_split_columns, read_split_images
-from shard_fixture import make_shards
 
 torch.set_num_threads(1)
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from job_helpers import digests, hidden_entries
 
 from pipeline import io
 from pipeline.config import PipelineError
 from pipeline.stage import check_conservation
-
-from job_helpers import digests, hidden_entries
 
 pytestmark = pytest.mark.spark
 
@@ -28,6 +27,17 @@ def _outputs(work: Path) -> list[dict[str, str]]:
     return [digests(work / "kept"), digests(work / "rejects"), digests(work / "stats" / "job.json")]
 
 
+def _publish(spark, work: Path, ids: list[int], rejected: int) -> list[dict[str, str]]:
+    """A set of outputs published without a check, and their digests."""
+    with io.staged_outputs(spark) as staged:
+        _write_set(staged, work, ids, rejected)
+    return _outputs(work)
+
+
+def _assert_no_leftovers(work: Path) -> None:
+    assert hidden_entries(work) == [] and hidden_entries(work / "stats") == []
+
+
 def test_outputs_appear_together_after_the_check(spark, tmp_path):
     work = tmp_path / "work"
     with io.staged_outputs(spark) as staged:
@@ -42,39 +52,34 @@ def test_outputs_appear_together_after_the_check(spark, tmp_path):
         check_conservation("test", 3, {"kept": n_kept, "rejected": n_rejected})
     assert sorted(r["photo_id"] for r in spark.read.parquet(str(work / "kept")).collect()) == [1, 2]
     assert (work / "stats" / "job.json").read_text() == "{}"
-    assert hidden_entries(work) == [] and hidden_entries(work / "stats") == []
+    _assert_no_leftovers(work)
 
 
 def test_failed_check_keeps_the_previous_outputs(spark, tmp_path):
     work = tmp_path / "work"
-    with io.staged_outputs(spark) as staged:
-        _write_set(staged, work, [1, 2], 1)
-    before = _outputs(work)
+    before = _publish(spark, work, [1, 2], 1)
     with pytest.raises(PipelineError, match="3 input rows but kept 3 \\+ rejected 2 = 5"):
         with io.staged_outputs(spark) as staged:
             _write_set(staged, work, [4, 5, 6], 2)
             check_conservation("test", 3, {"kept": 3, "rejected": 2})
     assert _outputs(work) == before
-    assert hidden_entries(work) == [] and hidden_entries(work / "stats") == []
-    with io.staged_outputs(spark) as staged:     # a passing check replaces all of them
-        _write_set(staged, work, [4, 5, 6], 2)
-    assert all(a != b for a, b in zip(_outputs(work), before))
-    assert hidden_entries(work) == [] and hidden_entries(work / "stats") == []
+    _assert_no_leftovers(work)
+    after = _publish(spark, work, [4, 5, 6], 2)     # a passing check replaces all of them
+    assert all(a != b for a, b in zip(after, before))
+    _assert_no_leftovers(work)
 
 
 def test_a_failed_rename_puts_every_previous_output_back(spark, tmp_path):
     """Publishing is all or nothing: when one output cannot be renamed, those already renamed
     go back and the previous ones return."""
     work = tmp_path / "work"
-    with io.staged_outputs(spark) as staged:
-        _write_set(staged, work, [1, 2], 1)
-    before = _outputs(work)
+    before = _publish(spark, work, [1, 2], 1)
     with pytest.raises(PipelineError, match="cannot rename"):
         with io.staged_outputs(spark) as staged:
             _write_set(staged, work, [4, 5, 6], 2)
             io.remove(spark, staged.temp(str(work / "stats" / "job.json")))    # lost: its rename fails
     assert _outputs(work) == before
-    assert hidden_entries(work) == [] and hidden_entries(work / "stats") == []
+    _assert_no_leftovers(work)
 
 
 def test_single_existing_refuses_two_candidates(spark, tmp_path):

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from embeddings_fixture import write_embeddings
 from torch import nn
 
-from embeddings_fixture import write_embeddings
 from common import metrics as M
-from training.models.locsens import PAPER_HIDDEN, LocSens, LocSensNet, margin_ranking_loss
+from training.callbacks.sigma_snapshots import LocationSchedule
 from training.data.embeddings import LocSensDataModule, pad_tags
 from training.evaluate.locsens import evaluate_locsens, retrieve_images, tag_images, tag_images_naive
-from training.callbacks.sigma_snapshots import LocationSchedule
+from training.models.locsens import PAPER_HIDDEN, LocSens, LocSensNet, margin_ranking_loss
 from training.models.negatives import draw_positive_tags, has_tag, sample_negatives
 from training.models.sigma import StageSchedule, normalise_location, sample_locations
 

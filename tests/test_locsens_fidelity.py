@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from embeddings_fixture import write_embeddings
 from torch import nn
 
-from embeddings_fixture import write_embeddings
-from training.models.locsens import PAPER_HIDDEN, LocSens, LocSensNet, draw_generator, margin_ranking_loss
 from training.data.embeddings import EmbeddingStream, LocSensDataModule
 from training.evaluate.locsens import evaluate_locsens
+from training.models.locsens import PAPER_HIDDEN, LocSens, LocSensNet, draw_generator, margin_ranking_loss
 from training.models.negatives import draw_positive_tags, has_tag, sample_negatives
 from training.models.sigma import normalise_location
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from embeddings_fixture import write_embeddings
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from embeddings_fixture import write_embeddings
 from common.embeddings import EmbeddingsManifest
 from training.report.tables import collect_results, location_table, sigma_rows
 from training.run import train

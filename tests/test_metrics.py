@@ -227,3 +227,18 @@ def test_location_retrieval_metrics_without_place_name_queries():
     assert got["retrieval/queries_locations"] == 3 and got["retrieval/queries_locations_noplaces"] == 2
     assert "retrieval/P@10_agnostic_noplaces" not in M.location_retrieval_metrics(retrieved, rows, tags, truth,
                                                                                  lat, lon, 2)
+
+
+def test_every_metric_an_evaluation_computes_is_named_in_one_place():
+    """The report reads exactly the names in ``evaluation_metric_names``: whatever the metric
+    functions compute for the tables (with and without place names) must be among them."""
+    truth = M.TagSets.from_lists([[0], [0], [1], [1], [0, 1]] * 4)
+    lat, lon = np.zeros(20), np.linspace(0, 1, 20)
+    retrieved = np.stack([np.arange(10), np.arange(10, 20), np.arange(10)])
+    located = M.location_retrieval_metrics(retrieved, np.array([0, 2, 4]), np.array([0, 1, 1]), truth, lat, lon, 2,
+                                           place_mask=np.array([True, False]))
+    topk = np.tile(np.arange(2), (20, 25))
+    tagged = {**M.tagging_metrics(topk, truth, 2), **M.tagging_metrics(topk, truth, 2, suffix=M.NOPLACES)}
+    names = set(M.evaluation_metric_names())
+    assert set(located) <= names and set(tagged) <= names
+    assert {M.AGNOSTIC_P10, M.QUERIES + M.NOPLACES, "tagging/A@50_noplaces"} <= names

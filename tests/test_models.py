@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.models.backbone import RANDOM_INIT, build_backbone
 from training.errors import SetupError
 from training.evaluate.topk import top_k
+from training.models.backbone import RANDOM_INIT, build_backbone
+from training.models.base import multi_hot, score
 from training.models.her import HER
 from training.models.mcc import MCC
 from training.models.mlc import MLC
-from training.models.base import multi_hot, score
 
 torch.set_num_threads(1)
 V = 12

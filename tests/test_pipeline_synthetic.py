@@ -8,11 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from pipeline.config import run_job
-from common.contract import read_manifest
-
 from job_helpers import job_config
+
+from common.contract import read_manifest
+from pipeline.config import run_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 

@@ -10,14 +10,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from job_helpers import digests, hidden_entries, job_config, refuse
 from PIL import Image
+from yfcc_factory import TOWNS, at, photo_hash, write_raw
 
+from common.contract import SHARD_SCHEMA, VOCAB_SCHEMA, read_manifest
 from pipeline import images, yfcc
 from pipeline.config import PipelineError
-from common.contract import SHARD_SCHEMA, VOCAB_SCHEMA, read_manifest
-
-from job_helpers import digests, hidden_entries, job_config, refuse
-from yfcc_factory import TOWNS, at, photo_hash, write_raw
 
 pytestmark = pytest.mark.spark
 

@@ -12,11 +12,11 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
+from shard_fixture import make_shards
 
 from common.contract import read_manifest
-from shard_fixture import make_shards
-from training.errors import SetupError
 from common.embeddings import EmbeddingsManifest
+from training.errors import SetupError
 from training.run import train
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")

@@ -4,12 +4,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from job_helpers import digests, hidden_entries, job_config, refuse
+from yfcc_factory import TOWNS, at, write_raw
 
 from pipeline import place_names, splits, vocab
 from pipeline.config import PipelineError
-
-from job_helpers import digests, hidden_entries, job_config, refuse
-from yfcc_factory import TOWNS, at, write_raw
 
 pytestmark = pytest.mark.spark
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from shard_fixture import make_shards, vocabulary
 
 from common.metrics import TagSets
-from shard_fixture import make_shards, vocabulary
 from training.data.word_vectors import (build_word_vectors, cooccurrence_counts, cooccurrence_vectors,
                                         load_glove, ppmi)
 

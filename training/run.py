@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import hydra
+import mlflow
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
@@ -26,7 +27,10 @@ from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from common.files import atomic_write
+from common.tracking import check_uri, flatten, get_or_create_experiment
 from training.errors import SetupError
+from training.evaluate.after_fit import evaluate_after_fit
+from training.evaluate.embeddings import embeddings_tags, evaluate_embeddings, log_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +48,6 @@ def _prepare_mlflow(cfg: DictConfig, loggers: list, model: pl.LightningModule) -
     mlf = next((lg for lg in loggers if isinstance(lg, MLFlowLogger)), None)
     if mlf is None or rank_zero_only.rank != 0:
         return mlf
-    import mlflow
-
-    from common.tracking import check_uri, flatten, get_or_create_experiment
 
     mlflow.set_tracking_uri(check_uri(cfg.paths.mlflow_tracking_uri))
     name = next(c.experiment_name for c in cfg.logger.values() if c._target_.endswith("MLFlowLogger"))
@@ -141,13 +142,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             mlf.experiment.set_tag(mlf.run_id, "embeddings_dir", embeddings_dir)
     if cfg.get("evaluate", True) and getattr(model, "evaluates_after_fit", False):
         # LocSens scores triplets itself: best checkpoint, or every sigma-stage snapshot.
-        from training.evaluate.after_fit import evaluate_after_fit
-
         metrics.update(evaluate_after_fit(cfg, model, datamodule, callbacks, mlf.run_id if mlf else None,
                                           checkpoint=evaluated))
     if cfg.get("evaluate", True) and embeddings_dir:
-        from training.evaluate.embeddings import embeddings_tags, evaluate_embeddings, log_evaluation
-
         results = evaluate_embeddings(embeddings_dir, shards_dir=datamodule.shards_dir, **cfg.evaluation)
         metrics.update(results)
         for k, v in results.items():

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.spatial import cKDTree
 
 CONTINENT_NAMES = {
     "AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America",
@@ -65,8 +66,6 @@ def _coastal(towns: pd.DataFrame, all_points: np.ndarray) -> np.ndarray:
     """A town is coastal when the settlement-free directions around it form one arc (the sea
     on one side; an empty ring on both sides is desert or steppe), and its country has a coast.
     A heuristic, stated as such in world.json."""
-    from scipy.spatial import cKDTree
-
     tree = cKDTree(all_points)
     lat, lon = towns["lat"].to_numpy(), towns["lon"].to_numpy()
     empty = []
@@ -114,7 +113,6 @@ def load_geography(min_population: int = 15000) -> Geography:
     towns = towns.rename(columns={"admin1": "region", "admin2": "county"})
 
     # A suburb: the nearest other settlement in the 1,000+ list (a real place name near the town).
-    from scipy.spatial import cKDTree
     _, idx = cKDTree(all_points).query(_unit_vectors(towns["lat"].to_numpy(), towns["lon"].to_numpy()), k=2)
     suburb = rg["name"].to_numpy()[idx[:, 1]]
     towns["suburb"] = np.where(suburb == towns["name"].to_numpy(), "", suburb)

@@ -19,8 +19,9 @@ import pyarrow.compute as pc
 from ..yfcc import COLUMNS_25, normalize_tag
 from .geography import Geography
 from .md5 import encode_ascii, md5_many
-from .world import (CAMERA_TAGS, CONCEPTS, DIGIT_TAG_FORMATS, EVENT_TAGS, FLICKR_HOME_WEIGHT, FLICKR_TRAVEL_WEIGHT,
-                    LANGUAGE_OF_COUNTRY, LANGUAGES, LOCAL_WORD_PROBABILITY, town_weights)
+from .world import (CAMERA_TAGS, CONCEPTS, DIGIT_TAG_FORMATS, EVENT_TAGS, FLICKR_HOME_WEIGHT,
+                    FLICKR_TRAVEL_WEIGHT, LANGUAGE_OF_COUNTRY, LANGUAGES, LOCAL_WORD_PROBABILITY,
+                    town_weights)
 
 CHUNK_ROWS = 100_000          # rows per independently seeded chunk (fixed: part of determinism)
 ID_SPACE = 13_000_000_000     # photo ids spread up to ~1.3e10, past int32 as in the real data

@@ -12,9 +12,10 @@ import pyarrow.parquet as pq
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 
-from common.files import atomic_write
 from common.embeddings import (IMAGES_DIR, MANIFEST_NAME, TAGS_FILE, EmbeddingsManifest, embeddings_to_arrow,
                                image_schema, tag_schema)
+from common.files import atomic_write
+from training.data.shards import read_vocab
 
 
 class EmbeddingWriter(BasePredictionWriter):
@@ -88,8 +89,6 @@ class EmbeddingWriter(BasePredictionWriter):
         trainer.strategy.barrier("embeddings-manifest")
 
     def write_manifest(self, trainer, pl_module) -> EmbeddingsManifest:
-        from training.data.shards import read_vocab
-
         dm = trainer.datamodule
         tags = pl_module.tag_embeddings().detach().float().cpu().numpy()
         dim = tags.shape[1]

@@ -25,11 +25,11 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from common.embeddings import (EmbeddingsManifest, arrow_to_embeddings, read_image_embeddings,
+                               read_tag_embeddings)
 from common.metrics import TagSets
 from training.data.plan import PlannedStream
 from training.errors import SetupError
-from common.embeddings import (EmbeddingsManifest, arrow_to_embeddings, read_image_embeddings,
-                               read_tag_embeddings)
 
 COLUMNS = ["photo_id", "embedding", "latitude", "longitude", "tag_ids"]
 

@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as sla
 import torch
 
 from common.contract import read_manifest
 from common.files import atomic_write
 from common.metrics import TagSets
+from training.data.shards import read_split_columns, read_vocab
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +52,6 @@ def load_glove(path: str | Path, tags: Sequence[str], dim: int) -> np.ndarray:
 
 def cooccurrence_counts(tags: TagSets, num_tags: int, chunk_rows: int = 1 << 20):
     """Sparse (V, V) counts of images in which two different tags occur together."""
-    import scipy.sparse as sp
-
     total = sp.csr_matrix((num_tags, num_tags), dtype=np.float64)
     for s in range(0, len(tags), chunk_rows):
         part = tags.take(np.arange(s, min(s + chunk_rows, len(tags))))
@@ -64,8 +65,6 @@ def cooccurrence_counts(tags: TagSets, num_tags: int, chunk_rows: int = 1 << 20)
 
 def ppmi(counts, smoothing: float = 0.75):
     """Positive PMI of a sparse co-occurrence matrix, context counts raised to ``smoothing``."""
-    import scipy.sparse as sp
-
     c = counts.tocoo()
     row_sum = np.asarray(counts.sum(axis=1)).ravel()
     col_sum = np.asarray(counts.sum(axis=0)).ravel() ** smoothing
@@ -80,8 +79,6 @@ def cooccurrence_vectors(tags: TagSets, num_tags: int, dim: int = 300, smoothing
 
     Tags that co-occur with nothing get a random unit vector (seeded) so that no target is zero.
     """
-    import scipy.sparse.linalg as sla
-
     m = ppmi(cooccurrence_counts(tags, num_tags), smoothing)
     k = min(dim, num_tags - 1)
     rng = np.random.default_rng(seed)
@@ -107,8 +104,6 @@ def build_word_vectors(shards_dir: str, dim: int = 300, glove_path: Optional[str
                        smoothing: float = 0.75, seed: int = 0,
                        cache_dir: Optional[str] = None) -> torch.Tensor:
     """The (V, dim) word-vector matrix for a shard directory's vocabulary (used from config)."""
-    from training.data.shards import read_split_columns, read_vocab
-
     manifest = read_manifest(shards_dir)
     key = json.dumps({"shards": str(Path(shards_dir).resolve()), "manifest": manifest.to_json(),
                       "dim": dim, "glove": str(glove_path), "smoothing": smoothing, "seed": seed},

@@ -17,9 +17,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from training.models.locsens import LocSens
-from training.evaluate.locsens import evaluate_locsens
 from training.callbacks.sigma_snapshots import LocationSchedule
+from training.data.shards import place_mask
+from training.evaluate.embeddings import embeddings_tags, log_evaluation
+from training.evaluate.locsens import evaluate_locsens
+from training.models.locsens import LocSens
 from training.models.sigma import snapshot_name
 
 log = logging.getLogger(__name__)
@@ -52,9 +54,6 @@ def evaluate_after_fit(cfg: DictConfig, model: LocSens, datamodule, callbacks: l
                        train_run_id: Optional[str] = None, checkpoint: Optional[str] = None) -> dict[str, float]:
     """Evaluate on ``cfg.evaluation.split``; returns metrics, prefixed by run name for snapshots.
     ``checkpoint``: evaluate that checkpoint only (``train=false``)."""
-    from training.data.shards import place_mask
-    from training.evaluate.embeddings import embeddings_tags, log_evaluation
-
     ev = cfg.evaluation
     split = datamodule.split_arrays(ev.split)
     shards_dir = getattr(datamodule, "shards_dir", None)

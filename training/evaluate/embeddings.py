@@ -14,15 +14,18 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import hydra
+import mlflow
 import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from common import metrics as M
-from training.evaluate.topk import top_k
 from common.embeddings import (EmbeddingsManifest, arrow_to_embeddings, read_image_embeddings,
                                read_tag_embeddings)
+from common.tracking import stage_run
+from training.data.shards import place_mask
+from training.evaluate.topk import top_k
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +48,6 @@ def evaluate_embeddings(embeddings_dir: str | Path, *, shards_dir: Optional[str 
     """All the metrics (docs/evaluation.md) of one model's exported embeddings on ``split``, under stable names.
     ``max_queries``: the same seeded subsample of location-sensitive queries as every other model
     (:func:`common.metrics.location_queries`)."""
-    from training.data.shards import place_mask
-
     manifest = EmbeddingsManifest.read(embeddings_dir)
     shards_dir = shards_dir or manifest.extra.get("shards_dir")
     dev = torch.device(device) if device else default_device()
@@ -69,12 +70,12 @@ def evaluate_embeddings(embeddings_dir: str | Path, *, shards_dir: Optional[str 
         exclude = torch.as_tensor(places, device=dev)
         ranked_np = top_k(images, tags, kmax, chunk, exclude=exclude)
         out.update(M.tagging_metrics(ranked_np, truth.without(places), num_tags,
-                                     [k for k in ks if k <= ranked_np.shape[1]], suffix="_noplaces"))
+                                     [k for k in ks if k <= ranked_np.shape[1]], suffix=M.NOPLACES))
 
     # Location-agnostic retrieval: per-tag top 10 over the split's images.
     query_tags = M.retrieval_tags(truth, num_tags, min_images)
     per_tag = top_k(tags[torch.as_tensor(query_tags, device=dev)], images, 10, chunk)
-    out["retrieval/P@10"] = M.p_at_10_agnostic(per_tag, query_tags, truth, num_tags)
+    out[M.AGNOSTIC_P10] = M.p_at_10_agnostic(per_tag, query_tags, truth, num_tags)
     out["retrieval/P@10_chance"] = M.p_at_10_chance(query_tags, truth, num_tags)
     out["retrieval/queries_tags"] = float(query_tags.size)
 
@@ -101,10 +102,6 @@ def log_evaluation(metrics: Mapping[str, float], config: Mapping[str, Any], *, t
                    artifact_root: Optional[str], run_name: str,
                    tags: Optional[Mapping[str, str]] = None, experiment: str = "evaluate") -> str:
     """One MLflow run holding an evaluation's config and metrics (call on rank 0); its run id."""
-    import mlflow
-
-    from common.tracking import stage_run
-
     with stage_run(experiment, run_name, config, tracking_uri=tracking_uri, artifact_root=artifact_root,
                    tags=tags) as run:
         mlflow.log_metrics(M.mlflow_metrics(metrics))

@@ -118,7 +118,7 @@ def _evaluate(net, split, tag_table, dev, place_mask, zero_location, ks, min_ima
         out.update(M.tagging_metrics(ranked[0], truth, num_tags, ks))
         if places:
             out.update(M.tagging_metrics(ranked[1], truth.without(place_mask), num_tags,
-                                         [k for k in ks if k <= ranked[1].shape[1]], suffix="_noplaces"))
+                                         [k for k in ks if k <= ranked[1].shape[1]], suffix=M.NOPLACES))
 
     q_rows, q_tags = M.location_queries(truth, num_tags, seed, min_images, max_queries)
     if q_rows.size:
@@ -126,5 +126,5 @@ def _evaluate(net, split, tag_table, dev, place_mask, zero_location, ks, min_ima
                                     location_weight=weight)
         out.update(M.location_retrieval_metrics(retrieved, q_rows, q_tags, truth, lat, lon, num_tags, place_mask))
     else:
-        out["retrieval/queries_locations"] = 0.0
+        out[M.QUERIES] = 0.0
     return out

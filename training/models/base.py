@@ -8,7 +8,6 @@ A subclass defines :meth:`TagModel.compute_loss` (loss and the exported image em
 from __future__ import annotations
 
 import abc
-
 from typing import Any, Callable, Mapping, Optional
 
 import torch

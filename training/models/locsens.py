@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.models.negatives import draw_positive_tags, sample_negatives
-from training.models.streamed import StreamedModule
 from training.models.sigma import PAPER_SIGMA_SCHEDULE, StageSchedule, normalise_location, sample_locations
+from training.models.streamed import StreamedModule
 
 LOCATION_MODES = ("raw", "zeroed", "dropout", "sampling")
 PAPER_HIDDEN = (2048, 2048, 2048, 1024, 512)

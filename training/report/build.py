@@ -16,12 +16,22 @@ from pathlib import Path
 from typing import Optional
 
 import hydra
+import mlflow
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 
-from training.report.tables import (DISTANCE_COLUMNS, Results, label, rows, sigma_rows,
-                                    agnostic_retrieval_table, collect_results, location_table,
-                                    noplaces_table, queries_note, retrieval_results, tagging_table)
+from common.metrics import NOPLACES, location_metric_name
+from common.tracking import stage_run
+from training.data.embeddings import LocSensDataModule
+from training.data.shards import read_split_images, read_vocab
+from training.evaluate.locsens import retrieve_images, tag_images
+from training.models.locsens import LocSens
+from training.models.sigma import normalise_location
+from training.report.tables import (DISTANCE_COLUMNS, Results, agnostic_retrieval_table, collect_results,
+                                    label, location_table, noplaces_table, queries_note, retrieval_results,
+                                    rows, sigma_rows, tagging_table)
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +40,6 @@ log = logging.getLogger(__name__)
 
 def pipeline_stats(tracking_uri: str) -> dict[str, dict[str, float]]:
     """Latest metrics of each pipeline stage's MLflow run (counts, rejects by reason, timings)."""
-    import mlflow
-
     mlflow.set_tracking_uri(tracking_uri)
     out = {}
     for stage in ("clean_metadata", "build_vocab", "shard_dataset", "frequency_baselines"):
@@ -79,12 +87,12 @@ def _plt():
 def plot_granularities(results: Results, path: Path) -> Optional[Path]:
     plt = _plt()
     results = retrieval_results(results)
-    models = [n for n in rows(results) if all(f"retrieval/P@10_{g}" in results[n] for g in DISTANCE_COLUMNS)]
+    models = [n for n in rows(results) if all(location_metric_name(g) in results[n] for g in DISTANCE_COLUMNS)]
     if not models:
         return None
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for n in models:
-        ax.plot(range(len(DISTANCE_COLUMNS)), [results[n][f"retrieval/P@10_{g}"] for g in DISTANCE_COLUMNS],
+        ax.plot(range(len(DISTANCE_COLUMNS)), [results[n][location_metric_name(g)] for g in DISTANCE_COLUMNS],
                 marker="o", label=label(results, n), linestyle="--" if n == "upper_bound" else "-")
     ax.set_xticks(range(len(DISTANCE_COLUMNS)), ["agnostic", "2500 km", "750 km", "200 km", "25 km", "1 km"])
     ax.set_ylabel("P@10 (%)")
@@ -105,7 +113,7 @@ def plot_sigma(results: Results, path: Path) -> Optional[Path]:
     x = np.arange(len(present))
     stats = [results[n] for n in present]
     for g in DISTANCE_COLUMNS:
-        key = f"retrieval/P@10_{g}"
+        key = location_metric_name(g)
         sd = [r.get(f"{key}_sd", 0.0) for r in stats]   # error bars: spread over repeats
         ax.errorbar(x, [r.get(key, np.nan) for r in stats], yerr=sd if any(sd) else None, marker="o",
                     capsize=3, label=g)
@@ -127,11 +135,6 @@ class FigureData:
     the JPEGs of the test images actually shown (never the whole split's images)."""
 
     def __init__(self, embeddings_dir: Path, shards_dir: Path):
-        import torch
-
-        from training.data.shards import read_vocab
-        from training.data.embeddings import LocSensDataModule
-
         dm = LocSensDataModule(str(embeddings_dir))
         self.shards_dir = shards_dir
         self.tag_table = torch.tensor(dm.tag_embeddings())
@@ -143,16 +146,12 @@ class FigureData:
 
     def prefetch(self, rows) -> None:
         """Read the JPEGs of these test rows in one filtered pass over the split."""
-        from training.data.shards import read_split_images
-
         ids = [int(self.test["photo_id"][r]) for r in np.asarray(rows).ravel()]
         missing = [i for i in ids if i not in self.jpeg]
         if missing:
             self.jpeg.update(read_split_images(self.shards_dir, "test", missing))
 
     def image(self, row: int):
-        from PIL import Image
-
         self.prefetch([row])
         return Image.open(io.BytesIO(self.jpeg[int(self.test["photo_id"][row])])).convert("RGB")
 
@@ -161,19 +160,12 @@ class Figures:
     """The qualitative figures of one LocSens checkpoint over the shared :class:`FigureData`."""
 
     def __init__(self, checkpoint: Path, data: FigureData):
-        from training.models.locsens import LocSens
-
         self.model = LocSens.load_from_checkpoint(str(checkpoint), map_location="cpu", optimizer=None,
                                                   weights_only=True).eval()
         self.model.set_tag_embeddings(data.tag_table)
         self.data = data
 
     def retrieval_grid(self, tags: list[str], locations: dict[str, list[float]], top: int, path: Path) -> Optional[Path]:
-        import torch
-
-        from training.evaluate.locsens import retrieve_images
-        from training.models.sigma import normalise_location
-
         d = self.data
         tags = [t for t in tags if t in d.tags]
         if not tags:
@@ -204,11 +196,6 @@ class Figures:
         return path
 
     def faked_locations(self, rows: list[int], locations: dict[str, list[float]], path: Path) -> Optional[Path]:
-        import torch
-
-        from training.evaluate.locsens import tag_images
-        from training.models.sigma import normalise_location
-
         d = self.data
         d.prefetch(rows)
         plt = _plt()
@@ -269,7 +256,7 @@ def build_report(cfg: DictConfig) -> Path:
              "## Location-sensitive retrieval, place-name queries omitted (P@10)", "",
              "Ours only: the paper reports no such table. For a place-name query the location is the tag; "
              "the other queries show how a model trades a concept against the place.", "",
-             location_table(results, "_noplaces"), "", queries_note(results, "_noplaces"), "",
+             location_table(results, NOPLACES), "", queries_note(results, NOPLACES), "",
              "## Figures", ""]
     for title, path in figs.items():
         if path is not None:
@@ -308,10 +295,6 @@ def _example_rows(data: FigureData, tags: list[str]) -> list[int]:
 
 
 def _log_report(cfg: DictConfig, out: Path) -> None:
-    import mlflow
-
-    from common.tracking import stage_run
-
     with stage_run("report", cfg.report.run_name, OmegaConf.to_container(cfg, resolve=True),
                    tracking_uri=cfg.paths.mlflow_tracking_uri, artifact_root=cfg.paths.get("mlflow_artifact_root")):
         mlflow.log_artifacts(str(out))

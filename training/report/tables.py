@@ -15,9 +15,13 @@ import re
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+import mlflow
 import numpy as np
+from mlflow.exceptions import MlflowException
 
-from common.metrics import GRANULARITIES_KM, mlflow_metric_name
+from common.embeddings import MANIFEST_NAME, EmbeddingsManifest
+from common.metrics import (AGNOSTIC_P10, NOPLACES, QUERIES, evaluation_metric_names, location_metric_name,
+                            mlflow_metric_name, tagging_metric_names)
 
 Results = dict[str, dict[str, float]]          # model -> metric name -> value
 
@@ -92,13 +96,11 @@ def collect_results(tracking_uri: str) -> Results:
     the mean, with its sample standard deviation under ``<metric>_sd`` and the count under
     ``repeats``.
     """
-    import mlflow
-
     mlflow.set_tracking_uri(tracking_uri)
     out: Results = {}
     names = [n for n in ORDER if n not in ("global_frequency", "country_frequency", "town_frequency")]
     names += list(RETRIEVAL_SOURCE.values())
-    wanted = {mlflow_metric_name(n): n for n in _metric_names()}
+    wanted = {mlflow_metric_name(n): n for n in evaluation_metric_names()}
     if mlflow.get_experiment_by_name("evaluate") is not None:
         runs = mlflow.search_runs(experiment_names=["evaluate"], order_by=["attributes.start_time DESC"],
                                   filter_string="attributes.status = 'FINISHED'", output_format="list")
@@ -125,7 +127,7 @@ def collect_results(tracking_uri: str) -> Results:
                 out[name]["sigma"] = float(group[0].data.params["sigma"])
             if name == "mcc":    # the upper bound is measured with MCC's evaluation
                 latest = group[0].data.metrics
-                out["upper_bound"] = {f"retrieval/P@10_{g}": v for k, v in latest.items()
+                out["upper_bound"] = {location_metric_name(g): v for k, v in latest.items()
                                       for g in DISTANCE_COLUMNS if k == mlflow_metric_name(f"upper_bound/P@10_{g}")}
     if mlflow.get_experiment_by_name("pipeline/frequency_baselines") is not None:
         runs = mlflow.search_runs(experiment_names=["pipeline/frequency_baselines"], max_results=1,
@@ -165,8 +167,6 @@ class _CurrentExports:
         if not directory:
             return True
         if directory not in self._exports:
-            from common.embeddings import MANIFEST_NAME, EmbeddingsManifest
-
             try:
                 self._exports[directory] = (EmbeddingsManifest.read(directory).export_id,
                                             (Path(directory) / MANIFEST_NAME).stat().st_mtime)
@@ -201,8 +201,6 @@ class _Settings:
         if not run_id:
             return {}, []
         if run_id not in self._train:
-            from mlflow.exceptions import MlflowException
-
             try:
                 data = self._client.get_run(run_id).data
             except MlflowException:   # the training run was deleted: compare evaluation settings only
@@ -229,24 +227,17 @@ def _repeat_free(key: str) -> bool:
 
 
 def baseline_results(metrics: Mapping[str, float]) -> Results:
-    """The frequency-baselines job's metrics (``baselines/town/A_at_10_no_places``) as models."""
+    """The frequency-baselines job's metrics (``baselines/town/A_at_10_noplaces``) as models."""
     out: Results = {}
     for key, value in metrics.items():
         parts = key.split("/")
         if len(parts) != 3 or parts[0] != "baselines":
             continue
         _, level, metric = parts
-        suffix = "_noplaces" if metric.endswith("_no_places") else ""
-        k = metric.replace("_no_places", "").replace("A_at_", "")
+        suffix = NOPLACES if metric.endswith(NOPLACES) else ""
+        k = metric.removesuffix(NOPLACES).replace("A_at_", "")
         out.setdefault(f"{level}_frequency", {})[f"tagging/A@{k}{suffix}"] = value
     return out
-
-
-def _metric_names() -> list[str]:
-    names = [f"tagging/{m}{s}" for m in ("A@1", "A@10", "A@50", "pct_pred", "pct_cpred") for s in ("", "_noplaces")]
-    names += ["retrieval/P@10"] + [f"retrieval/P@10_{g}{s}" for g in [*GRANULARITIES_KM, "agnostic"]
-                                   for s in ("", "_noplaces")]
-    return names + ["retrieval/queries_locations", "retrieval/queries_locations_noplaces", "eval/images"]
 
 
 def _cell(ours: Optional[float], paper: Optional[float], sd: Optional[float] = None) -> str:
@@ -273,7 +264,7 @@ def _table(header: Sequence[str], rows: list[list[str]]) -> str:
 
 def tagging_table(results: Results) -> str:
     """A@1 / A@10 / A@50 / %pred / %cpred, ours (paper)."""
-    cols = ["tagging/A@1", "tagging/A@10", "tagging/A@50", "tagging/pct_pred", "tagging/pct_cpred"]
+    cols = tagging_metric_names()
     rows = []
     for name in _tagging_rows(results):
         if any(c in results[name] for c in cols):
@@ -282,7 +273,7 @@ def tagging_table(results: Results) -> str:
 
 
 def noplaces_table(results: Results) -> str:
-    cols = ["tagging/A@1_noplaces", "tagging/A@10_noplaces", "tagging/A@50_noplaces"]
+    cols = tagging_metric_names(suffix=NOPLACES)[:3]
     rows = [_row(results, n, cols, PAPER_NOPLACES.get(n, (None,) * 3))
             for n in _tagging_rows(results) if any(c in results[n] for c in cols)]
     return _table(["Method", "A@1", "A@10", "A@50"], rows)
@@ -298,8 +289,8 @@ def retrieval_results(results: Results) -> Results:
 
 
 def agnostic_retrieval_table(results: Results) -> str:
-    rows = [_row(results, n, ["retrieval/P@10"], [PAPER_AGNOSTIC.get(n)])
-            for n in ("mlc", "mcc", "her") if n in results and "retrieval/P@10" in results[n]]
+    rows = [_row(results, n, [AGNOSTIC_P10], [PAPER_AGNOSTIC.get(n)])
+            for n in ("mlc", "mcc", "her") if n in results and AGNOSTIC_P10 in results[n]]
     return _table(["Method", "P@10"], rows)
 
 
@@ -307,7 +298,7 @@ def location_table(results: Results, suffix: str = "") -> str:
     """Location-sensitive P@10 per granularity: agnostic, continent ... street. ``suffix``
     ``"_noplaces"``: over the queries whose tag is not a place name (the paper has no such table)."""
     results = retrieval_results(results)
-    cols = [f"retrieval/P@10_{g}{suffix}" for g in DISTANCE_COLUMNS]
+    cols = [location_metric_name(g, suffix) for g in DISTANCE_COLUMNS]
     table = []
     for n in rows(results):
         paper = PAPER_SIGMA.get(results[n]["sigma"]) if "sigma" in results[n] else PAPER_LOCATION.get(n)
@@ -322,7 +313,7 @@ def queries_note(results: Results, suffix: str = "") -> str:
     """How many location-sensitive queries the retrieval table's rows were scored on, and a warning
     naming the rows when they were not all scored on the same number (not comparable)."""
     results = retrieval_results(results)
-    key = f"retrieval/queries_locations{suffix}"
+    key = QUERIES + suffix
     counts = {n: int(results[n][key]) for n in rows(results) if key in results[n]}
     if not counts:
         return ""
