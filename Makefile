@@ -47,12 +47,16 @@ pipeline: sample
 # outputs/<model>/embeddings, evaluate; MLflow runs in mlruns.db. Any Hydra override in TRAIN_ARGS.
 SHARDS_MANIFEST ?= data/work/shards/manifest.json
 TRAIN_ARGS ?=
+# The CPU sample's settings for an experiment (conf/sample/): image models, LocSens, and the
+# sigma-schedule LocSens (longer: five models in one run).
+sample_of = $(if $(filter locsens,$1),locsens_sigma,$(if $(filter locsens_%,$1),locsens,image))
+on_sample = +experiment=$1 +sample=$(call sample_of,$1)
 
 $(SHARDS_MANIFEST):
 	$(MAKE) pipeline
 
 train-mcc train-mlc train-her: train-%: install $(SHARDS_MANIFEST)
-	$(PY) -m training.run +experiment=$*_sample $(TRAIN_ARGS)
+	$(PY) -m training.run $(call on_sample,$*) $(TRAIN_ARGS)
 
 # The demo: every stage on the embedded sample, as file targets: a stage runs when its output marker
 # is missing or older than its input's, so a second `make demo` skips finished stages and FORCE=1
@@ -113,10 +117,10 @@ $(PIPELINE_MARKER): $(SAMPLE_MARKER)
 
 # Image models on the shards; LocSens on MCC's embeddings.
 $(MODEL_MARKERS): outputs/%/metrics.json: $(PIPELINE_MARKER)
-	$(call demo_stage,$*,$(PY) -m training.run +experiment=$*_sample $(DEMO_TRAIN_ARGS),outputs/logs/$*.log)
+	$(call demo_stage,$*,$(PY) -m training.run $(call on_sample,$*) $(DEMO_TRAIN_ARGS),outputs/logs/$*.log)
 
 $(LOCSENS_MARKERS): outputs/%/metrics.json: outputs/mcc/metrics.json
-	$(call demo_stage,$*,$(PY) -m training.run +experiment=$*_sample $(DEMO_TRAIN_ARGS),outputs/logs/$*.log)
+	$(call demo_stage,$*,$(PY) -m training.run $(call on_sample,$*) $(DEMO_TRAIN_ARGS),outputs/logs/$*.log)
 
 $(REPORT_MARKER): $(MODEL_MARKERS) $(LOCSENS_MARKERS)
 	$(call demo_stage,report,$(PY) -m training.report > /dev/null)
@@ -132,9 +136,10 @@ report: install
 REPEAT_EXPERIMENTS ?= locsens locsens_zeroed_retrieval locsens_raw locsens_raw_retrieval mcc
 SEEDS ?= 1 2 3
 repeats: install
-	@mkdir -p outputs/repeats; for seed in $(SEEDS); do for e in $(REPEAT_EXPERIMENTS); do echo "$$e $$seed"; done; done | \
-		xargs -P $(DEMO_JOBS) -n 2 sh -c 'log=outputs/repeats/$$0_seed$$1.log; echo "repeats: $$0 seed=$$1 (log: $$log)"; \
-			$(PY) -m training.run +experiment=$${0}_sample seed=$$1 run_dir=outputs/repeats/$${0}_seed$$1 $(DEMO_TRAIN_ARGS) \
+	@mkdir -p outputs/repeats; for seed in $(SEEDS); do for e in $(foreach e,$(REPEAT_EXPERIMENTS),$(e):$(call sample_of,$(e))); do \
+		echo "$${e%%:*} $$seed $${e##*:}"; done; done | \
+		xargs -P $(DEMO_JOBS) -n 3 sh -c 'log=outputs/repeats/$$0_seed$$1.log; echo "repeats: $$0 seed=$$1 (log: $$log)"; \
+			$(PY) -m training.run +experiment=$$0 +sample=$$2 seed=$$1 run_dir=outputs/repeats/$${0}_seed$$1 $(DEMO_TRAIN_ARGS) \
 				> $$log 2>&1 || { echo "repeats: $$0 seed=$$1 FAILED, see $$log"; exit 255; }'
 	$(PY) -m training.report
 

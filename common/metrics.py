@@ -415,9 +415,15 @@ def upper_bound_p_at_10_by_distance(query_tags: np.ndarray, query_lat: np.ndarra
 
 
 
+def accuracy_metric_name(k: int, suffix: str = "", prefix: str = "tagging/") -> str:
+    """Tagging accuracy at k (``tagging/A@10``, ``tagging/A@10_noplaces``)."""
+    return f"{prefix}A@{k}{suffix}"
+
+
 def tagging_metric_names(ks: Sequence[int] = TAGGING_KS, prefix: str = "tagging/", suffix: str = "") -> list[str]:
     """A@k for each k, then %pred and %cpred."""
-    return [f"{prefix}A@{k}{suffix}" for k in ks] + [f"{prefix}pct_pred{suffix}", f"{prefix}pct_cpred{suffix}"]
+    return [accuracy_metric_name(k, suffix, prefix) for k in ks] + [f"{prefix}pct_pred{suffix}",
+                                                                     f"{prefix}pct_cpred{suffix}"]
 
 
 def location_metric_name(granularity: str, suffix: str = "") -> str:

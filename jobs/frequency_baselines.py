@@ -17,7 +17,7 @@ import numpy as np
 from omegaconf import DictConfig
 from pyspark.sql import functions as F
 
-from common.metrics import NOPLACES, mlflow_metrics
+from common.metrics import NOPLACES, accuracy_metric_name, mlflow_metrics
 from common.tracking import stage_run
 from pipeline import baselines, io, place_names
 from pipeline.config import PipelineError, run_job
@@ -61,8 +61,7 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
         n_test = test.count()
         rows = table_rows(result, ks)
         for r in result:
-            suffix = "" if r["variant"] == "all" else NOPLACES
-            st.metric(f"baselines/{r['level']}/A@{r['k']}{suffix}", r["accuracy"])
+            st.metric(accuracy_metric_name(r["k"], _suffix(r), prefix=f"baselines/{r['level']}/"), r["accuracy"])
         st.metrics_from({"test_images": n_test, "place_tags": int(mask.sum()),
                          "fallback_share/country": fb["country"], "fallback_share/town": fb["town"]})
         table = markdown_table(rows, ["baseline", "place names", *[f"A@{k}" for k in ks]])
@@ -77,13 +76,17 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
     log_comparable_runs(cfg, result, ks)
 
 
+def _suffix(result_row: dict) -> str:
+    """The metric-name suffix of a result row's variant (all tags, or place names removed)."""
+    return "" if result_row["variant"] == "all" else NOPLACES
+
+
 def log_comparable_runs(cfg: DictConfig, result: list[dict], ks: list[int]) -> None:
     """One run per baseline in the ``evaluate`` experiment, named (``town_frequency``) and measured
     (``tagging/A_at_10``, ``..._noplaces``) like the models' evaluation runs, so that MLflow's
     compare view puts the baselines beside MCC and LocSens."""
     for level in baselines.LEVELS:
-        metrics = {f"tagging/A@{r['k']}{'' if r['variant'] == 'all' else '_noplaces'}": r["accuracy"]
-                   for r in result if r["level"] == level}
+        metrics = {accuracy_metric_name(r["k"], _suffix(r)): r["accuracy"] for r in result if r["level"] == level}
         with stage_run("evaluate", f"{level}_frequency", {"model": f"{level} frequency baseline", "ks": ks},
                        tracking_uri=cfg.paths.mlflow_tracking_uri,
                        artifact_root=cfg.paths.get("mlflow_artifact_root"), tags={"stage": "frequency_baselines"}):

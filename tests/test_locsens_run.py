@@ -50,8 +50,10 @@ def test_experiments_compose(tmp_path, embeddings, experiment, location, negativ
     assert cfg.task_name == experiment and cfg.model.location == location
     assert cfg.model.negatives_mode == negatives     # the paper trains one model per task
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        sample = compose("train.yaml", overrides=[f"+experiment={experiment}_sample"])
+        cpu = "locsens_sigma" if experiment == "locsens" else "locsens"
+        sample = compose("train.yaml", overrides=[f"+experiment={experiment}", f"+sample={cpu}"])
     assert sample.task_name == experiment and sample.model.negatives_mode == negatives
+    assert sample.model.hidden == [256, 256, 128] and sample.trainer.max_epochs == (45 if cpu == "locsens_sigma" else 25)
     assert cfg.model._target_ == "training.models.locsens.LocSens"
     assert cfg.data._target_ == "training.data.embeddings.LocSensDataModule"
     assert "location_schedule" in cfg.callbacks and "embedding_writer" not in cfg.callbacks

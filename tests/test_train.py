@@ -71,7 +71,7 @@ def test_eval_config_composes():
         cfg = compose("eval.yaml", overrides=["embeddings_dir=/tmp/x"])
     assert cfg.evaluation.ks == [1, 10, 50] and cfg.evaluation.min_images == 10
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        sample = compose("train.yaml", overrides=["+experiment=mcc_sample"])
+        sample = compose("train.yaml", overrides=["+experiment=mcc", "+sample=image"])
     assert sample.task_name == "mcc" and sample.model.backbone.name == "mobilenet_v3_small"
     assert sample.data.crop == 64 and sample.model._target_ == "training.models.mcc.MCC"
 
@@ -197,3 +197,12 @@ def test_ddp_spawn_every_row_once_per_epoch(tmp_path, shards):
     manifest = EmbeddingsManifest.read(tmp_path / "outputs" / "mcc" / "embeddings")
     assert len(manifest.splits["test"]["files"]) == 2
     assert manifest.splits["train"]["rows"] == train_ids.size
+
+
+def test_a_sample_mixin_of_another_model_family_is_a_clear_error(tmp_path, shards):
+    """LocSens's CPU settings on MCC: the run stops naming the setting it does not take, and the mixin that fits."""
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train.yaml", overrides=["+experiment=mcc", "+sample=locsens", f"paths.root_dir={tmp_path}",
+                                               f"paths.shards_dir={shards}"])
+    with pytest.raises(SetupError, match="negative_pool.*check the data.* settings.*\\+sample=image goes with mcc"):
+        train(cfg)

@@ -20,6 +20,7 @@ import hydra
 import mlflow
 import pytorch_lightning as pl
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -33,6 +34,17 @@ from training.evaluate.after_fit import evaluate_after_fit
 from training.evaluate.embeddings import embeddings_tags, evaluate_embeddings, log_evaluation
 
 log = logging.getLogger(__name__)
+
+
+def _build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
+    """The configured data module or model; a setting it does not take (a ``+sample=`` mixin of
+    another model family, a misspelt key) stops the run naming the setting."""
+    try:
+        return instantiate(cfg[key], **kwargs)
+    except InstantiationException as exc:
+        raise SetupError(f"{key} ({cfg[key].get('_target_')}): {exc.__cause__ or exc}; check the {key}.* settings "
+                         "(+sample=image goes with mcc, mlc and her; +sample=locsens and locsens_sigma with LocSens)"
+                         ) from exc
 
 
 def _instantiate_group(group: Optional[DictConfig]) -> list[Any]:
@@ -106,8 +118,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     fitting = bool(cfg.get("train", True))
     evaluated = None if fitting else _checkpoint_to_evaluate(cfg)
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model, num_tags=datamodule.num_tags)
+    datamodule = _build(cfg, "data")
+    model = _build(cfg, "model", num_tags=datamodule.num_tags)
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from common import metrics as M
 from training.callbacks.sigma_snapshots import LocationSchedule
 from training.data.shards import place_mask
 from training.evaluate.embeddings import embeddings_tags, log_evaluation
@@ -82,7 +83,8 @@ def evaluate_after_fit(cfg: DictConfig, model: LocSens, datamodule, callbacks: l
                            artifact_root=cfg.paths.get("mlflow_artifact_root"), run_name=name,
                            tags={**export, **{k: v for k, v in {"train_run_id": train_run_id, "checkpoint": checkpoint}.items() if v}})
         out.update({(k if last else f"{name}/{k}"): float(v) for k, v in metrics.items() if np.isfinite(v)})
-        for k in ("tagging/A@1", "tagging/A@10", "retrieval/P@10_25km", "retrieval/P@10_agnostic"):
+        for k in (M.accuracy_metric_name(1), M.accuracy_metric_name(10), M.location_metric_name("25km"),
+                  M.location_metric_name("agnostic")):
             if k in metrics:
                 log.info("%s %s = %.2f", name, k, metrics[k])
     return out

@@ -20,7 +20,7 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 
 from common.embeddings import MANIFEST_NAME, EmbeddingsManifest
-from common.metrics import (AGNOSTIC_P10, NOPLACES, QUERIES, evaluation_metric_names, location_metric_name,
+from common.metrics import (AGNOSTIC_P10, accuracy_metric_name, NOPLACES, QUERIES, evaluation_metric_names, location_metric_name,
                             mlflow_metric_name, tagging_metric_names)
 
 Results = dict[str, dict[str, float]]          # model -> metric name -> value
@@ -231,12 +231,12 @@ def baseline_results(metrics: Mapping[str, float]) -> Results:
     out: Results = {}
     for key, value in metrics.items():
         parts = key.split("/")
-        if len(parts) != 3 or parts[0] != "baselines":
+        if len(parts) != 3 or parts[0] != "baselines" or not parts[2].startswith("A_at_"):
             continue
         _, level, metric = parts
         suffix = NOPLACES if metric.endswith(NOPLACES) else ""
         k = metric.removesuffix(NOPLACES).replace("A_at_", "")
-        out.setdefault(f"{level}_frequency", {})[f"tagging/A@{k}{suffix}"] = value
+        out.setdefault(f"{level}_frequency", {})[accuracy_metric_name(int(k), suffix)] = value
     return out
 
 
