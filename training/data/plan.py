@@ -17,6 +17,7 @@ Per-row draws that must not depend on the topology (MCC's target tag) are hashes
 """
 from __future__ import annotations
 
+import abc
 import math
 import multiprocessing as mp
 import warnings
@@ -163,7 +164,7 @@ def deal_window(sizes: Sequence[int], rng: np.random.Generator, shuffle: bool,
     return out
 
 
-class PlannedStream(IterableDataset):
+class PlannedStream(IterableDataset, abc.ABC):
     """A stream of batches over (file, row group) work units, planned per epoch by
     :func:`plan_epoch` for one rank, read a window of batches at a time (subclasses shuffle and
     convert the rows)."""
@@ -214,8 +215,9 @@ class PlannedStream(IterableDataset):
         """Per-iteration state for :meth:`make_batch` (e.g. a torch generator), from the worker's seed."""
         return None
 
+    @abc.abstractmethod
     def make_batch(self, rows: Any, take: np.ndarray, pool: Optional[np.ndarray], epoch: int, state: Any) -> Any:
-        raise NotImplementedError(f"{type(self).__name__} must say how rows become a batch")
+        """The batch of the window's rows at positions ``take`` (and the sample pool ``pool``)."""
 
     def __iter__(self) -> Iterator[Any]:
         """The one loop of every stream: this worker's plan, a window at a time, rows dealt out again."""
