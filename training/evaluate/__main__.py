@@ -1,4 +1,28 @@
-"""``python -m training.evaluate``: evaluate an embeddings export (conf/eval.yaml)."""
-from training.evaluate.embeddings import main
+"""``python -m training.evaluate embeddings_dir=...``: evaluate an embeddings export (conf/eval.yaml).
+
+The Hydra entry lives here, in the file run as ``__main__``, so that Hydra finds ``conf/`` relative
+to this file."""
+import logging
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from training.evaluate.embeddings import embeddings_tags, evaluate_embeddings, log_evaluation
+
+log = logging.getLogger("training.evaluate")
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="eval.yaml")
+def main(cfg: DictConfig) -> dict[str, float]:
+    metrics = evaluate_embeddings(cfg.embeddings_dir, shards_dir=cfg.get("shards_dir"), **cfg.evaluation)
+    for k, v in metrics.items():
+        log.info("%s = %.3f", k, v)
+    if cfg.get("mlflow", True):
+        log_evaluation(metrics, OmegaConf.to_container(cfg, resolve=True),
+                       tracking_uri=cfg.paths.mlflow_tracking_uri,
+                       artifact_root=cfg.paths.mlflow_artifact_root,
+                       run_name=cfg.task_name, tags=embeddings_tags(cfg.embeddings_dir))
+    return metrics
+
 
 main()

@@ -13,12 +13,10 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-import hydra
 import mlflow
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 
 from common import metrics as M
 from common.embeddings import (EmbeddingsManifest, arrow_to_embeddings, read_image_embeddings,
@@ -117,17 +115,3 @@ def format_table(rows: Mapping[str, Mapping[str, float]], names: Sequence[str]) 
     for model, m in rows.items():
         lines.append(model.ljust(10) + "".join(f"{m.get(n, float('nan')):{width}.2f}" for n in names))
     return "\n".join(lines)
-
-
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="eval.yaml")
-def main(cfg: DictConfig) -> dict[str, float]:
-    metrics = evaluate_embeddings(cfg.embeddings_dir, shards_dir=cfg.get("shards_dir"), **cfg.evaluation)
-    for k, v in metrics.items():
-        log.info("%s = %.3f", k, v)
-    if cfg.get("mlflow", True):
-        log_evaluation(metrics, OmegaConf.to_container(cfg, resolve=True),
-                       tracking_uri=cfg.paths.mlflow_tracking_uri,
-                       artifact_root=cfg.paths.mlflow_artifact_root,
-                       run_name=cfg.task_name, tags=embeddings_tags(cfg.embeddings_dir))
-    return metrics
-

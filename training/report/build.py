@@ -15,7 +15,6 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-import hydra
 import mlflow
 import numpy as np
 import torch
@@ -298,9 +297,3 @@ def _log_report(cfg: DictConfig, out: Path) -> None:
     with stage_run("report", cfg.report.run_name, OmegaConf.to_container(cfg, resolve=True),
                    tracking_uri=cfg.paths.mlflow_tracking_uri, artifact_root=cfg.paths.get("mlflow_artifact_root")):
         mlflow.log_artifacts(str(out))
-
-
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="report.yaml")
-def main(cfg: DictConfig) -> None:
-    print(build_report(cfg).read_text())
-
