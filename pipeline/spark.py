@@ -1,15 +1,18 @@
 """One way to get a SparkSession, for the jobs and for the tests.
 
 Under ``spark-submit`` the master and resources come from spark-submit's own flags; outside it
-(tests, ``python jobs/x.py``) we fall back to ``local[*]``. Settings that every job wants
-(quiet logs, UTC, no UI in tests) live here instead of in each job.
+(tests, ``python jobs/x.py``) we fall back to ``local[*]``. The project's settings (quiet logs,
+UTC, the sample's small shuffle, ``spark.conf`` of conf/pipeline.yaml) are *defaults*: a setting
+the user gave Spark itself, through ``spark-submit --conf`` or ``spark-defaults.conf``, wins.
 """
 from __future__ import annotations
 
 import os
 import sys
-from typing import Optional
+from pathlib import Path
+from typing import Mapping, Optional
 
+from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 #: JVM options for batch Spark work: the parallel (throughput) collector, whose pauses do not
@@ -19,30 +22,61 @@ BATCH_JVM_OPTIONS = "-XX:+UseParallelGC"
 
 
 def spark_session(app_name: str, master: Optional[str] = None, *, ui: bool = True,
-                  shuffle_partitions: Optional[int] = None, log_level: str = "WARN") -> SparkSession:
-    """Create (or return the running) SparkSession with the project's defaults."""
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    # Workers must run the same interpreter as the driver (the project venv).
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    builder = SparkSession.builder.appName(app_name)
-    if master is not None:
-        builder = builder.master(master)
-    elif not _under_spark_submit():
-        builder = builder.master("local[*]")
-    builder = (
-        builder.config("spark.sql.session.timeZone", "UTC")
-        .config("spark.ui.enabled", str(ui).lower())
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.adaptive.enabled", "true")
+                  shuffle_partitions: Optional[int] = None, defaults: Optional[Mapping[str, object]] = None,
+                  log_level: str = "WARN") -> SparkSession:
+    """Create (or return the running) SparkSession; the project's settings apply where the user's
+    Spark configuration says nothing (:func:`user_settings`)."""
+    submitted = _under_spark_submit()
+    if master is None and not submitted:
+        master = "local[*]"
+    if master is not None and master.startswith("local"):
+        # One machine: bind to loopback, and run Python workers with the driver's interpreter. On a
+        # cluster neither is ours to choose (the driver must be reachable; executors have their own
+        # Python, set with spark.pyspark.python or PYSPARK_PYTHON).
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    ours: dict[str, object] = {
+        "spark.sql.session.timeZone": "UTC",
+        "spark.ui.enabled": str(ui).lower(),
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.adaptive.enabled": "true",
         # Outside spark-submit the JVM starts here: quiet logs, the throughput collector.
-        .config("spark.driver.extraJavaOptions", f"{BATCH_JVM_OPTIONS} -Dlog4j2.level=warn")
-    )
+        "spark.driver.extraJavaOptions": f"{BATCH_JVM_OPTIONS} -Dlog4j2.level=warn",
+    }
     if shuffle_partitions is not None:
-        builder = builder.config("spark.sql.shuffle.partitions", str(shuffle_partitions))
+        ours["spark.sql.shuffle.partitions"] = shuffle_partitions
+    ours.update(defaults or {})
+    given = user_settings()
+    builder = SparkSession.builder.appName(app_name)
+    if master is not None and "spark.master" not in given:
+        builder = builder.master(master)
+    for key, value in ours.items():
+        if key not in given:
+            builder = builder.config(key, str(value))
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(log_level)
     return spark
+
+
+def user_settings() -> dict[str, str]:
+    """The Spark settings the user gave Spark itself: under spark-submit, the driver's SparkConf
+    (``--conf``, ``--master``, ``spark-defaults.conf``); otherwise ``spark-defaults.conf`` from
+    ``SPARK_CONF_DIR`` (or ``SPARK_HOME/conf``)."""
+    if _under_spark_submit():
+        SparkContext._ensure_initialized()   # connects to spark-submit's JVM, whose properties hold them
+        return dict(SparkConf().getAll())
+    folder = os.environ.get("SPARK_CONF_DIR") or (Path(os.environ["SPARK_HOME"]) / "conf"
+                                                  if os.environ.get("SPARK_HOME") else None)
+    path = Path(folder) / "spark-defaults.conf" if folder else None
+    if path is None or not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        parts = line.strip().split(None, 1)
+        if len(parts) == 2 and not parts[0].startswith("#"):
+            out[parts[0]] = parts[1].strip()
+    return out
 
 
 def _under_spark_submit() -> bool:

@@ -19,11 +19,10 @@ log = logging.getLogger("pipeline")
 
 
 def start_spark(cfg: DictConfig, app: str) -> SparkSession:
-    spark = spark_session(f"locsens-{app}", master=cfg.spark.master,
-                          shuffle_partitions=cfg.spark.shuffle_partitions)
-    for key, value in (cfg.spark.conf or {}).items():
-        spark.conf.set(str(key), str(value))
-    return spark
+    """The job's session: conf/pipeline.yaml's ``spark`` settings as defaults, under what the user
+    gave spark-submit (``--conf``) or ``spark-defaults.conf``."""
+    return spark_session(f"locsens-{app}", master=cfg.spark.master, shuffle_partitions=cfg.spark.shuffle_partitions,
+                         defaults={str(k): v for k, v in (cfg.spark.conf or {}).items()})
 
 
 class Stage:
@@ -56,6 +55,18 @@ class Stage:
         mlflow.log_text(text, name)
 
 
+def log_effective_spark_settings() -> None:
+    """What Spark actually ran with (after spark-submit's flags, spark-defaults.conf and our
+    defaults), as ``effective.<key>`` parameters of the job's run."""
+    spark = SparkSession.getActiveSession()
+    if spark is None:
+        return
+    sc = spark.sparkContext
+    mlflow.log_params({"effective.spark.master": sc.master,
+                       "effective.spark.sql.shuffle.partitions": spark.conf.get("spark.sql.shuffle.partitions"),
+                       "effective.spark.default.parallelism": sc.defaultParallelism})
+
+
 @contextlib.contextmanager
 def stage(cfg: DictConfig, name: str) -> Iterator[Stage]:
     """One MLflow run in experiment ``<prefix>/<name>`` with the resolved config and total time."""
@@ -64,6 +75,7 @@ def stage(cfg: DictConfig, name: str) -> Iterator[Stage]:
                    tracking_uri=cfg.paths.mlflow_tracking_uri,
                    artifact_root=cfg.paths.mlflow_artifact_root) as _run:
         st = Stage(name)
+        log_effective_spark_settings()
         yield st
         st.metric("seconds/total", time.perf_counter() - st._t0)
 
