@@ -23,7 +23,8 @@ SPARK_JAVA_OPTS ?= -XX:+UseParallelGC -Dlog4j2.configurationFile=conf/log4j2.pro
 PIPELINE_JOBS := clean_metadata build_vocab shard_dataset frequency_baselines
 PIPELINE_ARGS ?= paths.raw_dir=$(SAMPLE_DIR) shard.image_size=128 shard.rows_per_file=5000 shard.rows_per_row_group=250
 
-.PHONY: install demo test test-fast sample pipeline bench clean train-mcc train-mlc train-her report ui repeats
+.PHONY: install demo test test-fast sample pipeline bench clean train-mcc train-mlc train-her report ui repeats \
+	worker-env dist cluster-up cluster-down
 
 install: $(STAMP)
 
@@ -147,7 +148,32 @@ repeats: install
 ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath mlruns.db) --host 127.0.0.1 --port $(MLFLOW_PORT)
 
-test: install
+# A Spark standalone cluster on this machine (pipeline/cluster.py): a master and two workers on
+# 127.0.0.1 whose Python is $(WORKER_VENV), an environment with the executors' dependencies (the
+# `executors` extra) and without this project; the jobs' code reaches them in $(DIST_ZIP)
+# (spark-submit --py-files). The cluster tests use the same pieces.
+WORKER_VENV := .venv-workers
+WORKER_STAMP := $(WORKER_VENV)/.installed-stamp
+DIST_ZIP := dist/locsens-pipeline.zip
+CLUSTER_DIR ?= .cluster
+
+worker-env: $(WORKER_STAMP)
+
+$(WORKER_STAMP): $(STAMP)
+	@test -x $(WORKER_VENV)/bin/python || $(PYTHON) -m venv $(WORKER_VENV)
+	$(PY) -m pipeline.cluster requirements | xargs $(WORKER_VENV)/bin/pip install --quiet -c constraints.txt
+	@touch $(WORKER_STAMP)
+
+dist: install
+	$(PY) -m pipeline.cluster package --out $(DIST_ZIP)
+
+cluster-up: worker-env dist
+	$(PY) -m pipeline.cluster up --dir $(CLUSTER_DIR) --worker-python $(WORKER_VENV)/bin/python
+
+cluster-down: install
+	$(PY) -m pipeline.cluster down --dir $(CLUSTER_DIR)
+
+test: install worker-env
 	$(PY) -m pytest
 
 test-fast: install
@@ -157,4 +183,4 @@ bench: install
 	$(PY) bench/synth_throughput.py
 
 clean:
-	rm -rf data outputs mlruns.db mlartifacts spark-warehouse .pytest_cache
+	rm -rf data outputs mlruns.db mlartifacts spark-warehouse .pytest_cache dist

@@ -34,7 +34,7 @@ def image_source(spark, cfg: DictConfig, dataset):
         fs, root = images.filesystem(str(s.image_root))
         if fs.get_file_info(root).type != pa.fs.FileType.Directory:
             raise PipelineError(f"setting shard.image_root: {s.image_root} is not a directory")
-        return dataset.withColumn("image_path", shards.image_relpath_col()), str(s.image_root)
+        return dataset.withColumn("image_path", shards.image_relpath_col()), io.qualify(spark, str(s.image_root))
     if s.img2dataset_dir is None:
         raise PipelineError("setting shard.img2dataset_dir: required when shard.image_source=img2dataset")
     io.require_input(spark, s.img2dataset_dir, "shard.img2dataset_dir")
@@ -89,7 +89,7 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
         df = shards.assign_shards(df, n_files, seed)
 
         with io.staged_outputs(spark) as staged:
-            tmp = staged.stage(str(s.output))
+            tmp = io.qualify(spark, staged.stage(str(s.output)))   # executors write there, whatever their cwd
             records_path = f"{tmp}/records"  # not "_records": Spark skips hidden names
             with st.timed("shard"):
                 shards.write_shards(df, n_files, tmp, image_root, short_side=size, quality=quality,

@@ -41,6 +41,14 @@ def load_config(argv: Sequence[str], config_name: str = "pipeline",
     return cfg
 
 
+def job_conf_dir() -> Path:
+    """``conf/`` beside the job script being run (``jobs/<job>.py`` -> ``conf/``): on a cluster the
+    package itself may come from the zip spark-submit ships (``--py-files``), which holds no
+    configuration."""
+    candidate = Path(sys.argv[0]).resolve().parents[1] / "conf"
+    return candidate if (candidate / "pipeline.yaml").is_file() else CONF_DIR
+
+
 def to_dict(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
@@ -77,7 +85,7 @@ def run_job(main: Callable[[DictConfig], Any], argv: Sequence[str] | None = None
     setup_logging()
     argv = sys.argv[1:] if argv is None else argv
     try:
-        cfg = load_config(argv)
+        cfg = load_config(argv, conf_dir=job_conf_dir())
         main(cfg)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -12,6 +12,7 @@ import functools
 import io
 import math
 import os
+import urllib.parse
 from typing import Optional
 
 import pyarrow.fs as pafs
@@ -34,6 +35,8 @@ def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
     for alias, scheme in _URI_ALIASES.items():
         if root.startswith(alias):
             root = scheme + root[len(alias):]
+    if root.startswith("file:"):          # Hadoop's qualified local form, file:/abs/x (io.qualify)
+        return pafs.LocalFileSystem(), urllib.parse.urlparse(root).path
     if "://" in root:
         return pafs.FileSystem.from_uri(root)
 

@@ -29,6 +29,15 @@ def _fs_and_path(spark: SparkSession, path: str):
     return fs, hpath
 
 
+def qualify(spark: SparkSession, path: str) -> str:
+    """``path`` as Spark resolves it on the driver (Hadoop's default filesystem, the driver's
+    working directory): a URI (``file:/abs/x``, ``hdfs://nn/x``) that executors open the same way.
+    Paths handed to executor-side readers and writers go through here once, on the driver; a
+    relative path would otherwise mean each worker's own folder."""
+    fs, hpath = _fs_and_path(spark, path)
+    return str(fs.makeQualified(hpath).toUri().toString())
+
+
 def exists(spark: SparkSession, path: str) -> bool:
     fs, hpath = _fs_and_path(spark, path)
     return bool(fs.exists(hpath))
