@@ -25,16 +25,28 @@ log = logging.getLogger("pipeline.clean_metadata")
 
 
 def resolve_layout(spark, path: str, setting: str, sample_lines: int) -> int:
-    if setting != "auto":
-        if int(setting) not in (23, 25):
-            raise PipelineError(f"setting clean.layout={setting!r}: expected auto, 25 or 23")
-        return int(setting)
-    head = [r.value for r in spark.read.text(path).limit(sample_lines).collect()]
-    layout = parse.detect_layout(head)
-    if layout is None:
-        raise PipelineError(f"{path}: none of the first {len(head)} lines has 25 or 23 TAB-separated "
-                            "fields; is this a yfcc100m_dataset file? (or set clean.layout)")
-    return layout
+    """The column layout of the dataset, from the first lines of every file (a folder of parts):
+    before the full parse, a file that has no layout, a folder mixing layouts, or a file that does
+    not match an explicit ``clean.layout`` stops the job naming the file."""
+    if setting != "auto" and setting not in ("23", "25"):
+        raise PipelineError(f"setting clean.layout={setting!r}: expected auto, 25 or 23")
+    found: dict[int, str] = {}
+    for file in io.list_files(spark, path):
+        head = [r.value for r in spark.read.text(file).limit(sample_lines).collect()]
+        layout = parse.detect_layout(head)
+        if layout is None and head and setting == "auto":
+            raise PipelineError(f"{file}: none of the first {len(head)} lines has 25 or 23 TAB-separated "
+                                "fields; is this a yfcc100m_dataset file?")
+        if layout is not None and setting != "auto" and layout != int(setting):
+            raise PipelineError(f"{file}: its lines have {layout} TAB-separated fields, but clean.layout={setting}")
+        if layout is not None:
+            found.setdefault(layout, file)
+    if len(found) > 1:
+        raise PipelineError(f"{path} mixes layouts: {found[25]} has 25 fields, {found[23]} has 23 "
+                            "(one release per run)")
+    if not found:
+        raise PipelineError(f"{path}: no lines to read (an empty dataset)")
+    return int(setting) if setting != "auto" else next(iter(found))
 
 
 def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None:

@@ -38,6 +38,21 @@ def qualify(spark: SparkSession, path: str) -> str:
     return str(fs.makeQualified(hpath).toUri().toString())
 
 
+def list_files(spark: SparkSession, path: str) -> list[str]:
+    """The data files of ``path`` (itself, or the files below a folder, without hidden or ``_``
+    names), sorted, as qualified URIs."""
+    fs, hpath = _fs_and_path(spark, path)
+    if fs.getFileStatus(hpath).isFile():
+        return [qualify(spark, path)]
+    out, it = [], fs.listFiles(hpath, True)
+    while it.hasNext():
+        status = it.next()
+        name = status.getPath().getName()
+        if status.isFile() and not name.startswith((".", "_")):
+            out.append(str(status.getPath().toUri().toString()))
+    return sorted(out)
+
+
 def exists(spark: SparkSession, path: str) -> bool:
     fs, hpath = _fs_and_path(spark, path)
     return bool(fs.exists(hpath))

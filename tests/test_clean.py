@@ -191,3 +191,21 @@ def test_failed_check_publishes_nothing(spark, tmp_path):
     main(job_config(tmp_path, other))                    # the real check passes and publishes all three
     assert [digests(p) for p in outputs] != before
     assert {r["name"] for r in spark.read.parquet(cfg.outputs.place_names).collect()} >= {"lettershea", "galway"}
+
+
+def test_a_folder_mixing_layouts_stops_before_the_parse_naming_a_file_of_each(spark, tmp_path):
+    raw = write_raw(tmp_path / "raw", [], {1: TOWNS["nyc"], 2: TOWNS["nyc"]})
+    (raw / "yfcc100m_dataset").unlink()
+    parts = raw / "yfcc100m_dataset"
+    parts.mkdir()
+    (parts / "part-0").write_text(at("nyc", 1) + "\n")
+    (parts / "part-1").write_text(at("nyc", 2, layout=23) + "\n")
+    with pytest.raises(PipelineError, match=r"mixes layouts: .*part-0 has 25 fields, .*part-1 has 23"):
+        _run_clean(spark, tmp_path, raw)
+
+
+def test_an_explicit_layout_the_file_does_not_have_stops_naming_the_file(spark, tmp_path):
+    raw = write_raw(tmp_path / "raw", [at("nyc", 1)], {1: TOWNS["nyc"]})
+    with pytest.raises(PipelineError, match=r"yfcc100m_dataset: its lines have 25 TAB-separated fields, but clean.layout=23"):
+        _run_clean(spark, tmp_path, raw, "clean.layout=23")
+    assert not (tmp_path / "data" / "work" / "clean").exists()      # stopped before anything was written
