@@ -20,8 +20,9 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 
 from common.embeddings import MANIFEST_NAME, EmbeddingsManifest
-from common.metrics import (AGNOSTIC_P10, accuracy_metric_name, NOPLACES, QUERIES, evaluation_metric_names, location_metric_name,
-                            mlflow_metric_name, tagging_metric_names)
+from common.metrics import (AGNOSTIC_P10, NOPLACES, QUERIES, TAGGING_KS, accuracy_metric_name,
+                            evaluation_metric_names, location_metric_name, mlflow_metric_name,
+                            tagging_metric_names)
 
 Results = dict[str, dict[str, float]]          # model -> metric name -> value
 
@@ -273,7 +274,7 @@ def tagging_table(results: Results) -> str:
 
 
 def noplaces_table(results: Results) -> str:
-    cols = tagging_metric_names(suffix=NOPLACES)[:3]
+    cols = [accuracy_metric_name(k, NOPLACES) for k in TAGGING_KS]   # the paper's table has no %pred
     rows = [_row(results, n, cols, PAPER_NOPLACES.get(n, (None,) * 3))
             for n in _tagging_rows(results) if any(c in results[n] for c in cols)]
     return _table(["Method", "A@1", "A@10", "A@50"], rows)
