@@ -49,6 +49,14 @@ def resolve_layout(spark, path: str, setting: str, sample_lines: int) -> int:
     return int(setting) if setting != "auto" else next(iter(found))
 
 
+def nothing_kept(dataset_path: str, n_input: int, by_reason: dict[str, int]) -> str:
+    """The message for an input that keeps no row: stopping here names the likely cause, where
+    build_vocab would only find an empty table."""
+    top = ", ".join(f"{k} {v:,}" for k, v in sorted(by_reason.items(), key=lambda kv: -kv[1])[:3])
+    return (f"{dataset_path}: none of its {n_input:,} lines was kept (commonest reasons: {top or 'none'}); "
+            "nothing was published. Check clean.layout, the places file (clean.places) and clean.dictionary")
+
+
 def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None:
     spark = start_spark(cfg, "clean_metadata")
     c = cfg.clean
@@ -112,6 +120,8 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
                               "dataset": dataset_path, "layout": layout}, "reject_summary.json")
             st.artifact_text(markdown_table(summary, ["reason", "lines", "share"]), "reject_summary.md")
             check("clean_metadata", n_input, {"kept": n_kept, "rejected": n_rejected})
+            if n_kept == 0:
+                raise PipelineError(nothing_kept(dataset_path, n_input, by_reason))
         if no_continent:
             log.warning("%d kept photos have a country with no continent (add clean.country_aliases)",
                         no_continent)

@@ -17,7 +17,7 @@ from pipeline import yfcc
 
 #: Reject reasons raised while parsing one dataset line, in the order parse_line checks them.
 PARSE_REASONS: tuple[str, ...] = (
-    "empty_line", "wrong_column_count", "bad_coordinates", "coordinates_out_of_range",
+    "empty_line", "invalid_utf8", "wrong_column_count", "bad_coordinates", "coordinates_out_of_range",
     "bad_accuracy", "bad_marker", "bad_photo_id", "bad_line_number", "bad_date_uploaded",
 )
 
@@ -165,6 +165,9 @@ def parse_lines(lines: DataFrame, layout: int, *, value_col: str = "value", line
     has_geo, marker = F.col("_has_geo"), F.col("_marker")
     df = df.withColumn("reason", _first_reason(
         ((F.length(value) <= 2) & (_strip_line_end(value) == ""), "empty_line"),
+        # Spark carries undecodable bytes through unchanged; written out they would make
+        # unreadable Parquet strings, so such a line is rejected whole, never repaired.
+        (~F.is_valid_utf8(value), "invalid_utf8"),
         (F.size("_f") != layout, "wrong_column_count"),
         (~both_empty & unparsable, "bad_coordinates"),
         (has_geo & out_of_range, "coordinates_out_of_range"),
@@ -197,7 +200,9 @@ def parse_lines(lines: DataFrame, layout: int, *, value_col: str = "value", line
         F.col("reason"),
     ]
     keep = [c for c in lines.columns if c != value_col]
-    line = F.when(~ok, F.substring(_strip_line_end(value), 1, line_chars)).alias("line")
+    # The debugging copy of a line with undecodable bytes shows them as U+FFFD (file and
+    # line_number locate the original).
+    line = F.when(~ok, F.substring(_strip_line_end(F.make_valid_utf8(value)), 1, line_chars)).alias("line")
     return df.select(*keep, *cols, F.xxhash64(value).alias("line_hash"), line)
 
 
@@ -237,7 +242,8 @@ def _places_fields(lines: DataFrame, value_col: str) -> DataFrame:
     """``lines`` with ``_f`` (fields), ``_v`` (the entries), ``_id`` and ``_reason`` (null: well formed)."""
     df = _stages(lines, [("_f", F.split(value_col, "\t", -1)),
                          ("_v", _strip_line_end(F.get(F.col("_f"), 1))), ("_id", _int(F.get(F.col("_f"), 0)))])
-    return df.withColumn("_reason", F.when((F.size("_f") != 2) | F.col("_id").isNull(), F.lit("bad_places_line"))
+    bad_line = (F.size("_f") != 2) | F.col("_id").isNull() | ~F.is_valid_utf8(value_col)
+    return df.withColumn("_reason", F.when(bad_line, F.lit("bad_places_line"))
                          .when(~F.col("_v").rlike(PLACES_VALUE), F.lit("bad_place_entry")))
 
 

@@ -202,6 +202,10 @@ def parse_line(line: str, layout: Optional[int] = None) -> YfccRecord:
     The layout is detected from the field count unless given. Raises :class:`YfccFormatError`
     (with a reject reason) for lines that cannot be a record.
     """
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:   # undecodable bytes read with errors="surrogateescape"
+        raise YfccFormatError("invalid_utf8", "bytes that are not UTF-8") from None
     fields = split_line(line)
     n = len(fields)
     if layout is None:

@@ -108,16 +108,54 @@ def test_missing_input_names_the_setting(spark, tmp_path):
 
 
 def test_real_lines_all_accounted_for(spark, tmp_path, real_head_path):
-    """The 1,000 real lines have no places file here: every parsable geotagged photo is no_places."""
+    """The 1,000 real lines have no places here, so every parsable geotagged one is no_places; one
+    crafted line with places is kept beside them."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    kept_line = at("nyc", 1)
+    (raw / "yfcc100m_dataset").write_bytes(real_head_path.read_bytes() + (kept_line + "\n").encode())
+    (raw / "yfcc100m_places").write_text(f"1\t{TOWNS['nyc']}\n")
+    _, kept, rej = _run_clean(spark, tmp_path, raw)
+    reasons = {r["reason"]: r["count"] for r in rej.groupBy("reason").count().collect()}
+    assert [r["photo_id"] for r in kept.collect()] == [1] and sum(reasons.values()) == 1000
+    assert set(reasons) <= set(clean.REJECT_REASONS)
+    assert reasons.get("no_places", 0) > 0 and reasons.get("no_geo", 0) > 0
+
+
+def test_an_input_that_keeps_nothing_stops_in_clean_metadata(spark, tmp_path, real_head_path):
+    """Real lines without their places file keep no row: the job stops with the reasons and
+    publishes nothing, instead of build_vocab failing on an empty table."""
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "yfcc100m_dataset").write_bytes(real_head_path.read_bytes())
     (raw / "yfcc100m_places").write_text("")
+    from jobs.clean_metadata import main
+
+    cfg = job_config(tmp_path, raw)
+    with pytest.raises(PipelineError, match=r"none of its 1,000 lines was kept \(commonest reasons: .*no_places"):
+        main(cfg)
+    assert not (tmp_path / "data" / "work" / "clean").exists()
+
+
+def test_bytes_that_are_not_utf8_are_rejected_never_repaired(spark, tmp_path):
+    """A line with undecodable bytes (here in its title) is rejected as invalid_utf8, whole; a valid
+    non-ASCII line beside it is kept as it is; a places line with bad bytes is bad_places."""
+    raw = write_raw(tmp_path / "raw", [at("nyc", 1), at("paris", 2, tags="caf%C3%A9"), at("nyc", 3)],
+                    {1: TOWNS["nyc"], 2: TOWNS["paris"], 3: TOWNS["nyc"]})
+    data = (raw / "yfcc100m_dataset").read_bytes().split(b"\n")
+    fields = data[0].split(b"\t")
+    fields[8] = b"caf\xe9+\xff"   # the title, Latin-1 bytes
+    data[0] = b"\t".join(fields)
+    (raw / "yfcc100m_dataset").write_bytes(b"\n".join(data))
+    places = (raw / "yfcc100m_places").read_bytes().split(b"\n")
+    places[2] = places[2].replace(b"New", b"N\xffw")
+    (raw / "yfcc100m_places").write_bytes(b"\n".join(places))
     _, kept, rej = _run_clean(spark, tmp_path, raw)
-    reasons = {r["reason"]: r["count"] for r in rej.groupBy("reason").count().collect()}
-    assert kept.count() == 0 and sum(reasons.values()) == 1000
-    assert set(reasons) <= set(clean.REJECT_REASONS)
-    assert reasons.get("no_places", 0) > 0 and reasons.get("no_geo", 0) > 0
+    assert [(r["photo_id"], r["tags"]) for r in kept.collect()] == [(2, ["café"])]
+    got = {r["photo_id"] or r["line"][:4]: r["reason"] for r in rej.collect()}
+    assert sorted(got.values()) == ["bad_places", "invalid_utf8"]
+    bad = rej.where(F.col("reason") == "invalid_utf8").first()
+    assert "\ufffd" in bad["line"] and bad["line"].startswith(data[0][:5].decode())
 
 
 def test_folder_of_parts_plain_and_bz2(spark, tmp_path):

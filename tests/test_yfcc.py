@@ -65,6 +65,7 @@ def test_layout_23_and_line_endings(real_lines):
 @pytest.mark.parametrize("line, reason", [
     ("1\t2\t3", "wrong_column_count"),
     ("\t".join(["x"] * 25), "bad_coordinates"),
+    (b"caf\xe9\t1".decode("utf-8", "surrogateescape"), "invalid_utf8"),   # bytes read undecoded
 ])
 def test_malformed_lines_raise_with_reason(line, reason):
     with pytest.raises(YfccFormatError) as err:
