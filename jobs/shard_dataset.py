@@ -19,8 +19,9 @@ from omegaconf import DictConfig
 from pyspark.sql import functions as F
 
 from common.contract import MANIFEST_NAME, PLACE_NAMES_SCHEMA, VOCAB_SCHEMA, Manifest
-from pipeline import images, io, shards
+from pipeline import images, img2dataset, io, shards
 from pipeline.config import PipelineError, require_int, run_job
+from pipeline.shard_progress import PROGRESS_DIR
 from pipeline.stage import ConservationCheck, check_conservation, stage, start_spark
 
 log = logging.getLogger("pipeline.shard_dataset")
@@ -28,28 +29,39 @@ SOURCES = ("mmcommons", "img2dataset")
 
 
 def image_source(spark, cfg: DictConfig, dataset):
-    """The dataset with ``image_path`` (image tree) or ``image_src`` bytes (img2dataset)."""
+    """The dataset with ``image_path`` (image tree) or img2dataset locators, and the qualified
+    image root (mmcommons). No image bytes: each shard task reads its own rows' images."""
     s = cfg.shard
     if s.image_source == "mmcommons":
-        fs, root = images.filesystem(str(s.image_root))
-        if fs.get_file_info(root).type != pa.fs.FileType.Directory:
+        root = io.qualify(spark, str(s.image_root))
+        fs, path = images.filesystem(root)
+        if fs.get_file_info(path).type != pa.fs.FileType.Directory:
             raise PipelineError(f"setting shard.image_root: {s.image_root} is not a directory")
-        return dataset.withColumn("image_path", shards.image_relpath_col()), io.qualify(spark, str(s.image_root))
+        return dataset.withColumn("image_path", shards.image_relpath_col()), root
+    join = img2dataset.check_join(str(s.img2dataset_join))
     if s.img2dataset_dir is None:
         raise PipelineError("setting shard.img2dataset_dir: required when shard.image_source=img2dataset")
     io.require_input(spark, s.img2dataset_dir, "shard.img2dataset_dir")
-    img = spark.read.parquet(s.img2dataset_dir)
-    key = str(s.img2dataset_join)
-    missing = {key, "jpg"} - set(img.columns)
-    if missing:
-        raise PipelineError(f"shard.img2dataset_dir {s.img2dataset_dir}: no column(s) {sorted(missing)} "
-                            "(expected img2dataset's Parquet output with output_format=parquet)")
-    if "status" in img.columns:
-        img = img.where(F.col("status") == "success")
-    img = img.where(F.col("jpg").isNotNull()).groupBy(key).agg(F.min("jpg").alias("image_src"))
-    ds_key = "download_url" if key == "url" else key
-    joined = dataset.join(img.withColumnRenamed(key, ds_key), ds_key, "left")
-    return joined.withColumn("image_path", F.lit(None).cast("string")), None
+    return img2dataset.locate(spark, dataset, str(s.img2dataset_dir), join), None
+
+
+def files_per_shard(df) -> float:
+    """Mean number of img2dataset files a shard task opens: about 1 when the download followed
+    jobs/image_urls.py's list, up to every file when it did not."""
+    pairs = df.where(F.col("i2d_file").isNotNull()).select("split", "shard", "i2d_file").distinct()
+    row = pairs.groupBy("split", "shard").count().agg(F.avg("count").alias("mean")).first()
+    return float(row["mean"] or 0.0)
+
+
+def remove_stale(spark, tmp: str, files: list[dict]) -> int:
+    """Delete what is in the staging folder but not in this run's records (files of an earlier,
+    different run, or temps of killed tasks), and the progress markers; the number deleted."""
+    io.remove(spark, f"{tmp}/{PROGRESS_DIR}")
+    keep = {f"{tmp}/{f['path']}" for f in files}
+    stale = [u for u in io.list_files(spark, tmp, hidden=True) if "/" in u[len(tmp) + 1:] and u not in keep]
+    for uri in stale:
+        io.remove(spark, uri)
+    return len(stale)
 
 
 def write_small_tables(spark, cfg: DictConfig, base_uri: str) -> int:
@@ -71,6 +83,7 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
     quality = require_int(cfg, "shard.jpeg_quality", minimum=1)
     rows_per_file = require_int(cfg, "shard.rows_per_file", minimum=1)
     rows_per_group = require_int(cfg, "shard.rows_per_row_group", minimum=1)
+    threads = require_int(cfg, "shard.read_threads", minimum=1)
     seed = require_int(cfg, "shard.seed")
     if s.image_source not in SOURCES:
         raise PipelineError(f"setting shard.image_source={s.image_source!r}: expected one of {SOURCES}")
@@ -87,34 +100,54 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
         n_files = shards.files_per_split(split_rows, rows_per_file)
         df, image_root = image_source(spark, cfg, dataset)
         df = shards.assign_shards(df, n_files, seed)
+        if s.image_source == "img2dataset":
+            per_shard = files_per_shard(df)
+            st.metric("img2dataset_files_per_shard", per_shard)
+            if per_shard > 4:
+                log.warning("each shard task reads %.1f img2dataset files on average: download from "
+                            "jobs/image_urls.py's list (same shard.seed and rows_per_file) so that each reads ~1",
+                            per_shard)
 
         with io.staged_outputs(spark) as staged:
-            tmp = io.qualify(spark, staged.stage(str(s.output)))   # executors write there, whatever their cwd
+            # A fixed staging folder: after a kill, the rerun skips the shard files already done.
+            tmp = io.qualify(spark, staged.stage(str(s.output), resumable=True))
             records_path = f"{tmp}/records"  # not "_records": Spark skips hidden names
+            io.remove(spark, records_path)
+            settings = shards.ShardSettings(out_dir=tmp, image_source=str(s.image_source), image_root=image_root,
+                                            short_side=size, quality=quality, rows_per_group=rows_per_group,
+                                            read_threads=threads)
             with st.timed("shard"):
-                shards.write_shards(df, n_files, tmp, image_root, short_side=size, quality=quality,
-                                    rows_per_group=rows_per_group).write.parquet(records_path)
+                shards.write_shards(spark, df, n_files, settings).write.parquet(records_path)
             records = spark.read.parquet(records_path)
             files = [r.asDict() for r in records.where(F.col("kind") == "file").collect()]
-            staged.write_parquet(records.where(F.col("kind") == "reject").select("photo_id", "split", "reason", "path"),
-                                 out.shard_rejects, partitions=1, sort_by=["photo_id"])
+            resumed = sum(1 for f in files if f["resumed"])
+            if resumed:
+                log.info("resumed: %d of %d shard files were already complete and verified", resumed, len(files))
+            rejects = records.where(F.col("kind") == "reject").select("photo_id", "split", "reason", "path")
+            staged.write_parquet(rejects.repartition("photo_id"), out.shard_rejects, sort_by=["photo_id"])
             vocab_size = write_small_tables(spark, cfg, tmp)
             manifest = Manifest(vocab_size=vocab_size, image_size=size, splits=shards.splits_from_records(files),
                                 extra={"image_source": str(s.image_source), "seed": seed,
                                        "rows_per_file": rows_per_file, "rows_per_row_group": rows_per_group,
                                        "jpeg_quality": quality})
             io.remove(spark, records_path)
+            n_stale = remove_stale(spark, tmp, files)
             io.write_text(spark, f"{tmp}/{MANIFEST_NAME}", manifest.to_json())
 
             rej = staged.read_parquet(out.shard_rejects)
             by_reason = {r["reason"]: r["count"] for r in rej.groupBy("reason").count().collect()}
             rows = {name: info.rows for name, info in manifest.splits.items()}
-            st.metrics_from({"input_rows": n_input, "files": len(files), "rejected": sum(by_reason.values()),
+            st.metrics_from({"input_rows": n_input, "files": len(files), "files_resumed": resumed,
+                             "stale_files_removed": n_stale, "rejected": sum(by_reason.values()),
                              **{f"rows/{k}": v for k, v in rows.items()}})
             st.metrics_from(by_reason, prefix="rejected/")
             st.metric("images_per_second", sum(rows.values()) / max(st.metrics["seconds/shard"], 1e-9))
             st.artifact_text(manifest.to_json(), "manifest.json")
-            check("shard_dataset", n_input, {"sharded": sum(rows.values()), "rejected": sum(by_reason.values())})
+            try:
+                check("shard_dataset", n_input, {"sharded": sum(rows.values()), "rejected": sum(by_reason.values())})
+            except PipelineError:
+                staged.discard(resumable=True)   # wrong counts: nothing of this run is worth resuming
+                raise
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import pyarrow.fs as pafs
 from PIL import Image, UnidentifiedImageError
 
 #: Why an image did not make it into a shard.
-IMAGE_REASONS: tuple[str, ...] = ("missing_image", "undecodable_image")
+IMAGE_REASONS: tuple[str, ...] = ("missing_image", "undecodable_image", "download_failed")
 _URI_ALIASES = {"s3a://": "s3://", "s3n://": "s3://"}
 
 
@@ -36,7 +36,7 @@ def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
         if root.startswith(alias):
             root = scheme + root[len(alias):]
     if root.startswith("file:"):          # Hadoop's qualified local form, file:/abs/x (io.qualify)
-        return pafs.LocalFileSystem(), urllib.parse.urlparse(root).path
+        return pafs.LocalFileSystem(), urllib.parse.unquote(urllib.parse.urlparse(root).path)
     if "://" in root:
         return pafs.FileSystem.from_uri(root)
 
@@ -82,12 +82,22 @@ def resize_short_side(data: bytes, short_side: int, quality: int) -> tuple[bytes
         raise ImageError("undecodable_image") from None
 
 
-def load_image(src: Optional[bytes], path: Optional[str], root: Optional[str], short_side: int,
-               quality: int) -> bytes:
-    """The resized JPEG of one photo, from its bytes (img2dataset) or its path under ``root``."""
-    if src is None:
-        if path is None or root is None:
-            raise ImageError("missing_image")
-        fs, base = filesystem(root)
-        src = read_bytes(fs, f"{base.rstrip('/')}/{path}")
-    return resize_short_side(src, short_side, quality)[0]
+def read_under(root: str, path: Optional[str]) -> bytes | ImageError:
+    """The bytes of ``path`` under ``root`` (a multimedia-commons tree), or why there are none."""
+    if path is None:
+        return ImageError("missing_image")
+    fs, base = filesystem(root)
+    try:
+        return read_bytes(fs, f"{base.rstrip('/')}/{path}")
+    except ImageError as exc:
+        return exc
+
+
+def resized(src: bytes | ImageError, short_side: int, quality: int) -> bytes | ImageError:
+    """:func:`resize_short_side`'s JPEG, or the reason there is none (``src`` may be one already)."""
+    if isinstance(src, ImageError):
+        return src
+    try:
+        return resize_short_side(src, short_side, quality)[0]
+    except ImageError as exc:
+        return exc

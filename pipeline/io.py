@@ -38,9 +38,9 @@ def qualify(spark: SparkSession, path: str) -> str:
     return str(fs.makeQualified(hpath).toUri().toString())
 
 
-def list_files(spark: SparkSession, path: str) -> list[str]:
+def list_files(spark: SparkSession, path: str, *, hidden: bool = False) -> list[str]:
     """The data files of ``path`` (itself, or the files below a folder, without hidden or ``_``
-    names), sorted, as qualified URIs."""
+    names unless ``hidden``), sorted, as qualified URIs."""
     fs, hpath = _fs_and_path(spark, path)
     if fs.getFileStatus(hpath).isFile():
         return [qualify(spark, path)]
@@ -48,7 +48,7 @@ def list_files(spark: SparkSession, path: str) -> list[str]:
     while it.hasNext():
         status = it.next()
         name = status.getPath().getName()
-        if status.isFile() and not name.startswith((".", "_")):
+        if status.isFile() and (hidden or not name.startswith((".", "_"))):
             out.append(str(status.getPath().toUri().toString()))
     return sorted(out)
 
@@ -128,12 +128,21 @@ class OutputSet:
     def __init__(self, spark: SparkSession):
         self.spark = spark
         self.temps: dict[str, str] = {}   # target -> temp, in staging order
+        self.resumable: set[str] = set()
 
-    def stage(self, target: str) -> str:
+    def stage(self, target: str, *, resumable: bool = False) -> str:
+        """The temp to write ``target`` into. A resumable temp has a fixed name
+        (``.<name>.partial``) and survives a failed run, so the next run can carry on from it;
+        the writer must then check what it finds there (:mod:`pipeline.shard_progress`)."""
         target = str(target)
         if target in self.temps:
             raise ValueError(f"output {target} is staged twice")
-        self.temps[target] = _temp_sibling(target, "tmp")
+        if resumable:
+            parent, _, name = target.rstrip("/").rpartition("/")
+            self.temps[target] = f"{parent}/.{name}.partial" if parent else f".{name}.partial"
+            self.resumable.add(target)
+        else:
+            self.temps[target] = _temp_sibling(target, "tmp")
         return self.temps[target]
 
     def temp(self, target: str) -> str:
@@ -201,9 +210,14 @@ class OutputSet:
             log.info("wrote %s", target)
         self.temps = {}
 
-    def discard(self) -> None:
-        """Delete every temp (best effort: a cleanup failure must not hide the original error)."""
-        for tmp in self.temps.values():
+    def discard(self, *, resumable: bool = False) -> None:
+        """Delete every temp (best effort: a cleanup failure must not hide the original error);
+        resumable temps are kept for the next run unless ``resumable`` is true."""
+        for target, tmp in self.temps.items():
+            if target in self.resumable and not resumable:
+                log.warning("kept the partial output %s: a rerun with the same inputs and settings carries on "
+                            "from it", tmp)
+                continue
             with contextlib.suppress(Exception):
                 remove(self.spark, tmp)
         self.temps = {}

@@ -1,29 +1,38 @@
-"""shard_dataset transforms: assign rows to shard files, then write each file from its partition.
+"""shard_dataset transforms: assign rows to shard files, spread the files over tasks, write each.
 
 The split's rows are spread over ``ceil(rows / rows_per_file)`` files by a seeded hash of
 photo_id and ordered inside each file by another, so rows are in random (but reproducible)
-order within a split. Only narrow metadata is shuffled; each partition then reads and resizes
-its own images (:mod:`pipeline.images`) while writing its Parquet files with pyarrow, in exactly
+order within a split. Only narrow metadata is shuffled, into exactly one shard file per partition
+(:func:`spread`); each task then reads its rows' images (a multimedia-commons tree, or img2dataset's
+Parquet files through :mod:`pipeline.img2dataset`) with ``read_threads`` reads and resizes in
+flight (:mod:`pipeline.images`), and writes its file with pyarrow, in exactly
 :data:`common.contract.SHARD_SCHEMA` and with row groups of exactly ``rows_per_row_group`` rows
-(the last one shorter). The writer emits one record per file and per rejected row, from which the
+(the last one shorter). A finished file is recorded (:mod:`pipeline.shard_progress`) so a rerun
+after a kill skips it. The writer emits one record per file and per rejected row, from which the
 job builds the manifest and the rejects table.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Callable, Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from common.contract import SHARD_SCHEMA, ShardFile, SplitInfo
-from pipeline import images
+from pipeline import images, img2dataset
+from pipeline.shard_progress import ShardProgress, digest
 
-RECORD_SCHEMA = "kind string, split string, path string, row_groups array<bigint>, photo_id bigint, reason string"
+RECORD_SCHEMA = ("kind string, split string, path string, row_groups array<bigint>, photo_id bigint, reason string, "
+                 "resumed boolean")
 _RECORD_ARROW = pa.schema([("kind", pa.string()), ("split", pa.string()), ("path", pa.string()),
-                           ("row_groups", pa.list_(pa.int64())), ("photo_id", pa.int64()), ("reason", pa.string())])
+                           ("row_groups", pa.list_(pa.int64())), ("photo_id", pa.int64()), ("reason", pa.string()),
+                           ("resumed", pa.bool_())])
 METADATA_COLUMNS = [f.name for f in SHARD_SCHEMA if f.name != "image"]
 
 
@@ -52,13 +61,64 @@ def shard_path(split: str, shard: int) -> str:
     return f"{split}/part-{shard:05d}.parquet"
 
 
-class _FileWriter:
-    """One shard file being written: buffered rows flushed as whole row groups."""
+def shard_numbers(n_files: dict[str, int]) -> F.Column:
+    """The global number of a row's shard file: the splits' files numbered one after the other,
+    splits in name order (so the number of ``(split, shard)`` is the same in every job)."""
+    number, offset = None, 0
+    for split in sorted(n_files):
+        expr = F.lit(offset) + F.col("shard")
+        number = F.when(F.col("split") == split, expr) if number is None else number.when(F.col("split") == split, expr)
+        offset += n_files[split]
+    return number.cast("int")
 
-    def __init__(self, fs, base: str, split: str, shard: int, rows_per_group: int):
+
+def spread(spark: SparkSession, df: DataFrame, n_files: dict[str, int]) -> DataFrame:
+    """``df`` (with ``shard`` and ``_order``) in ``sum(n_files)`` partitions, partition g holding
+    exactly shard file g (:func:`shard_numbers`), rows in ``_order``.
+
+    Hashing the shard key into as many partitions leaves about a third of them empty and gives
+    others several files. Spark's hash partitioning sends a row to ``pmod(hash(key), n)`` with the
+    same Murmur3 as :func:`pyspark.sql.functions.hash`, so each shard gets as key the smallest
+    integer that hashes to its own number (a small table found with Spark, broadcast), and every
+    task then writes one file.
+    """
+    total = sum(n_files.values())
+    candidates = spark.range(64 * total).select(F.pmod(F.hash("id"), F.lit(total)).alias("_g"), F.col("id"))
+    keys = candidates.groupBy("_g").agg(F.min("id").alias("_spread_key"))
+    if keys.count() != total:   # 64 tries per shard: practically never short
+        raise RuntimeError(f"no partition key found for some of {total} shard files")
+    numbered = df.withColumn("_g", shard_numbers(n_files)).join(F.broadcast(keys), "_g")
+    return (numbered.repartition(total, "_spread_key").drop("_spread_key", "_g")
+            .sortWithinPartitions("split", "shard", "_order"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardSettings:
+    """What the writer needs besides the rows. All but ``read_threads`` decide the files' bytes."""
+
+    out_dir: str                  # qualified URI of the staging folder
+    image_source: str             # mmcommons | img2dataset
+    image_root: Optional[str]     # qualified URI of the image tree (mmcommons)
+    short_side: int
+    quality: int
+    rows_per_group: int
+    read_threads: int = 8
+
+    def fingerprint(self) -> str:
+        fields = dataclasses.asdict(self)
+        for k in ("out_dir", "read_threads"):
+            fields.pop(k)
+        return json.dumps(fields, sort_keys=True)
+
+
+class _FileWriter:
+    """One shard file being written: buffered rows flushed as whole row groups, under a temp name
+    of this task attempt, moved into place by :meth:`close`."""
+
+    def __init__(self, fs, base: str, split: str, shard: int, rows_per_group: int, attempt: str):
         self.fs, self.rel = fs, shard_path(split, shard)
         self.final = f"{base}/{self.rel}"
-        self.tmp = f"{base}/{split}/.part-{shard:05d}.parquet.inprogress"
+        self.tmp = f"{base}/{split}/.part-{shard:05d}.parquet.{attempt}.inprogress"
         fs.create_dir(f"{base}/{split}", recursive=True)
         self.split, self.rows_per_group = split, rows_per_group
         self.rows: dict[str, list] = {name: [] for name in SHARD_SCHEMA.names}
@@ -95,52 +155,77 @@ class _FileWriter:
                 "photo_id": None, "reason": None}
 
 
-def shard_writer(out_dir: str, image_root: Optional[str], short_side: int, quality: int,
-                 rows_per_group: int) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """The ``mapInArrow`` function: rows sorted by (split, shard, _order) in, records out.
+def _fetch(rows: list[dict], settings: ShardSettings, pool: Executor) -> list[bytes | images.ImageError]:
+    """The source bytes of ``rows``' images (or why there are none), read ``read_threads`` at a time."""
+    if settings.image_source == "img2dataset":
+        return img2dataset.read_located([(r["i2d_file"], r["i2d_row"], r["i2d_status"]) for r in rows], pool)
+    root = settings.image_root
+    return list(pool.map(lambda r: images.read_under(root, r["image_path"]), rows))
 
-    Rows carry either ``image_src`` (bytes, from img2dataset) or ``image_path`` (relative to
-    ``image_root``). Files are written under a temp name and moved into place when complete, so a
-    retried task rewrites the same file.
-    """
+
+def _locator(row: dict, source: str) -> Optional[str]:
+    """Where a rejected row's image was looked for: its path in the tree, or its download URL."""
+    return row.get("image_path") if source == "mmcommons" else row.get("download_url")
+
+
+def _write_shard(split: str, shard: int, rows: list[dict], settings: ShardSettings, fs, base: str,
+                 progress: ShardProgress, pool: Executor, attempt: str) -> Iterator[dict]:
+    """Write (or, when already complete and verified, skip) one shard file; its records."""
+    rel = shard_path(split, shard)
+    want = digest(settings.fingerprint(), rows)
+    done = progress.completed(rel, want)
+    if done is not None:
+        yield from ({**r, "resumed": True} for r in done)
+        return
+    writer = _FileWriter(fs, base, split, shard, settings.rows_per_group, attempt)
+    records: list[dict] = []
+    window = settings.rows_per_group   # bounds the images held in memory, whatever the batch size
+    for start in range(0, len(rows), window):
+        chunk = rows[start:start + window]
+        sources = _fetch(chunk, settings, pool)
+        for row, image in zip(chunk, pool.map(lambda s: images.resized(s, settings.short_side, settings.quality),
+                                              sources)):
+            if isinstance(image, images.ImageError):
+                records.append({"kind": "reject", "split": split, "path": _locator(row, settings.image_source),
+                                "row_groups": None, "photo_id": row["photo_id"], "reason": image.reason})
+            else:
+                writer.add({**{k: row[k] for k in METADATA_COLUMNS}, "image": image})
+    file = writer.close()
+    if file is not None:
+        records.insert(0, file)
+    progress.mark(rel, want, records, file["row_groups"] if file else [])
+    yield from ({**r, "resumed": False} for r in records)
+
+
+def shard_writer(settings: ShardSettings) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The ``mapInArrow`` function: one partition of :func:`spread` in, its records out."""
 
     def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        fs, base = images.filesystem(out_dir)
-        current: Optional[_FileWriter] = None
-        for batch in batches:
-            d = batch.to_pydict()
-            n = batch.num_rows
-            srcs = d.get("image_src", [None] * n)
-            paths = d.get("image_path", [None] * n)
-            records = []
-            for i in range(n):
-                split, shard = d["split"][i], d["shard"][i]
-                if current is None or (current.split, current.rel) != (split, shard_path(split, shard)):
-                    if current is not None and (rec := current.close()) is not None:
-                        records.append(rec)
-                    current = _FileWriter(fs, base, split, shard, rows_per_group)
-                try:
-                    image = images.load_image(srcs[i], paths[i], image_root, short_side, quality)
-                except images.ImageError as exc:
-                    records.append({"kind": "reject", "split": split, "path": paths[i], "row_groups": None,
-                                    "photo_id": d["photo_id"][i], "reason": exc.reason})
-                    continue
-                current.add({**{k: d[k][i] for k in METADATA_COLUMNS}, "image": image})
-            if records:
-                yield pa.RecordBatch.from_pylist(records, schema=_RECORD_ARROW)
-        if current is not None and (rec := current.close()) is not None:
-            yield pa.RecordBatch.from_pylist([rec], schema=_RECORD_ARROW)
+        from pyspark import TaskContext
+
+        batches = list(batches)   # narrow metadata only: a shard's rows, without image bytes
+        if not batches:
+            return
+        rows = pa.Table.from_batches(batches).to_pylist()
+        ctx = TaskContext.get()
+        attempt = f"{ctx.stageId()}-{ctx.partitionId()}-{ctx.attemptNumber()}" if ctx else "local"
+        fs, base = images.filesystem(settings.out_dir)
+        progress = ShardProgress(fs, base)
+        with ThreadPoolExecutor(max_workers=settings.read_threads) as pool:
+            start = 0
+            for i in range(1, len(rows) + 1):
+                if i == len(rows) or (rows[i]["split"], rows[i]["shard"]) != (rows[start]["split"], rows[start]["shard"]):
+                    records = list(_write_shard(rows[start]["split"], rows[start]["shard"], rows[start:i],
+                                                settings, fs, base, progress, pool, attempt))
+                    yield pa.RecordBatch.from_pylist(records, schema=_RECORD_ARROW)
+                    start = i
 
     return write
 
 
-def write_shards(df: DataFrame, n_files: dict[str, int], out_dir: str, image_root: Optional[str], *,
-                 short_side: int, quality: int, rows_per_group: int) -> DataFrame:
-    """Records (files written, rows rejected) of writing ``df`` (with ``shard``, ``_order``)."""
-    total = sum(n_files.values())
-    ordered = df.repartition(total, "split", "shard").sortWithinPartitions("split", "shard", "_order")
-    fn = shard_writer(out_dir, image_root, short_side, quality, rows_per_group)
-    return ordered.mapInArrow(fn, RECORD_SCHEMA)
+def write_shards(spark: SparkSession, df: DataFrame, n_files: dict[str, int], settings: ShardSettings) -> DataFrame:
+    """Records (files written or resumed, rows rejected) of writing ``df`` (with ``shard``, ``_order``)."""
+    return spread(spark, df, n_files).mapInArrow(shard_writer(settings), RECORD_SCHEMA)
 
 
 def splits_from_records(files: list[dict]) -> dict[str, SplitInfo]:

@@ -48,9 +48,8 @@ def test_undecodable_bytes_are_a_reason(data):
 
 
 def test_missing_file_is_a_reason(tmp_path):
-    with pytest.raises(images.ImageError) as exc:
-        images.load_image(None, "abc/def/abcdef.jpg", str(tmp_path), 32, 90)
-    assert exc.value.reason == "missing_image"
+    got = images.resized(images.read_under(f"file:{tmp_path}", "abc/def/abcdef.jpg"), 32, 90)
+    assert isinstance(got, images.ImageError) and got.reason == "missing_image"
 
 
 N = 120
@@ -129,19 +128,61 @@ def test_shard_job_writes_contract_shards(spark, tmp_path):
     assert hidden_entries(shards.parent) == []
 
 
-def test_img2dataset_source(spark, tmp_path):
-    raw = _world(tmp_path)
+def _i2d_output(folder: Path, *, with_photo_id: bool = True) -> Path:
+    """img2dataset-shaped Parquet output: two files with row groups of 10 rows; photos 7 and 8
+    failed to download, 9 failed to resize, 10 is absent, 11 is corrupt bytes marked success."""
+    folder.mkdir()
     rows = []
     for i in range(1, N + 1):
-        url = f"http://farm1.staticflickr.com/1/{i}_abc.jpg"
-        ok = i not in MISSING
-        rows.append({"key": f"{i:09d}", "url": url, "status": "success" if ok else "failed_to_download",
-                     "jpg": jpeg(64, 48, i) if ok else None, "error_message": None if ok else "404"})
-    i2d = tmp_path / "i2d"
-    i2d.mkdir()
-    pq.write_table(pa.Table.from_pylist(rows), i2d / "00000.parquet")
-    cfg = _pipeline(spark, tmp_path, raw, "shard.image_source=img2dataset", f"shard.img2dataset_dir={i2d}")
+        if i == 10:
+            continue
+        status = {7: "failed_to_download", 8: "failed_to_download", 9: "failed_to_resize"}.get(i, "success")
+        ok = status == "success"
+        row = {"key": f"{i:09d}", "url": f"http://farm1.staticflickr.com/1/{i}_abc.jpg", "status": status,
+               "error_message": None if ok else "HTTP Error 404", "jpg": (b"junk" if i == 11 else jpeg(64, 48, i))
+               if ok else None}
+        rows.append({**row, "photo_id": i} if with_photo_id else row)
+    half = len(rows) // 2
+    for n, part in enumerate((rows[:half], rows[half:])):
+        pq.write_table(pa.Table.from_pylist(part), folder / f"{n:05d}.parquet", row_group_size=10)
+    return folder
+
+
+I2D_REJECTS = [(7, "download_failed"), (8, "download_failed"), (9, "undecodable_image"), (10, "missing_image"),
+               (11, "undecodable_image")]
+
+
+@pytest.mark.parametrize("join", ["photo_id", "url"])
+def test_img2dataset_source(spark, tmp_path, join):
+    raw = _world(tmp_path)
+    i2d = _i2d_output(tmp_path / "i2d")
+    cfg = _pipeline(spark, tmp_path, raw, "shard.image_source=img2dataset", f"shard.img2dataset_dir={i2d}",
+                    f"shard.img2dataset_join={join}")
     m = read_manifest(cfg.shard.output)
     rejects = pq.read_table(cfg.outputs.shard_rejects).to_pylist()
-    assert sorted((r["photo_id"], r["reason"]) for r in rejects) == [(7, "missing_image"), (8, "missing_image")]
-    assert sum(s.rows for s in m.splits.values()) == N - 2
+    assert sorted((r["photo_id"], r["reason"]) for r in rejects) == I2D_REJECTS
+    assert {r["path"] for r in rejects} == {f"http://farm1.staticflickr.com/1/{i}_abc.jpg" for i, _ in I2D_REJECTS}
+    assert sum(s.rows for s in m.splits.values()) == N - len(I2D_REJECTS)
+    for info in m.splits.values():
+        for f in info.files:
+            t = pq.read_table(Path(cfg.shard.output) / f.path)
+            for pid, img in zip(t["photo_id"].to_pylist()[:3], t["image"].to_pylist()[:3]):
+                assert Image.open(io.BytesIO(img)).size == (43, 32)   # 64x48 -> short side 32
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("shard.img2dataset_join=key", r"^setting shard.img2dataset_join='key': expected one of \['photo_id', 'url'\]"),
+    ("shard.img2dataset_join=photo_id", r"^setting shard.img2dataset_join=photo_id: the img2dataset output in .* "
+                                        r"has no photo_id column .*--save_additional_columns"),
+])
+def test_bad_img2dataset_join_is_one_line_naming_the_setting(spark, tmp_path, setting, message):
+    from jobs.shard_dataset import main as shard_dataset
+
+    raw = _world(tmp_path)
+    i2d = _i2d_output(tmp_path / "i2d", with_photo_id=False)
+    cfg = _pipeline(spark, tmp_path, raw)
+    bad = job_config(tmp_path, raw, "shard.image_source=img2dataset", f"shard.img2dataset_dir={i2d}", setting)
+    with pytest.raises(PipelineError, match=message) as err:
+        shard_dataset(bad)
+    assert "\n" not in str(err.value)
+    assert Path(cfg.shard.output, "manifest.json").exists()    # the earlier shards are untouched
