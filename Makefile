@@ -24,7 +24,7 @@ PIPELINE_JOBS := clean_metadata build_vocab shard_dataset frequency_baselines
 PIPELINE_ARGS ?= paths.raw_dir=$(SAMPLE_DIR) shard.image_size=128 shard.rows_per_file=5000 shard.rows_per_row_group=250
 
 .PHONY: install demo test test-fast sample pipeline bench clean train-mcc train-mlc train-her report ui repeats \
-	worker-env dist cluster-up cluster-down
+	worker-env dist cluster-up cluster-down img2dataset-env
 
 install: $(STAMP)
 
@@ -173,7 +173,20 @@ cluster-up: worker-env dist
 cluster-down: install
 	$(PY) -m pipeline.cluster down --dir $(CLUSTER_DIR)
 
-test: install worker-env
+# img2dataset (the image downloader) in its own environment, for the URL-list recipe in the README
+# and the end-to-end test that downloads from a loopback server.
+I2D_VENV := .venv-img2dataset
+I2D_STAMP := $(I2D_VENV)/.installed-stamp
+
+img2dataset-env: $(I2D_STAMP)
+
+$(I2D_STAMP): $(STAMP) constraints-img2dataset.txt
+	@test -x $(I2D_VENV)/bin/python || $(PYTHON) -m venv $(I2D_VENV)
+	$(PY) -m pipeline.cluster requirements --extra img2dataset | \
+		xargs $(I2D_VENV)/bin/pip install --quiet -c constraints-img2dataset.txt
+	@touch $(I2D_STAMP)
+
+test: install worker-env img2dataset-env
 	$(PY) -m pytest
 
 test-fast: install

@@ -151,10 +151,11 @@ def package(out: str | Path) -> Path:
     return out
 
 
-def executor_requirements() -> list[str]:
-    """The ``executors`` extra of this project's metadata: what a worker's Python needs."""
+def executor_requirements(extra: str = "executors") -> list[str]:
+    """An extra of this project's metadata: ``executors``, what a worker's Python needs (or
+    ``img2dataset``, the downloader's own environment)."""
     reqs = importlib.metadata.requires("locsens") or []
-    return [r.split(";")[0].strip() for r in reqs if 'extra == "executors"' in r.replace("'", '"')]
+    return [r.split(";")[0].strip() for r in reqs if f'extra == "{extra}"' in r.replace("'", '"')]
 
 
 def main() -> None:
@@ -164,11 +165,12 @@ def main() -> None:
     ap.add_argument("--dir", default=".cluster", help="the cluster's state folder")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--worker-python", default=".venv-workers/bin/python")
+    ap.add_argument("--extra", default="executors", help="requirements: which extra of the project")
     args = ap.parse_args()
     if args.action == "package":
         print(package(args.out))
     elif args.action == "requirements":
-        print(" ".join(executor_requirements()))
+        print(" ".join(executor_requirements(args.extra)))
     elif args.action == "up":
         cluster = start_cluster(args.dir, workers=args.workers, worker_python=args.worker_python)
         print(f"master {cluster.master_url} (web UI {cluster.web_url}); stop with: make cluster-down")

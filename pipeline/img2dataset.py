@@ -62,7 +62,7 @@ def locate(spark: SparkSession, dataset: DataFrame, i2d_dir: str, join: str) -> 
     Only narrow columns are read and shuffled: ``jpg`` is pruned from the scan, and a photo with
     several img2dataset rows (downloaded twice) takes its first success, else its first failure.
     """
-    img = spark.read.parquet(i2d_dir)
+    img = spark.read.option("pathGlobFilter", "*.parquet").parquet(i2d_dir)   # beside *_stats.json
     if "jpg" not in img.columns:
         raise PipelineError(f"setting shard.img2dataset_dir={i2d_dir}: no jpg column (columns: {sorted(img.columns)}); "
                             "expected img2dataset's output with --output_format parquet --encode_format jpg")
