@@ -1,5 +1,5 @@
-"""The four Spark jobs on a real standalone cluster (a master and two workers on 127.0.0.1, each
-worker in its own folder, with a Python that has the executors' dependencies but not this
+"""The Spark jobs (the pipeline's four and image_urls) on a real standalone cluster (a master and two
+workers on 127.0.0.1, each worker in its own folder, with a Python that has the executors' dependencies but not this
 project), submitted with relative paths and the project's code shipped as a zip: the same rows,
 and shard files with the same bytes, as in local mode. Tear-down leaves no daemon behind."""
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pipeline.cluster import _running, package, start_cluster, stop_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER_PYTHON = ROOT / ".venv-workers" / "bin" / "python"
-JOBS = ["clean_metadata", "build_vocab", "shard_dataset", "frequency_baselines"]
+JOBS = ["clean_metadata", "build_vocab", "image_urls", "shard_dataset", "frequency_baselines"]
 ARGS = ["paths.root_dir=.", "paths.raw_dir=raw", "shard.image_size=64", "shard.rows_per_file=100",
         "shard.rows_per_row_group=25"]
 
@@ -45,7 +45,7 @@ def world(tmp_path_factory) -> Path:
 
 
 def run_jobs(folder: Path, world: Path, spark_args: list[str]) -> None:
-    """The four jobs through spark-submit from ``folder``, every path relative to it."""
+    """The jobs through spark-submit from ``folder``, every path relative to it."""
     folder.mkdir()
     (folder / "raw").symlink_to(world)
     env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")}
@@ -69,14 +69,14 @@ def digests(folder: Path) -> dict[str, str]:
             for f in sorted(folder.rglob("*")) if f.is_file()}
 
 
-def test_the_four_jobs_on_a_standalone_cluster_match_local_mode(cluster, world, tmp_path):
+def test_the_jobs_on_a_standalone_cluster_match_local_mode(cluster, world, tmp_path):
     code = package(tmp_path / "locsens-pipeline.zip")
     run_jobs(tmp_path / "local", world, ["--master", "local[2]", "--conf", f"spark.pyspark.python={sys.executable}"])
     run_jobs(tmp_path / "cluster", world, ["--master", cluster.master_url, "--py-files", str(code),
                                            "--conf", f"spark.pyspark.python={WORKER_PYTHON}"])
     local, remote = tmp_path / "local" / "data" / "work", tmp_path / "cluster" / "data" / "work"
     for output in ("clean", "clean_rejects", "dataset", "dataset_rejects", "vocab.parquet", "place_names.parquet",
-                   "shard_rejects"):
+                   "shard_rejects", "image_urls"):
         assert rows(remote / output, tmp_path / "cluster") == rows(local / output, tmp_path / "local"), output
     shards = digests(local / "shards")
     assert len(shards) > 5 and digests(remote / "shards") == shards
