@@ -1,10 +1,10 @@
 """Image bytes for the shards: read from a multimedia-commons tree, decode, resize, re-encode.
 
-PIL work cannot be a Spark column function, so it runs in Arrow batches inside the shard writer
-(``mapInArrow``): one Python call per batch, not per row, and image bytes never go through a
-Spark shuffle when they come from an image root. Reading goes through ``pyarrow.fs`` (local
-paths, file://, hdfs://, s3://, gs://), so executors read only the images they need instead of
-Spark listing the 100M-file mirror.
+PIL work cannot be a Spark column function, so it runs inside the shard writer (``mapInArrow``),
+and image bytes never go through a Spark shuffle. Reading goes through ``pyarrow.fs`` (local
+paths, file://, hdfs://, s3://, gs://) with the URIs the driver qualified, so executors read only
+the images they need instead of Spark listing the 100M-file mirror. Failures are values
+(:class:`ImageError` with a reason), not exceptions, so a thread pool can map over a window of rows.
 """
 from __future__ import annotations
 
