@@ -1,6 +1,6 @@
 """The pipeline's jobs on a 2-worker standalone cluster against ``local[2]``, same input, same run.
 
-    python bench/cluster_vs_local.py [--photos 1000000] [--image-size 32] [--work data/bench]
+    python bench/cluster_vs_local.py [--photos 1000000] [--no-images] [--image-size 32] [--work data/bench]
 
 A synthetic world (cached under --work) goes through clean_metadata, build_vocab, shard_dataset
 and frequency_baselines twice through ``spark-submit``: in ``local[2]`` (one JVM, two task slots)
@@ -9,7 +9,9 @@ core each, executors in the workers' own Python with the code shipped as a zip).
 slots on the same cores, so the ratio is the cost of being a cluster (executor start-up, the
 shuffle over the network stack, shipping the code and Python workers per executor), not a
 speed-up. Prints seconds per job and cluster / local ratios, and checks both runs published the
-same row counts.
+same row counts. With ``--no-images`` (a 1M-line world with images needs ~13 GB of small files)
+the world is metadata only and shard_dataset finds no image: it still assigns, spreads and
+sorts every row and writes every reject, but decodes nothing.
 """
 from __future__ import annotations
 
@@ -31,10 +33,12 @@ JOBS = ("clean_metadata", "build_vocab", "shard_dataset", "frequency_baselines")
 WORKER_PYTHON = ROOT / ".venv-workers" / "bin" / "python"
 
 
-def world(work: Path, photos: int, size: int, seed: int) -> Path:
-    out = work / f"world_{photos}_img{size}"
+def world(work: Path, photos: int, size: int, seed: int, images: bool) -> Path:
+    """The world (cached); metadata-only worlds are named as bench/pipeline_throughput.py names them."""
+    out = work / (f"world_{photos}_img{size}" if images else f"world_{photos}")
+    extra = ["--image-size", str(size), "--workers", "2"] if images else ["--no-images"]
     subprocess.run([sys.executable, "-m", "pipeline.synth", "--out", str(out), "--photos", str(photos), "--seed",
-                    str(seed), "--image-size", str(size), "--workers", "2", "--skip-existing"], check=True, cwd=ROOT)
+                    str(seed), "--skip-existing", *extra], check=True, cwd=ROOT)
     return out
 
 
@@ -75,15 +79,20 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=ROOT / "data" / "bench")
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--partitions", type=int, default=16)
+    p.add_argument("--no-images", action="store_true", help="metadata-only world (every image missing)")
     args = p.parse_args()
     if not WORKER_PYTHON.exists():
         sys.exit(f"{WORKER_PYTHON} is missing: make worker-env")
     work = args.work.resolve()
     t = time.perf_counter()
-    raw = world(work, args.photos, args.image_size, args.seed)
-    print(f"world: {args.photos:,} lines with {args.image_size} px images ({time.perf_counter() - t:.0f} s)")
+    raw = world(work, args.photos, args.image_size, args.seed, not args.no_images)
+    what = "no images" if args.no_images else f"{args.image_size} px images"
+    print(f"world: {args.photos:,} lines with {what} ({time.perf_counter() - t:.0f} s)")
     settings = [f"spark.shuffle_partitions={args.partitions}", "shard.image_size=32", "shard.rows_per_file=20000",
                 "shard.rows_per_row_group=1000"]
+    if args.no_images:
+        (work / "no_images").mkdir(parents=True, exist_ok=True)
+        settings.append(f"shard.image_root={work / 'no_images'}")
     code = package(work / "locsens-pipeline.zip")
     local = run(raw, work / "local", ["--master", "local[2]", "--conf", f"spark.pyspark.python={sys.executable}"],
                 settings)

@@ -8,14 +8,18 @@ the images they need instead of Spark listing the 100M-file mirror. Failures are
 """
 from __future__ import annotations
 
+import bisect
+import collections
 import functools
 import io
 import math
 import os
 import urllib.parse
-from typing import Optional
+from concurrent.futures import Executor
+from typing import Optional, Sequence
 
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
 #: Why an image did not make it into a shard.
@@ -101,3 +105,54 @@ def resized(src: bytes | ImageError, short_side: int, quality: int) -> bytes | I
         return resize_short_side(src, short_side, quality)[0]
     except ImageError as exc:
         return exc
+
+
+#: img2dataset's status of a row -> our reject reason (rows it does not have: missing_image).
+I2D_STATUS_REASONS: dict[str, str] = {"failed_to_download": "download_failed", "failed_to_resize": "undecodable_image"}
+
+
+@functools.lru_cache(maxsize=8)
+def _row_group_starts(file: str) -> tuple[int, ...]:
+    fs, path = filesystem(file)
+    with fs.open_input_file(path) as fh:
+        meta = pq.ParquetFile(fh).metadata
+    starts, n = [], 0
+    for i in range(meta.num_row_groups):
+        starts.append(n)
+        n += meta.row_group(i).num_rows
+    return tuple(starts + [n])
+
+
+def _read_group(file: str, group: int, offsets: Sequence[int]) -> list[Optional[bytes]]:
+    fs, path = filesystem(file)
+    with fs.open_input_file(path) as fh:
+        column = pq.ParquetFile(fh).read_row_group(group, columns=["jpg"]).column("jpg")
+    return column.take(list(offsets)).to_pylist()
+
+
+def read_img2dataset(locators: Sequence[tuple[Optional[str], Optional[int], Optional[str]]],
+                 pool: Executor) -> list[bytes | ImageError]:
+    """The ``jpg`` bytes of each (file, row, status) locator of :func:`pipeline.img2dataset.locate`,
+    or the reason it has none.
+
+    Rows are grouped by file and row group, each group read once (in ``pool``) with only the
+    ``jpg`` column, so a task reads the img2dataset files of its own shard, not the whole output.
+    """
+    out: list[bytes | ImageError] = [ImageError("missing_image")] * len(locators)
+    wanted: dict[tuple[str, int], list[tuple[int, int]]] = collections.defaultdict(list)
+    for i, (file, row, status) in enumerate(locators):
+        if file is None or row is None:
+            continue
+        if status != "success":
+            out[i] = ImageError(I2D_STATUS_REASONS.get(status or "", "download_failed"))
+            continue
+        starts = _row_group_starts(file)
+        group = max(0, bisect.bisect_right(starts, row) - 1)
+        wanted[(file, group)].append((i, row - starts[group]))
+    groups = list(wanted.items())
+    for ((_, _), rows), values in zip(groups, pool.map(lambda g: _read_group(g[0][0], g[0][1], [o for _, o in g[1]]),
+                                                          groups)):
+        for (i, _), value in zip(rows, values):
+            out[i] = value if value is not None else ImageError("missing_image")
+    return out
+

@@ -9,27 +9,18 @@ files then holds photos of one shard only.
 ``shard_dataset`` never moves image bytes through Spark: on the driver, a join on narrow columns
 gives every dataset row a locator (the img2dataset file and row index of its image, and the
 download status); each shard task then reads its rows' ``jpg`` values straight from those files,
-one row group at a time (:func:`read_located`).
+one row group at a time (:func:`pipeline.images.read_img2dataset`, on executors, which do not have
+this module's driver-side imports).
 """
 from __future__ import annotations
 
-import bisect
-import collections
-import functools
-from concurrent.futures import Executor
-from typing import Optional, Sequence
-
-import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipeline import images
 from pipeline.config import PipelineError
 
 #: Values of ``shard.img2dataset_join``: the img2dataset column matched to the dataset's.
 JOIN_KEYS: dict[str, str] = {"photo_id": "photo_id", "url": "download_url"}
-#: img2dataset's status of a row -> our reject reason (absent rows: missing_image).
-STATUS_REASONS: dict[str, str] = {"failed_to_download": "download_failed", "failed_to_resize": "undecodable_image"}
 LOCATOR_COLUMNS = ("i2d_file", "i2d_row", "i2d_status")
 
 
@@ -82,49 +73,3 @@ def locate(spark: SparkSession, dataset: DataFrame, i2d_dir: str, join: str) -> 
     located = dataset.join(best, dataset[ds_key] == best["_i2d_key"], "left")
     return located.select(*dataset.columns, F.col("_b.file").alias("i2d_file"), F.col("_b.row").alias("i2d_row"),
                           F.col("_b.status").alias("i2d_status"))
-
-
-@functools.lru_cache(maxsize=8)
-def _row_group_starts(file: str) -> tuple[int, ...]:
-    fs, path = images.filesystem(file)
-    with fs.open_input_file(path) as fh:
-        meta = pq.ParquetFile(fh).metadata
-    starts, n = [], 0
-    for i in range(meta.num_row_groups):
-        starts.append(n)
-        n += meta.row_group(i).num_rows
-    return tuple(starts + [n])
-
-
-def _read_group(file: str, group: int, offsets: Sequence[int]) -> list[Optional[bytes]]:
-    fs, path = images.filesystem(file)
-    with fs.open_input_file(path) as fh:
-        column = pq.ParquetFile(fh).read_row_group(group, columns=["jpg"]).column("jpg")
-    return column.take(list(offsets)).to_pylist()
-
-
-def read_located(locators: Sequence[tuple[Optional[str], Optional[int], Optional[str]]],
-                 pool: Executor) -> list[bytes | images.ImageError]:
-    """The ``jpg`` bytes of each (file, row, status) locator, or the reason it has none.
-
-    Rows are grouped by file and row group, each group read once (in ``pool``) with only the
-    ``jpg`` column, so a task reads the img2dataset files of its own shard, not the whole output.
-    """
-    out: list[bytes | images.ImageError] = [images.ImageError("missing_image")] * len(locators)
-    wanted: dict[tuple[str, int], list[tuple[int, int]]] = collections.defaultdict(list)
-    for i, (file, row, status) in enumerate(locators):
-        if file is None or row is None:
-            continue
-        if status != "success":
-            out[i] = images.ImageError(STATUS_REASONS.get(status or "", "download_failed"))
-            continue
-        starts = _row_group_starts(file)
-        group = max(0, bisect.bisect_right(starts, row) - 1)
-        wanted[(file, group)].append((i, row - starts[group]))
-    groups = list(wanted.items())
-    for ((_, _), rows), values in zip(groups, pool.map(lambda g: _read_group(g[0][0], g[0][1], [o for _, o in g[1]]),
-                                                          groups)):
-        for (i, _), value in zip(rows, values):
-            out[i] = value if value is not None else images.ImageError("missing_image")
-    return out
-

@@ -4,7 +4,7 @@ The split's rows are spread over ``ceil(rows / rows_per_file)`` files by a seede
 photo_id and ordered inside each file by another, so rows are in random (but reproducible)
 order within a split. Only narrow metadata is shuffled, into exactly one shard file per partition
 (:func:`spread`); each task then reads its rows' images (a multimedia-commons tree, or img2dataset's
-Parquet files through :mod:`pipeline.img2dataset`) with ``read_threads`` reads and resizes in
+Parquet files located by :mod:`pipeline.img2dataset`) with ``read_threads`` reads and resizes in
 flight (:mod:`pipeline.images`), and writes its file with pyarrow, in exactly
 :data:`common.contract.SHARD_SCHEMA` and with row groups of exactly ``rows_per_row_group`` rows
 (the last one shorter). A finished file is recorded (:mod:`pipeline.shard_progress`) so a rerun
@@ -25,7 +25,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from common.contract import SHARD_SCHEMA, ShardFile, SplitInfo
-from pipeline import images, img2dataset
+from pipeline import images
 from pipeline.shard_progress import ShardProgress, digest
 
 RECORD_SCHEMA = ("kind string, split string, path string, row_groups array<bigint>, photo_id bigint, reason string, "
@@ -158,7 +158,7 @@ class _FileWriter:
 def _fetch(rows: list[dict], settings: ShardSettings, pool: Executor) -> list[bytes | images.ImageError]:
     """The source bytes of ``rows``' images (or why there are none), read ``read_threads`` at a time."""
     if settings.image_source == "img2dataset":
-        return img2dataset.read_located([(r["i2d_file"], r["i2d_row"], r["i2d_status"]) for r in rows], pool)
+        return images.read_img2dataset([(r["i2d_file"], r["i2d_row"], r["i2d_status"]) for r in rows], pool)
     root = settings.image_root
     return list(pool.map(lambda r: images.read_under(root, r["image_path"]), rows))
 

@@ -38,3 +38,20 @@ def test_every_package_says_what_belongs_there():
     for init in sorted([*(ROOT / "training").rglob("__init__.py"), ROOT / "common" / "__init__.py"]):
         doc = ast.get_docstring(ast.parse(init.read_text()))
         assert doc and "docs/architecture.md" in doc, f"{init.relative_to(ROOT)}: no docstring pointing to the tour"
+
+
+#: What Spark executors import to run the jobs' Python (the shard writer, the baselines' A@k).
+EXECUTOR_MODULES = ("pipeline.shards", "pipeline.images", "pipeline.shard_progress", "pipeline.baselines")
+
+
+def test_executor_code_imports_only_the_executors_extra():
+    """Executors have the `executors` extra and pyspark, not hydra, omegaconf, mlflow or torch: the
+    modules their tasks import must load without them (the cluster test finds this out slowly)."""
+    import subprocess
+    import sys
+
+    blocked = ("hydra", "omegaconf", "mlflow", "torch", "torchvision", "pytorch_lightning")
+    code = ("import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in blocked)
+            + "".join(f"import {m}\n" for m in EXECUTOR_MODULES))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
