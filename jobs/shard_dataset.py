@@ -57,8 +57,15 @@ def remove_stale(spark, tmp: str, files: list[dict]) -> int:
     """Delete what is in the staging folder but not in this run's records (files of an earlier,
     different run, or temps of killed tasks), and the progress markers; the number deleted."""
     io.remove(spark, f"{tmp}/{PROGRESS_DIR}")
-    keep = {f"{tmp}/{f['path']}" for f in files}
-    stale = [u for u in io.list_files(spark, tmp, hidden=True) if "/" in u[len(tmp) + 1:] and u not in keep]
+    prefix = f"{tmp.rstrip('/')}/"
+    keep = {f["path"] for f in files}
+    stale = []
+    for uri in io.list_files(spark, tmp, hidden=True):
+        rel = uri[len(prefix):] if uri.startswith(prefix) else None
+        if rel is None:         # never delete what cannot be placed inside the staging folder
+            log.warning("not removing %s: not under %s", uri, prefix)
+        elif "/" in rel and rel not in keep:
+            stale.append(uri)
     for uri in stale:
         io.remove(spark, uri)
     return len(stale)

@@ -35,7 +35,12 @@ def qualify(spark: SparkSession, path: str) -> str:
     Paths handed to executor-side readers and writers go through here once, on the driver; a
     relative path would otherwise mean each worker's own folder."""
     fs, hpath = _fs_and_path(spark, path)
-    return str(fs.makeQualified(hpath).toUri().toString())
+    uri = str(fs.makeQualified(hpath).toUri().toString())
+    # A relative local path qualifies as file:/abs, an absolute one (and every listed file) as
+    # file:///abs: one spelling, so that URIs compare equal.
+    if uri.startswith("file:/") and not uri.startswith("file://"):
+        uri = "file://" + uri[len("file:"):]
+    return uri
 
 
 def list_files(spark: SparkSession, path: str, *, hidden: bool = False) -> list[str]:

@@ -94,3 +94,16 @@ def test_single_existing_refuses_two_candidates(spark, tmp_path):
     assert str(plain) in str(err.value) and str(packed) in str(err.value)
     assert "clean.dataset=<path>" in str(err.value)
     assert io.single_existing(spark, str(plain), "clean.dataset") == str(plain)   # one explicit path
+
+
+def test_a_path_qualifies_to_one_spelling_whatever_its_form(spark, tmp_path):
+    """Relative (to the driver's folder), absolute and file: forms of one folder give the same URI,
+    spelled as Hadoop lists the files below it, so executor-side URIs compare equal."""
+    import os
+
+    folder = tmp_path / "x"
+    (folder / "a").mkdir(parents=True)
+    (folder / "a" / "f.parquet").write_bytes(b"x")
+    forms = [str(folder), os.path.relpath(folder, os.getcwd()), f"file:{folder}", f"file://{folder}"]
+    assert {io.qualify(spark, p) for p in forms} == {f"file://{folder}"}
+    assert io.list_files(spark, os.path.relpath(folder, os.getcwd())) == [f"file://{folder}/a/f.parquet"]
