@@ -66,10 +66,10 @@ def counts(root: Path) -> dict[str, int]:
     import pyarrow.parquet as pq
 
     work = root / "data" / "work"
-    return {name: pq.read_metadata(f).num_rows if f.is_file() else sum(pq.read_metadata(p).num_rows
-                                                                       for p in f.rglob("*.parquet"))
-            for name in ("clean", "clean_rejects", "dataset", "dataset_rejects", "shards", "shard_rejects")
-            for f in [work / name]}
+    out = {name: sum(pq.read_metadata(p).num_rows for p in (work / name).rglob("*.parquet"))
+           for name in ("clean", "clean_rejects", "dataset", "dataset_rejects", "shard_rejects")}
+    out["sharded"] = sum(pq.read_metadata(p).num_rows for p in (work / "shards").glob("*/*.parquet"))
+    return out
 
 
 def main() -> None:
