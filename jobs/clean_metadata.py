@@ -32,7 +32,7 @@ def resolve_layout(spark, path: str, setting: str, sample_lines: int) -> int:
         raise PipelineError(f"setting clean.layout={setting!r}: expected auto, 25 or 23")
     found: dict[int, str] = {}
     for file in io.list_files(spark, path):
-        head = [r.value for r in spark.read.text(file).limit(sample_lines).collect()]
+        head = io.head_lines(spark, file, sample_lines)
         layout = parse.detect_layout(head)
         if layout is None and head and setting == "auto":
             raise PipelineError(f"{file}: none of the first {len(head)} lines has 25 or 23 TAB-separated "

@@ -107,3 +107,15 @@ def test_a_path_qualifies_to_one_spelling_whatever_its_form(spark, tmp_path):
     forms = [str(folder), os.path.relpath(folder, os.getcwd()), f"file:{folder}", f"file://{folder}"]
     assert {io.qualify(spark, p) for p in forms} == {f"file://{folder}"}
     assert io.list_files(spark, os.path.relpath(folder, os.getcwd())) == [f"file://{folder}/a/f.parquet"]
+
+
+def test_head_lines_of_plain_and_bz2_files(spark, tmp_path):
+    """The first lines of a file, decompressed when it is .bz2, with any line end; fewer when short."""
+    import bz2
+
+    text = "a\tb\nc\r\nd\re\n"
+    (tmp_path / "plain").write_text(text, newline="")
+    (tmp_path / "packed.bz2").write_bytes(bz2.compress(text.encode()))
+    for name in ("plain", "packed.bz2"):
+        assert io.head_lines(spark, str(tmp_path / name), 3) == ["a\tb", "c", "d"]
+        assert io.head_lines(spark, str(tmp_path / name), 10) == ["a\tb", "c", "d", "e"]
