@@ -57,12 +57,13 @@ class ShardProgress:
         except (OSError, ValueError, KeyError, TypeError):
             return None   # no marker, a torn one, or a damaged file: write it again
 
-    def mark(self, rel: str, want: str, records: list[dict], row_groups: list[int]) -> None:
-        """Record shard ``rel`` as finished (after its file is in place), atomically."""
+    def mark(self, rel: str, want: str, records: list[dict], row_groups: list[int], attempt: str) -> None:
+        """Record shard ``rel`` as finished (after its file is in place), atomically; the temp is
+        the task attempt's own, as a speculative copy of the task may be writing the same marker."""
         size = self.fs.get_file_info(f"{self.base}/{rel}").size if row_groups else 0
         marker = self._marker(rel)
         self.fs.create_dir(marker.rpartition("/")[0], recursive=True)
-        tmp = f"{marker}.inprogress"
+        tmp = f"{marker}.{attempt}.inprogress"
         with self.fs.open_output_stream(tmp) as fh:
             fh.write(json.dumps({"digest": want, "size": size, "row_groups": row_groups,
                                  "records": records}).encode())

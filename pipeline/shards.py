@@ -193,7 +193,7 @@ def _write_shard(split: str, shard: int, rows: list[dict], settings: ShardSettin
     file = writer.close()
     if file is not None:
         records.insert(0, file)
-    progress.mark(rel, want, records, file["row_groups"] if file else [])
+    progress.mark(rel, want, records, file["row_groups"] if file else [], attempt)
     yield from ({**r, "resumed": False} for r in records)
 
 

@@ -96,3 +96,27 @@ def test_a_killed_shard_run_resumes_to_the_uninterrupted_result(spark, tmp_path,
     assert sorted(map(str, pq.read_table(cfg.outputs.shard_rejects).to_pylist())) == \
         sorted(map(str, pq.read_table(tmp_path / "reference_rejects").to_pylist()))
     assert hidden_entries(out.parent) == [] and not (out / "_progress").exists()
+
+
+def test_a_marker_is_trusted_only_while_its_file_matches(tmp_path):
+    """Other inputs or settings (another digest), or a file changed since (size, row groups), mean
+    the shard is written again; a marker's temp never stays behind."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
+    from pipeline.shard_progress import ShardProgress
+
+    rel = "train/part-00000.parquet"
+    (tmp_path / "train").mkdir()
+    pq.write_table(pa.table({"x": [1, 2, 3]}), tmp_path / rel, row_group_size=2)
+    progress = ShardProgress(pafs.LocalFileSystem(), str(tmp_path))
+    records = [{"kind": "file", "split": "train", "path": rel, "row_groups": [2, 1]}]
+    progress.mark(rel, "digest-1", records, [2, 1], "0-0-0")
+    assert progress.completed(rel, "digest-1") == records
+    assert progress.completed(rel, "digest-2") is None
+    assert progress.completed("train/part-00001.parquet", "digest-1") is None     # no marker
+    assert [p.name for p in tmp_path.rglob("*.inprogress")] == []
+    pq.write_table(pa.table({"x": [1, 2, 3]}), tmp_path / rel, row_group_size=3)  # rewritten since
+    assert progress.completed(rel, "digest-1") is None
+    (tmp_path / rel).write_bytes(b"PAR1 torn")
+    assert progress.completed(rel, "digest-1") is None
