@@ -45,12 +45,15 @@ def image_source(spark, cfg: DictConfig, dataset):
     return img2dataset.locate(spark, dataset, str(s.img2dataset_dir), join), None
 
 
-def files_per_shard(df) -> float:
-    """Mean number of img2dataset files a shard task opens: about 1 when the download followed
-    jobs/image_urls.py's list, up to every file when it did not."""
-    pairs = df.where(F.col("i2d_file").isNotNull()).select("split", "shard", "i2d_file").distinct()
-    row = pairs.groupBy("split", "shard").count().agg(F.avg("count").alias("mean")).first()
-    return float(row["mean"] or 0.0)
+def check_locality(st, files: list[dict]) -> None:
+    """Mean number of img2dataset files a shard task read (each task counts its own): about 1 when
+    the download followed jobs/image_urls.py's list, up to every file when it did not."""
+    counts = [f["sources"] for f in files if f.get("sources") is not None]
+    per_shard = sum(counts) / max(len(counts), 1)
+    st.metric("img2dataset_files_per_shard", per_shard)
+    if per_shard > 4:
+        log.warning("each shard task read %.1f img2dataset files on average: download from jobs/image_urls.py's "
+                    "list (same shard.seed and rows_per_file) so that each reads about one", per_shard)
 
 
 def remove_stale(spark, tmp: str, files: list[dict]) -> int:
@@ -107,13 +110,6 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
         n_files = shards.files_per_split(split_rows, rows_per_file)
         df, image_root = image_source(spark, cfg, dataset)
         df = shards.assign_shards(df, n_files, seed)
-        if s.image_source == "img2dataset":
-            per_shard = files_per_shard(df)
-            st.metric("img2dataset_files_per_shard", per_shard)
-            if per_shard > 4:
-                log.warning("each shard task reads %.1f img2dataset files on average: download from "
-                            "jobs/image_urls.py's list (same shard.seed and rows_per_file) so that each reads ~1",
-                            per_shard)
 
         with io.staged_outputs(spark) as staged:
             # A fixed staging folder: after a kill, the rerun skips the shard files already done.
@@ -128,6 +124,8 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
             records = spark.read.parquet(records_path)
             files = [r.asDict() for r in records.where(F.col("kind") == "file").collect()]
             resumed = sum(1 for f in files if f["resumed"])
+            if s.image_source == "img2dataset":
+                check_locality(st, files)
             if resumed:
                 log.info("resumed: %d of %d shard files were already complete and verified", resumed, len(files))
             rejects = records.where(F.col("kind") == "reject").select("photo_id", "split", "reason", "path")

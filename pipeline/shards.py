@@ -29,10 +29,10 @@ from pipeline import images
 from pipeline.shard_progress import ShardProgress, digest
 
 RECORD_SCHEMA = ("kind string, split string, path string, row_groups array<bigint>, photo_id bigint, reason string, "
-                 "resumed boolean")
+                 "sources int, resumed boolean")
 _RECORD_ARROW = pa.schema([("kind", pa.string()), ("split", pa.string()), ("path", pa.string()),
                            ("row_groups", pa.list_(pa.int64())), ("photo_id", pa.int64()), ("reason", pa.string()),
-                           ("resumed", pa.bool_())])
+                           ("sources", pa.int32()), ("resumed", pa.bool_())])
 METADATA_COLUMNS = [f.name for f in SHARD_SCHEMA if f.name != "image"]
 
 
@@ -192,6 +192,8 @@ def _write_shard(split: str, shard: int, rows: list[dict], settings: ShardSettin
                 writer.add({**{k: row[k] for k in METADATA_COLUMNS}, "image": image})
     file = writer.close()
     if file is not None:
+        if settings.image_source == "img2dataset":   # how many img2dataset files this shard read
+            file["sources"] = len({r["i2d_file"] for r in rows if r["i2d_file"] is not None})
         records.insert(0, file)
     progress.mark(rel, want, records, file["row_groups"] if file else [], attempt)
     yield from ({**r, "resumed": False} for r in records)

@@ -117,7 +117,14 @@ def test_img2dataset_download_then_shards(spark, tmp_path, synth_world, image_se
             shard_of.update({i: f.path for i in t["photo_id"].to_pylist()})
             assert min(Image.open(pa.BufferReader(t["image"][0].as_py())).size) == 32
     assert len(shard_of) + len(rejects) == len(dataset)
-    # Downloaded from image_urls' list, each img2dataset file holds the photos of one shard file.
+    # Downloaded from image_urls' list, each img2dataset file holds the photos of one shard file,
+    # and each shard task read one img2dataset file (as the tasks counted it themselves).
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=cfg.paths.mlflow_tracking_uri)
+    experiment = client.get_experiment_by_name("pipeline/shard_dataset")
+    run = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert run.data.metrics["img2dataset_files_per_shard"] == 1.0
     for f in i2d_files:
         got = {shard_of[i] for i in pq.read_table(f, columns=["photo_id"])["photo_id"].to_pylist() if i in shard_of}
         assert len(got) <= 1, (f.name, got)
