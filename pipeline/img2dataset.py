@@ -21,7 +21,6 @@ from pipeline.config import PipelineError
 
 #: Values of ``shard.img2dataset_join``: the img2dataset column matched to the dataset's.
 JOIN_KEYS: dict[str, str] = {"photo_id": "photo_id", "url": "download_url"}
-LOCATOR_COLUMNS = ("i2d_file", "i2d_row", "i2d_status")
 
 
 def url_list(df: DataFrame) -> DataFrame:
@@ -48,7 +47,8 @@ def check_join(join: str) -> str:
 
 
 def locate(spark: SparkSession, dataset: DataFrame, i2d_dir: str, join: str) -> DataFrame:
-    """``dataset`` with :data:`LOCATOR_COLUMNS` (null where img2dataset has no row for the photo).
+    """``dataset`` with ``i2d_file``, ``i2d_row`` and ``i2d_status`` (null where img2dataset has no row
+    for the photo): the locators :func:`pipeline.images.read_img2dataset` reads on executors.
 
     Only narrow columns are read and shuffled: ``jpg`` is pruned from the scan, and a photo with
     several img2dataset rows (downloaded twice) takes its first success, else its first failure.

@@ -14,6 +14,7 @@ job builds the manifest and the rejects table.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -213,16 +214,11 @@ def shard_writer(settings: ShardSettings) -> Callable[[Iterator[pa.RecordBatch]]
         attempt = f"{ctx.stageId()}-{ctx.partitionId()}-{ctx.attemptNumber()}" if ctx else "local"
         fs, base = images.filesystem(settings.out_dir)
         progress = ShardProgress(fs, base)
-        keys = [(r["split"], r["shard"]) for r in rows]
         with ThreadPoolExecutor(max_workers=settings.read_threads) as pool:
-            start = 0
-            for i in range(1, len(rows) + 1):   # one run of rows per shard file (one, after spread())
-                if i == len(rows) or keys[i] != keys[start]:
-                    split, shard = keys[start]
-                    records = list(_write_shard(split, shard, rows[start:i], settings, fs, base, progress, pool,
-                                                attempt))
-                    yield pa.RecordBatch.from_pylist(records, schema=_RECORD_ARROW)
-                    start = i
+            # Rows come sorted by (split, shard): one run per shard file (one run, after spread()).
+            for (split, shard), run in itertools.groupby(rows, key=lambda r: (r["split"], r["shard"])):
+                records = list(_write_shard(split, shard, list(run), settings, fs, base, progress, pool, attempt))
+                yield pa.RecordBatch.from_pylist(records, schema=_RECORD_ARROW)
 
     return write
 
