@@ -145,17 +145,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
                         weights_only=True)
         embeddings_dir = str(writer.output_dir.resolve())
 
-    if not trainer.is_global_zero:
+    zero = trainer.is_global_zero
+    if cfg.get("evaluate", True) and getattr(model, "evaluates_after_fit", False):
+        # LocSens scores triplets itself (best checkpoint, or every sigma-stage snapshot), on every
+        # rank: each scores its share of the queries, rank 0 logs.
+        metrics.update(evaluate_after_fit(cfg, model, datamodule, callbacks, mlf.run_id if mlf and zero else None,
+                                          checkpoint=evaluated, device=trainer.strategy.root_device,
+                                          log_runs=zero))
+    if not zero:
         return metrics
     if mlf is not None:
         if best:
             mlf.experiment.set_tag(mlf.run_id, "best_checkpoint", str(Path(best).resolve()))
         if embeddings_dir:
             mlf.experiment.set_tag(mlf.run_id, "embeddings_dir", embeddings_dir)
-    if cfg.get("evaluate", True) and getattr(model, "evaluates_after_fit", False):
-        # LocSens scores triplets itself: best checkpoint, or every sigma-stage snapshot.
-        metrics.update(evaluate_after_fit(cfg, model, datamodule, callbacks, mlf.run_id if mlf else None,
-                                          checkpoint=evaluated))
     if cfg.get("evaluate", True) and embeddings_dir:
         results = evaluate_embeddings(embeddings_dir, shards_dir=datamodule.shards_dir, **cfg.evaluation)
         metrics.update(results)

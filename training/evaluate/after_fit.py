@@ -8,9 +8,11 @@ their best checkpoint by validation loss. Evaluation runs are named ``<task>`` o
 from __future__ import annotations
 
 import copy
+import importlib
 import logging
+import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -21,7 +23,7 @@ from common import metrics as M
 from training.callbacks.sigma_snapshots import LocationSchedule
 from training.data.shards import place_mask
 from training.evaluate.embeddings import embeddings_tags, log_evaluation
-from training.evaluate.locsens import evaluate_locsens
+from training.evaluate.ranks import Ranks
 from training.models.locsens import LocSens
 from training.models.sigma import snapshot_name
 
@@ -35,11 +37,20 @@ def models_to_evaluate(cfg: DictConfig, model: LocSens, callbacks: list,
     if checkpoint:
         return {cfg.task_name: (checkpoint, None)}
     schedule = next((c for c in callbacks if isinstance(c, LocationSchedule)), None)
-    if model.location == "sampling" and cfg.evaluation.get("snapshots", True) and schedule and schedule.saved:
+    sampling = getattr(model, "location", None) == "sampling"
+    if sampling and cfg.evaluation.get("snapshots", True) and schedule and schedule.saved:
         named = [(snapshot_name(v), v) for v, _ in model.sigma_schedule.stages]
         return {f"{cfg.task_name}_{name}": (schedule.saved[name], v) for name, v in named if name in schedule.saved}
     best = next((c.best_model_path for c in callbacks if isinstance(c, ModelCheckpoint)), "")
     return {cfg.task_name: (best or None, None)}
+
+
+def evaluator(model) -> Callable[..., dict[str, float]]:
+    """The function that scores a split with this model's network: the model's ``evaluator``
+    (``"module:function"``, named rather than imported so that models never import evaluation),
+    LocSens's triplet scoring by default."""
+    module, _, name = getattr(model, "evaluator", "training.evaluate.locsens:evaluate_locsens").partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def load_net(model: LocSens, checkpoint: Optional[str]) -> torch.nn.Module:
@@ -52,36 +63,53 @@ def load_net(model: LocSens, checkpoint: Optional[str]) -> torch.nn.Module:
 
 
 def evaluate_after_fit(cfg: DictConfig, model: LocSens, datamodule, callbacks: list,
-                       train_run_id: Optional[str] = None, checkpoint: Optional[str] = None) -> dict[str, float]:
+                       train_run_id: Optional[str] = None, checkpoint: Optional[str] = None,
+                       device: Optional[torch.device] = None, log_runs: bool = True) -> dict[str, float]:
     """Evaluate on ``cfg.evaluation.split``; returns metrics, prefixed by run name for snapshots.
-    ``checkpoint``: evaluate that checkpoint only (``train=false``)."""
+    ``checkpoint``: evaluate that checkpoint only (``train=false``).
+
+    Call it on every rank of a DDP run (``device``: the rank's own): each rank scores its share of
+    the queries (:mod:`training.evaluate.ranks`) and rank 0 gets the metrics and, with
+    ``log_runs``, logs the MLflow runs. The split is read once for every snapshot."""
     ev = cfg.evaluation
+    ranks = Ranks.current()
     split = datamodule.split_arrays(ev.split)
     shards_dir = getattr(datamodule, "shards_dir", None)
     places = place_mask(shards_dir) if shards_dir and Path(shards_dir).exists() else None
     tag_table = datamodule.tag_embeddings()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
     targets = models_to_evaluate(cfg, model, callbacks, checkpoint)
     export = embeddings_tags(datamodule.embeddings_dir, datamodule.manifest)   # one read for every snapshot
+    score = evaluator(model)
     out: dict[str, float] = {}
     for i, (name, (checkpoint, sigma)) in enumerate(targets.items()):
         checkpoint = str(Path(checkpoint).resolve()) if checkpoint else None   # runs name files unambiguously
         last = i == len(targets) - 1
-        log.info("evaluating %s (%s)", name, checkpoint or "weights in memory")
-        metrics = evaluate_locsens(
+        log.info("evaluating %s (%s, %s mode, rank %d of %d)", name, checkpoint or "weights in memory",
+                 ev.get("mode", "exact"), ranks.rank, ranks.world)
+        started = time.perf_counter()
+        metrics = score(
             load_net(model, checkpoint).to(device), split, tag_table, place_mask=places,
-            zero_location=model.location == "zeroed", ks=list(ev.ks), min_images=ev.min_images, seed=ev.seed,
-            max_queries=ev.get("max_queries"), pairs=int(ev.get("pairs", 1 << 20)), device=device,
-            tagging=bool(ev.get("tagging", True)) and (last or bool(ev.get("snapshot_tagging", True))))
-        config: dict[str, Any] = {"evaluation": OmegaConf.to_container(ev, resolve=True), "model": "LocSens",
-                                  "location": model.location,
-                                  "negatives_mode": model.hparams.negatives_mode, "task_name": cfg.task_name,
+            zero_location=getattr(model, "location", None) == "zeroed", ks=list(ev.ks), min_images=ev.min_images,
+            seed=ev.seed, max_queries=ev.get("max_queries"), pairs=int(ev.get("pairs", 1 << 20)), device=device,
+            tagging=bool(ev.get("tagging", True)) and (last or bool(ev.get("snapshot_tagging", True))),
+            mode=ev.get("mode", "exact"), rerank=ev.get("rerank"), precision=str(ev.get("precision", "32")),
+            ranks=ranks)
+        if not ranks.is_zero:
+            continue
+        metrics["eval/seconds"] = time.perf_counter() - started
+        metrics["eval/ranks"] = float(ranks.world)
+        config: dict[str, Any] = {"evaluation": OmegaConf.to_container(ev, resolve=True), "model": type(model).__name__,
+                                  "location": getattr(model, "location", None),
+                                  "negatives_mode": model.hparams.get("negatives_mode"), "task_name": cfg.task_name,
                                   "checkpoint": checkpoint, "embeddings_dir": str(datamodule.embeddings_dir),
                                   **({"sigma": sigma} if sigma is not None else {})}
-        if cfg.get("logger") and any("MLFlowLogger" in str(c.get("_target_", "")) for c in cfg.logger.values()):
+        if log_runs and cfg.get("logger") and any("MLFlowLogger" in str(c.get("_target_", ""))
+                                                  for c in cfg.logger.values()):
+            links = {k: v for k, v in {"train_run_id": train_run_id, "checkpoint": checkpoint}.items() if v}
             log_evaluation(metrics, config, tracking_uri=cfg.paths.mlflow_tracking_uri,
                            artifact_root=cfg.paths.get("mlflow_artifact_root"), run_name=name,
-                           tags={**export, **{k: v for k, v in {"train_run_id": train_run_id, "checkpoint": checkpoint}.items() if v}})
+                           tags={**export, **links})
         out.update({(k if last else f"{name}/{k}"): float(v) for k, v in metrics.items() if np.isfinite(v)})
         for k in (M.accuracy_metric_name(1), M.accuracy_metric_name(10), M.location_metric_name("25km"),
                   M.location_metric_name("agnostic")):

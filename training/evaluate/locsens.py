@@ -13,12 +13,16 @@ same names.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import contextlib
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 
 from common import metrics as M
+from training.evaluate.ranks import Ranks
+from training.evaluate.rerank import (RerankSettings, build_gallery_indexes, rank_candidates, retrieval_candidates,
+                                      shortlist_tags)
 from training.evaluate.topk import chunked_top_k
 from training.models.locsens import LocSensNet
 from training.models.sigma import normalise_location
@@ -33,7 +37,8 @@ def _rank(net: LocSensNet, query_part: torch.Tensor, key_part: torch.Tensor, k: 
 
 
 def _as(x, device) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(x), dtype=torch.float32, device=device)
+    """A float32 copy on ``device`` (inputs are often read-only views of Arrow buffers)."""
+    return torch.tensor(np.asarray(x), dtype=torch.float32, device=device)
 
 
 @torch.no_grad()
@@ -75,11 +80,56 @@ def tag_images_naive(net: LocSensNet, images: torch.Tensor, loc: torch.Tensor, t
     return np.stack(out)
 
 
+@torch.no_grad()
+def reranked_tags(net: LocSensNet, images: torch.Tensor, loc: torch.Tensor, tag_table: torch.Tensor, k: int,
+                  pairs: int, excludes: Sequence[Optional[torch.Tensor]], shortlist: int,
+                  location_weight: Optional[float] = None) -> list[np.ndarray]:
+    """:func:`tag_images_masked` over each image's ``shortlist`` best tags by MCC's cosine (one
+    shortlist per mask, so the places-omitted ranking has as many candidates)."""
+    query = net.image_part(images) + net.location_part(loc, location_weight)
+    keys = net.tag_part(tag_table)
+    lists = shortlist_tags(images, tag_table, shortlist, excludes)
+    chunk = max(1, pairs // max(shortlist, 1))
+    return [rank_candidates(lambda rows, cand: net.head(query[rows, None, :] + keys[cand]), c, k, chunk,
+                            images.device) for c in lists]
+
+
+@torch.no_grad()
+def reranked_images(net: LocSensNet, gallery: torch.Tensor, query_tags: torch.Tensor, query_loc: torch.Tensor,
+                    tag_table: torch.Tensor, candidates: np.ndarray, k: int = 10, pairs: int = 1 << 20,
+                    location_weight: Optional[float] = None) -> np.ndarray:
+    """:func:`retrieve_images` over each query's candidate gallery rows (-1: none)."""
+    query = net.tag_part(tag_table[query_tags]) + net.location_part(query_loc, location_weight)
+    keys = net.image_part(gallery)
+    chunk = max(1, pairs // max(candidates.shape[1], 1))
+    return rank_candidates(lambda rows, cand: net.head(query[rows, None, :] + keys[cand]), candidates, k, chunk,
+                           gallery.device)
+
+
+PRECISIONS = {"32": None, "32-true": None, "bf16": torch.bfloat16, "bf16-mixed": torch.bfloat16,
+              "16": torch.float16, "16-mixed": torch.float16}
+
+
+def autocast(device: torch.device, precision: str | int):
+    """The scoring's precision (``evaluation.precision``): 32, or mixed bf16 / 16 (16 on GPU only)."""
+    key = str(precision)
+    if key not in PRECISIONS:
+        raise ValueError(f"evaluation.precision={precision!r}: use one of {sorted(PRECISIONS)}")
+    dtype = PRECISIONS[key]
+    if dtype is None:
+        return contextlib.nullcontext()
+    if dtype is torch.float16 and device.type != "cuda":
+        raise ValueError(f"evaluation.precision={precision}: float16 needs a GPU; use bf16 on {device.type}")
+    return torch.autocast(device.type, dtype=dtype)
+
+
 def evaluate_locsens(net: LocSensNet, split: dict, tag_table: np.ndarray | torch.Tensor, *,
                      place_mask: Optional[np.ndarray] = None, zero_location: bool = False,
                      ks: Sequence[int] = (1, 10, 50), min_images: int = 10, seed: int = 0,
                      max_queries: Optional[int] = None, pairs: int = 1 << 20,
-                     device: Optional[str] = None, tagging: bool = True) -> dict[str, float]:
+                     device: Optional[str] = None, tagging: bool = True, mode: str = "exact",
+                     rerank: Optional[Mapping[str, Any] | RerankSettings] = None, precision: str | int = "32",
+                     ranks: Optional[Ranks] = None) -> dict[str, float]:
     """Tagging (with and without place names) and location-sensitive retrieval on one split.
 
     ``split`` is :meth:`training.data.embeddings.LocSensDataModule.split_arrays`. ``max_queries``
@@ -88,18 +138,29 @@ def evaluate_locsens(net: LocSensNet, split: dict, tag_table: np.ndarray | torch
     too slow for the machine; the number used is reported as ``retrieval/queries_locations``.
     ``zero_location``: the zeroed-locations variant (its location representation times 0).
     ``tagging=False`` skips tagging (the paper reports the sigma snapshots on retrieval only).
+    ``mode``: ``exact`` scores every triplet, ``rerank`` only shortlisted ones (``rerank``
+    settings, :mod:`training.evaluate.rerank`). ``precision``: see :func:`autocast`.
+
+    Every rank of ``ranks`` (default: the running process group, if any) must call this with the
+    same inputs: each ranks its share of the queries, and rank 0 returns the metrics (the others
+    return an empty dict).
     """
+    if mode not in ("exact", "rerank"):
+        raise ValueError(f"evaluation.mode={mode!r}: use exact or rerank")
     dev = torch.device(device) if device else next(net.parameters()).device
+    settings = rerank if isinstance(rerank, RerankSettings) else RerankSettings.from_config(rerank)
     was_training = net.training
     try:
-        return _evaluate(net.eval().to(dev), split, tag_table, dev, place_mask, zero_location, ks, min_images,
-                         seed, max_queries, pairs, tagging)
+        with autocast(dev, precision):
+            return _evaluate(net.eval().to(dev), split, tag_table, dev, place_mask, zero_location, ks, min_images,
+                             seed, max_queries, pairs, tagging, settings if mode == "rerank" else None,
+                             ranks or Ranks.current())
     finally:
         net.train(was_training)
 
 
 def _evaluate(net, split, tag_table, dev, place_mask, zero_location, ks, min_images, seed, max_queries,
-              pairs, tagging) -> dict[str, float]:
+              pairs, tagging, rerank: Optional[RerankSettings], ranks: Ranks) -> dict[str, float]:
     truth: M.TagSets = split["truth"]
     num_tags = int(np.asarray(tag_table).shape[0]) if not torch.is_tensor(tag_table) else tag_table.shape[0]
     tags = _as(tag_table, dev)               # normalised inside the network, like the images
@@ -114,17 +175,36 @@ def _evaluate(net, split, tag_table, dev, place_mask, zero_location, ks, min_ima
     if tagging:
         places = place_mask is not None and bool(np.any(place_mask))
         masks = [None] + ([torch.as_tensor(place_mask, device=dev)] if places else [])
-        ranked = tag_images_masked(net, images, loc, tags, kmax, pairs, masks, location_weight=weight)
-        out.update(M.tagging_metrics(ranked[0], truth, num_tags, ks))
-        if places:
-            out.update(M.tagging_metrics(ranked[1], truth.without(place_mask), num_tags,
-                                         [k for k in ks if k <= ranked[1].shape[1]], suffix=M.NOPLACES))
+        mine = ranks.share(len(truth))
+        if rerank is None:
+            part = tag_images_masked(net, images[mine], loc[mine], tags, kmax, pairs, masks, location_weight=weight)
+        else:
+            part = reranked_tags(net, images[mine], loc[mine], tags, kmax, pairs, masks,
+                                 min(max(rerank.tags, kmax), num_tags),   # A@k needs k candidates
+                                 location_weight=weight)
+        ranked = [ranks.gather(p) for p in part]
+        if ranks.is_zero:
+            out.update(M.tagging_metrics(ranked[0], truth, num_tags, ks))
+            if places:
+                out.update(M.tagging_metrics(ranked[1], truth.without(place_mask), num_tags,
+                                             [k for k in ks if k <= ranked[1].shape[1]], suffix=M.NOPLACES))
 
     q_rows, q_tags = M.location_queries(truth, num_tags, seed, min_images, max_queries)
     if q_rows.size:
-        retrieved = retrieve_images(net, images, torch.as_tensor(q_tags, device=dev), loc[q_rows], tags, 10, pairs,
-                                    location_weight=weight)
-        out.update(M.location_retrieval_metrics(retrieved, q_rows, q_tags, truth, lat, lon, num_tags, place_mask))
+        mine = ranks.share(q_rows.size)
+        rows, qt = q_rows[mine], q_tags[mine]
+        if rerank is None:
+            part = retrieve_images(net, images, torch.as_tensor(qt, device=dev), loc[rows], tags, 10, pairs,
+                                   location_weight=weight)
+        else:
+            ann, spatial = build_gallery_indexes(np.asarray(split["embedding"]), lat, lon, rerank)
+            cand = retrieval_candidates(ann, spatial, np.asarray(tag_table, dtype=np.float32), qt, lat[rows],
+                                        lon[rows], rerank)
+            part = reranked_images(net, images, torch.as_tensor(qt, device=dev), loc[rows], tags, cand, 10, pairs,
+                                   location_weight=weight)
+        retrieved = ranks.gather(part)
+        if ranks.is_zero:
+            out.update(M.location_retrieval_metrics(retrieved, q_rows, q_tags, truth, lat, lon, num_tags, place_mask))
     else:
         out[M.QUERIES] = 0.0
-    return out
+    return out if ranks.is_zero else {}
