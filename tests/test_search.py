@@ -1,0 +1,163 @@
+"""``python -m training.search`` end to end on a small fixture: real JPEG shards -> MCC (trained,
+exported) -> LocSens (trained on the export) -> an indexed test gallery recorded in MLflow ->
+tags for a JPEG at a place, photos for a tag near a place, and the errors a user meets."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from shard_fixture import make_shards
+
+from common import metrics as M
+from training.index.gallery import Gallery
+from training.run import train
+from training.search import main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """(root, shards, MCC export, LocSens checkpoint) trained for one epoch each."""
+    root = tmp_path_factory.mktemp("search")
+    shards = root / "shards"
+    make_shards(shards, rows={"train": 64, "val": 24, "test": 40}, row_group_size=10, files_per_split=1)
+    base = [f"paths.root_dir={root}", f"paths.shards_dir={shards}", f"paths.mlflow_tracking_uri=sqlite:///{root}/m.db",
+            "data.num_workers=0", "data.persistent_workers=false", "trainer.num_sanity_val_steps=0",
+            "callbacks.progress_bar.refresh_rate=0", "trainer.max_epochs=1", "evaluation.min_images=5"]
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        mcc = compose("train.yaml", overrides=["+experiment=mcc", *base, "model.backbone.name=resnet18",
+                                               "model.backbone.pretrained=false", "data.batch_size=16", "data.crop=32",
+                                               "data.prefetch_factor=null", "evaluation.chunk=16"])
+    train(mcc)
+    export = root / "outputs" / "mcc" / "embeddings"
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        locsens = compose("train.yaml", overrides=[
+            "+experiment=locsens_raw", *base, f"data.embeddings_dir={export}", "model.hidden=[64,32]",
+            "model.groups=8", "data.batch_size=16"])
+    train(locsens)
+    return root, shards, export, root / "outputs" / "locsens_raw" / "checkpoints" / "best.ckpt"
+
+
+@pytest.fixture(scope="module")
+def index(models):
+    root, _, export, locsens = models
+    out = root / "index"
+    proc = subprocess.run(
+        [sys.executable, "-m", "training.search", "build", "--embeddings", str(export), "--tagger", str(locsens),
+         "--retriever", str(locsens), "--out", str(out), "--index-kind", "hnsw",
+         "--tracking-uri", f"sqlite:///{root}/m.db", "--artifact-root", str(root / "art")],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "indexed 40 photos" in proc.stdout
+    return out
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_build_records_the_index_in_mlflow(models, index):
+    root, *_ = models
+    client = mlflow.MlflowClient(f"sqlite:///{root}/m.db")
+    run = client.search_runs([client.get_experiment_by_name("search").experiment_id])[0]
+    assert run.data.tags["gallery_dir"] == str(index.resolve())
+    assert run.data.metrics["gallery/photos"] == 40
+    gallery = Gallery(index)
+    assert len(gallery) == 40 and run.data.tags["embeddings_export_id"] == gallery.manifest.embeddings_export_id
+
+
+def test_tag_a_jpeg_at_two_places(models, index, capsys, tmp_path):
+    _, shards, *_ = models
+    table = pq.read_table(next((shards / "test").glob("*.parquet")), columns=["image", "photo_id"])
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(table.column("image")[0].as_py())
+    results = []
+    for lat, lon in ((48.85, 2.35), (-33.87, 151.21)):
+        code, out, err = _run(capsys, "tag", "--image", str(photo), "--lat", str(lat), "--lon", str(lon),
+                              "--k", "5", "--index", str(index), "--json")
+        assert code == 0, err
+        result = json.loads(out)
+        scores = [t["score"] for t in result["tags"]]
+        assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+        results.append(result)
+    assert [t["score"] for t in results[0]["tags"]] != [t["score"] for t in results[1]["tags"]]   # the place matters
+    # The stored embedding of a gallery photo, exact over the vocabulary, in plain text.
+    pid = int(table.column("photo_id")[0].as_py())
+    code, out, _ = _run(capsys, "tag", "--photo-id", str(pid), "--lat", "0", "--lon", "0", "--exact",
+                        "--index", str(index))
+    assert code == 0 and out.startswith(f"top tags for photo {pid}") and len(out.splitlines()) == 11
+
+
+def test_photos_for_a_tag_near_a_place(index, capsys):
+    gallery = Gallery(index)
+    code, out, err = _run(capsys, "photos", "--tag", "paris", "--near", "48.85,2.35", "--k", "10",
+                          "--index", str(index), "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    photos = result["photos"]
+    assert len(photos) == 10 and len({p["photo_id"] for p in photos}) == 10
+    assert [p["score"] for p in photos] == sorted((p["score"] for p in photos), reverse=True)
+    rows = [gallery.row_of_photo(p["photo_id"]) for p in photos]
+    km = M.geodesic_km(48.85, 2.35, gallery.latitude[rows], gallery.longitude[rows])
+    assert np.allclose([p["km"] for p in photos], km)
+    t = gallery.tag_index("paris")
+    assert [p["tagged"] for p in photos] == [t in gallery.truth.row(r) for r in rows]
+    # The whole gallery is shortlisted here (40 photos), so the shortlist ranks as --exact does.
+    code, out, _ = _run(capsys, "photos", "--tag", "Paris", "--near", "48.85,2.35", "--exact", "--index", str(index),
+                        "--json")
+    assert [p["photo_id"] for p in json.loads(out)["photos"]] == [p["photo_id"] for p in photos]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["photos", "--tag", "pariss", "--near", "48.85,2.35"], "unknown tag 'pariss'.*close matches: paris"),
+    (["photos", "--tag", "paris", "--near", "95,2"], "latitude 95"),
+    (["photos", "--tag", "paris", "--near", "paris"], "expected LAT,LON"),
+    (["tag", "--photo-id", "1", "--lat", "10", "--lon", "200"], "longitude 200"),
+    (["tag", "--photo-id", "999999999", "--lat", "10", "--lon", "20"], "photo 999999999 is not in the gallery"),
+])
+def test_bad_requests_are_one_line_errors(index, capsys, argv, message):
+    import re
+
+    code, out, err = _run(capsys, *argv, "--index", str(index))
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and re.search(message, err), err
+
+
+def test_missing_index_and_unreadable_image(index, capsys, tmp_path):
+    code, _, err = _run(capsys, "photos", "--tag", "paris", "--near", "1,2", "--index", str(tmp_path / "none"))
+    assert code == 2 and "no search index at" in err and "training.search build" in err
+    bad = tmp_path / "notes.jpg"
+    bad.write_bytes(b"not a jpeg at all")
+    code, _, err = _run(capsys, "tag", "--image", str(bad), "--lat", "1", "--lon", "2", "--index", str(index))
+    assert code == 2 and "notes.jpg: not an image" in err
+    code, _, err = _run(capsys, "tag", "--image", str(tmp_path / "gone.jpg"), "--lat", "1", "--lon", "2",
+                        "--index", str(index))
+    assert code == 2 and "gone.jpg: cannot read" in err
+
+
+def test_a_rebuild_replaces_the_index_whole(models, tmp_path, capsys):
+    _, _, export, locsens = models
+    out = tmp_path / "idx"
+    for kind in ("flat", "ivf"):
+        code, _, err = _run(capsys, "build", "--embeddings", str(export), "--tagger", str(locsens), "--retriever", "",
+                            "--out", str(out), "--index-kind", kind, "--tracking-uri", "")
+        assert code == 0, err
+    assert Gallery(out).manifest.index["kind"] == "ivf"
+    assert not out.with_name("idx.partial").exists()
+    code, _, err = _run(capsys, "photos", "--tag", "paris", "--near", "1,2", "--index", str(out))
+    assert code == 2 and "no retriever model was given" in err
+

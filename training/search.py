@@ -1,0 +1,260 @@
+"""Search an indexed gallery from the command line: tags for a photo at a place, photos for a tag near a place.
+
+    python -m training.search build [--embeddings outputs/mcc/embeddings] [--out outputs/search]
+    python -m training.search tag --image PHOTO.jpg --lat 41.39 --lon 2.17 [--k 10]
+    python -m training.search tag --photo-id 123 --lat 41.39 --lon 2.17
+    python -m training.search photos --tag beach --near 41.39,2.17 [--k 10]
+
+``build`` indexes a split of an MCC embeddings export (:mod:`training.index.gallery`) with the
+models that score it (a LocSens or factorised checkpoint for tagging and one for retrieval, MCC
+for new photos), and records the index as an MLflow run (experiment ``search``). ``tag`` embeds the
+photo with MCC (or takes a gallery photo's embedding), shortlists tags by MCC's cosine and ranks
+them with the tagging model at the given place. ``photos`` shortlists gallery photos near the tag
+in embedding space and near the place on the globe, and ranks them with the retrieval model: the
+same shortlist-and-rerank as ``evaluation.mode=rerank``. ``--exact`` scores everything instead.
+
+Errors (a missing index, an unknown tag, coordinates out of range, a file that is not an image)
+print one line and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from common import metrics as M
+from training.index.ann import KINDS, AnnSettings, normalised
+from training.index.gallery import Gallery, GalleryError, build_gallery
+from training.index.spatial import check_coordinates
+from training.models.sigma import normalise_location
+
+log = logging.getLogger("training.search")
+
+DEFAULT_INDEX = "outputs/search"
+DEFAULTS = {"embeddings": "outputs/mcc/embeddings", "tagger": "outputs/locsens_raw/checkpoints/best.ckpt",
+            "retriever": "outputs/locsens_raw_retrieval/checkpoints/best.ckpt"}
+
+
+# --- models ------------------------------------------------------------------------------------------
+
+class Scorer:
+    """A trained location-sensitive network (LocSens or factorised) scoring (image, tag, location)
+    triplets by its ``forward`` (broadcast over the leading dimension)."""
+
+    def __init__(self, checkpoint: str):
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if "net.first.weight" in state["state_dict"]:
+            from training.models.locsens import LocSens as cls
+        else:
+            from training.models.factorised import Factorised as cls
+        model = cls.load_from_checkpoint(checkpoint, map_location="cpu", optimizer=None, weights_only=True)
+        self.net = model.net.eval()
+        self.kind = cls.__name__
+        self.weight = 0.0 if getattr(model, "location", None) == "zeroed" else None
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray, tags: np.ndarray, lat: float, lon: float) -> np.ndarray:
+        images, tags = torch.as_tensor(images, dtype=torch.float32), torch.as_tensor(tags, dtype=torch.float32)
+        n = max(images.shape[0], tags.shape[0])
+        loc = normalise_location(torch.tensor([lat], dtype=torch.float32), torch.tensor([lon], dtype=torch.float32))
+        args = (images.expand(n, -1), tags.expand(n, -1), loc.expand(n, -1))
+        out = self.net(*args, self.weight) if self.weight is not None else self.net(*args)
+        return out.float().numpy()
+
+
+def embed_photo(image_model: str, path: Path) -> np.ndarray:
+    """The MCC embedding (1, d) of a JPEG, preprocessed as evaluation preprocesses the shards."""
+    from PIL import UnidentifiedImageError
+
+    from training.data.images import decode_image
+    from training.models.mcc import MCC
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise GalleryError(f"{path}: cannot read the image ({exc.strerror or exc})") from exc
+    state = torch.load(image_model, map_location="cpu", weights_only=True)
+    hp, dm = dict(state["hyper_parameters"]), dict(state.get("datamodule_hyper_parameters") or {})
+    hp["backbone"] = {**hp["backbone"], "pretrained": False}        # the checkpoint holds the weights
+    model = MCC(**hp, optimizer=None)
+    model.load_state_dict(state["state_dict"])
+    try:
+        pixels = decode_image(data, dm.get("resize"), int(dm.get("crop", 224)), train=False, gen=None)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise GalleryError(f"{path}: not an image this can read ({exc})") from exc
+    with torch.no_grad():
+        return model.eval().embed(torch.from_numpy(pixels).permute(2, 0, 1)[None]).float().numpy()
+
+
+# --- commands ----------------------------------------------------------------------------------------
+
+def cmd_build(args) -> dict[str, Any]:
+    models = {"tagger": args.tagger, "retriever": args.retriever, "image_model": args.image_model}
+    for role, path in models.items():
+        if path and not Path(path).is_file():
+            raise GalleryError(f"--{role.replace('_', '-')} {path}: no such checkpoint")
+    if not models["image_model"]:
+        from common.embeddings import EmbeddingsManifest
+        models["image_model"] = EmbeddingsManifest.read(args.embeddings).extra.get("checkpoint")
+    settings = AnnSettings(kind=args.index_kind)
+    manifest = build_gallery(args.embeddings, args.out, splits=args.splits, settings=settings, models=models)
+    summary = {**asdict(manifest), "index_dir": str(Path(args.out).resolve())}
+    if args.tracking_uri:
+        import mlflow
+
+        from common.tracking import stage_run
+        with stage_run("search", "gallery", {"splits": args.splits, "index": asdict(settings), "models": models,
+                                             "embeddings_dir": manifest.embeddings_dir},
+                       tracking_uri=args.tracking_uri, artifact_root=args.artifact_root,
+                       tags={"gallery_dir": summary["index_dir"],
+                             "embeddings_export_id": manifest.embeddings_export_id}) as run:
+            mlflow.log_metrics({"gallery/photos": manifest.rows, "gallery/tags": manifest.num_tags,
+                                "gallery/build_seconds": manifest.seconds})
+            mlflow.log_dict(asdict(manifest), "gallery_manifest.json")
+            summary["mlflow_run_id"] = run.info.run_id
+    return summary
+
+
+def cmd_tag(args) -> dict[str, Any]:
+    check_coordinates(args.lat, args.lon)
+    gallery = Gallery(args.index)
+    if args.image is not None:
+        image = embed_photo(gallery.model("image_model"), Path(args.image))
+        source = str(args.image)
+    else:
+        image = gallery.embedding[gallery.row_of_photo(args.photo_id)][None]
+        source = f"photo {args.photo_id}"
+    scorer = Scorer(gallery.model("tagger"))
+    v = len(gallery.tag_names)
+    if args.exact:
+        candidates = np.arange(v)
+    else:
+        cosine = normalised(gallery.tag_vectors) @ normalised(image)[0]
+        candidates = np.argsort(-cosine, kind="stable")[:min(max(args.shortlist, args.k), v)]
+    scores = scorer(image, gallery.tag_vectors[candidates], args.lat, args.lon)
+    order = np.argsort(-scores, kind="stable")[:args.k]
+    return {"query": {"photo": source, "lat": args.lat, "lon": args.lon, "model": scorer.kind,
+                      "scored": int(candidates.size)},
+            "tags": [{"rank": i + 1, "tag": gallery.tag_names[candidates[j]], "score": float(scores[j])}
+                     for i, j in enumerate(order)]}
+
+
+def parse_near(text: str) -> tuple[float, float]:
+    try:
+        lat, lon = (float(x) for x in text.split(","))
+    except ValueError:
+        raise GalleryError(f"--near {text!r}: expected LAT,LON, e.g. --near 41.39,2.17") from None
+    check_coordinates(lat, lon)
+    return lat, lon
+
+
+def cmd_photos(args) -> dict[str, Any]:
+    lat, lon = parse_near(args.near)
+    gallery = Gallery(args.index)
+    t = gallery.tag_index(args.tag)
+    scorer = Scorer(gallery.model("retriever"))
+    if args.exact:
+        candidates = np.arange(len(gallery))
+    else:
+        _, by_tag = gallery.ann.search(normalised(gallery.tag_vectors[t:t + 1]), args.candidates)
+        by_place, _ = gallery.spatial.nearest(lat, lon, args.nearby)
+        candidates = np.unique(np.concatenate([by_tag[0][by_tag[0] >= 0], by_place[0]]))
+    scores = np.concatenate([scorer(gallery.embedding[c], gallery.tag_vectors[t][None], lat, lon)
+                             for c in np.array_split(candidates, max(1, candidates.size // 65536))])
+    order = np.argsort(-scores, kind="stable")[:args.k]
+    rows = candidates[order]
+    km = M.geodesic_km(lat, lon, gallery.latitude[rows], gallery.longitude[rows])
+    tagged = M.contains(gallery.truth.keys(len(gallery.tag_names)), rows, np.full(rows.size, t), len(gallery.tag_names))
+    return {"query": {"tag": gallery.tag_names[t], "lat": lat, "lon": lon, "model": scorer.kind,
+                      "scored": int(candidates.size), "gallery": len(gallery)},
+            "photos": [{"rank": i + 1, "photo_id": int(gallery.photo_id[r]), "latitude": float(gallery.latitude[r]),
+                        "longitude": float(gallery.longitude[r]), "km": float(d), "score": float(scores[j]),
+                        "tagged": bool(h)}
+                       for i, (r, j, d, h) in enumerate(zip(rows, order, km, tagged))]}
+
+
+# --- output ------------------------------------------------------------------------------------------
+
+def render(command: str, result: dict[str, Any]) -> str:
+    if command == "build":
+        return (f"indexed {result['rows']:,} photos of {result['splits']} ({result['index']['kind']} index) "
+                f"in {result['seconds']:.1f} s -> {result['index_dir']}"
+                + (f" (mlflow run {result['mlflow_run_id']})" if result.get("mlflow_run_id") else ""))
+    q = result["query"]
+    if command == "tag":
+        lines = [f"top tags for {q['photo']} at {q['lat']:.4f},{q['lon']:.4f} "
+                 f"({q['model']}, {q['scored']} tags scored)"]
+        lines += [f"{r['rank']:>4}  {r['tag']:<30} {r['score']:>9.4f}" for r in result["tags"]]
+        return "\n".join(lines)
+    lines = [f"photos for #{q['tag']} near {q['lat']:.4f},{q['lon']:.4f} ({q['model']}, {q['scored']:,} of "
+             f"{q['gallery']:,} photos scored)",
+             f"{'rank':>4}  {'photo_id':>12}  {'latitude':>9}  {'longitude':>10}  {'km':>9}  {'score':>9}  tagged"]
+    lines += [f"{r['rank']:>4}  {r['photo_id']:>12}  {r['latitude']:>9.4f}  {r['longitude']:>10.4f}  {r['km']:>9.1f}  "
+              f"{r['score']:>9.4f}  {'yes' if r['tagged'] else 'no'}" for r in result["photos"]]
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.search", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="index a split of an MCC embeddings export for search")
+    b.add_argument("--embeddings", default=DEFAULTS["embeddings"], help="MCC embeddings export")
+    b.add_argument("--splits", nargs="+", default=["test"])
+    b.add_argument("--tagger", default=None,
+                   help=f"tagging model checkpoint (default {DEFAULTS['tagger']} if present; '' for none)")
+    b.add_argument("--retriever", default=None,
+                   help=f"retrieval model checkpoint (default {DEFAULTS['retriever']} if present; '' for none)")
+    b.add_argument("--image-model", default=None, help="MCC checkpoint (default: the one the export names)")
+    b.add_argument("--index-kind", default="hnsw", choices=KINDS)
+    b.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlruns.db"),
+                   help="MLflow store the build is recorded in ('' to skip)")
+    b.add_argument("--artifact-root", default="mlartifacts")
+    for name, sp in (("tag", sub.add_parser("tag", help="top tags for a photo at a location")),
+                     ("photos", sub.add_parser("photos", help="gallery photos for a tag near a location"))):
+        sp.add_argument("--k", type=int, default=10)
+        sp.add_argument("--exact", action="store_true", help="score every tag (photo) instead of a shortlist")
+        sp.add_argument("--json", action="store_true", help="print JSON")
+    for sp in (b, sub.choices["tag"], sub.choices["photos"]):
+        sp.add_argument("--index" if sp is not b else "--out", default=DEFAULT_INDEX, help="gallery directory")
+    t = sub.choices["tag"]
+    which = t.add_mutually_exclusive_group(required=True)
+    which.add_argument("--image", type=Path, help="a JPEG (embedded with the index's MCC model)")
+    which.add_argument("--photo-id", type=int, help="a gallery photo (its stored embedding)")
+    t.add_argument("--lat", type=float, required=True)
+    t.add_argument("--lon", type=float, required=True)
+    t.add_argument("--shortlist", type=int, default=500, help="tags shortlisted by MCC's cosine")
+    ph = sub.choices["photos"]
+    ph.add_argument("--tag", required=True)
+    ph.add_argument("--near", required=True, metavar="LAT,LON")
+    ph.add_argument("--candidates", type=int, default=500, help="photos shortlisted near the tag (FAISS)")
+    ph.add_argument("--nearby", type=int, default=200, help="photos shortlisted near the place")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = parser().parse_args(argv)
+    if args.command == "build":   # the demo's models by default; "" for none
+        for role in ("tagger", "retriever"):
+            given = getattr(args, role)
+            setattr(args, role, (given or None) if given is not None else
+                    (DEFAULTS[role] if Path(DEFAULTS[role]).is_file() else None))
+    try:
+        result = {"build": cmd_build, "tag": cmd_tag, "photos": cmd_photos}[args.command](args)
+    except (GalleryError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if getattr(args, "json", False) else render(args.command, result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
