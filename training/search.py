@@ -61,12 +61,19 @@ class Scorer:
         self.weight = 0.0 if getattr(model, "location", None) == "zeroed" else None
 
     @torch.no_grad()
-    def __call__(self, images: np.ndarray, tags: np.ndarray, lat: float, lon: float) -> np.ndarray:
-        images, tags = torch.as_tensor(images, dtype=torch.float32), torch.as_tensor(tags, dtype=torch.float32)
-        n = max(images.shape[0], tags.shape[0])
+    def __call__(self, images: np.ndarray, tag_ids: np.ndarray, tag_table: np.ndarray, lat: float,
+                 lon: float) -> np.ndarray:
+        """Scores of images (n or 1, d) with vocabulary tags ``tag_ids`` (n or 1) at one location."""
+        images = torch.as_tensor(images, dtype=torch.float32)
+        tag_ids = torch.as_tensor(np.atleast_1d(tag_ids), dtype=torch.int64)
+        table = torch.as_tensor(tag_table, dtype=torch.float32)
+        n = max(images.shape[0], tag_ids.shape[0])
         loc = normalise_location(torch.tensor([lat], dtype=torch.float32), torch.tensor([lon], dtype=torch.float32))
-        args = (images.expand(n, -1), tags.expand(n, -1), loc.expand(n, -1))
-        out = self.net(*args, self.weight) if self.weight is not None else self.net(*args)
+        images, tag_ids, loc = images.expand(n, -1), tag_ids.expand(n), loc.expand(n, -1)
+        if self.kind == "LocSens":
+            out = self.net(images, table[tag_ids], loc, self.weight)
+        else:   # the factorised model looks tags up by index (its per-tag location vectors)
+            out = self.net(images, tag_ids, loc, tag_table=table, location_weight=self.weight)
         return out.float().numpy()
 
 
@@ -139,7 +146,7 @@ def cmd_tag(args) -> dict[str, Any]:
     else:
         cosine = normalised(gallery.tag_vectors) @ normalised(image)[0]
         candidates = np.argsort(-cosine, kind="stable")[:min(max(args.shortlist, args.k), v)]
-    scores = scorer(image, gallery.tag_vectors[candidates], args.lat, args.lon)
+    scores = scorer(image, candidates, gallery.tag_vectors, args.lat, args.lon)
     order = np.argsort(-scores, kind="stable")[:args.k]
     return {"query": {"photo": source, "lat": args.lat, "lon": args.lon, "model": scorer.kind,
                       "scored": int(candidates.size)},
@@ -167,7 +174,7 @@ def cmd_photos(args) -> dict[str, Any]:
         _, by_tag = gallery.ann.search(normalised(gallery.tag_vectors[t:t + 1]), args.candidates)
         by_place, _ = gallery.spatial.nearest(lat, lon, args.nearby)
         candidates = np.unique(np.concatenate([by_tag[0][by_tag[0] >= 0], by_place[0]]))
-    scores = np.concatenate([scorer(gallery.embedding[c], gallery.tag_vectors[t][None], lat, lon)
+    scores = np.concatenate([scorer(gallery.embedding[c], np.array([t]), gallery.tag_vectors, lat, lon)
                              for c in np.array_split(candidates, max(1, candidates.size // 65536))])
     order = np.argsort(-scores, kind="stable")[:args.k]
     rows = candidates[order]
