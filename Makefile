@@ -48,9 +48,9 @@ pipeline: sample
 # outputs/<model>/embeddings, evaluate; MLflow runs in mlruns.db. Any Hydra override in TRAIN_ARGS.
 SHARDS_MANIFEST ?= data/work/shards/manifest.json
 TRAIN_ARGS ?=
-# The CPU sample's settings for an experiment (conf/sample/): image models, LocSens, and the
-# sigma-schedule LocSens (longer: five models in one run).
-sample_of = $(if $(filter locsens,$1),locsens_sigma,$(if $(filter locsens_%,$1),locsens,image))
+# The CPU sample's settings for an experiment (conf/sample/): image models, LocSens, the
+# sigma-schedule LocSens (longer: five models in one run), and the factorised model.
+sample_of = $(if $(filter locsens,$1),locsens_sigma,$(if $(filter locsens_%,$1),locsens,$(if $(filter factorised,$1),factorised,image)))
 on_sample = +experiment=$1 +sample=$(call sample_of,$1)
 
 $(SHARDS_MANIFEST):
@@ -74,10 +74,10 @@ DEMO_VOCAB ?= 2000
 DEMO ?= default
 ifeq ($(DEMO),full)
 DEMO_MODELS ?= mcc mlc her
-DEMO_LOCSENS ?= locsens_raw locsens_raw_retrieval locsens locsens_zeroed_retrieval
+DEMO_LOCSENS ?= locsens_raw locsens_raw_retrieval locsens locsens_zeroed_retrieval factorised
 else
 DEMO_MODELS ?= mcc
-DEMO_LOCSENS ?= locsens_raw locsens_raw_retrieval
+DEMO_LOCSENS ?= locsens_raw locsens_raw_retrieval factorised
 endif
 DEMO_JOBS ?= 2
 DEMO_TRAIN_ARGS := $(if $(filter 1,$(DEMO_JOBS)),,torch_threads=1) $(TRAIN_ARGS)
