@@ -23,7 +23,7 @@ SPARK_JAVA_OPTS ?= -XX:+UseParallelGC -Dlog4j2.configurationFile=conf/log4j2.pro
 PIPELINE_JOBS := clean_metadata build_vocab shard_dataset frequency_baselines
 PIPELINE_ARGS ?= paths.raw_dir=$(SAMPLE_DIR) shard.image_size=128 shard.rows_per_file=5000 shard.rows_per_row_group=250
 
-.PHONY: install demo test test-fast sample pipeline bench clean train-mcc train-mlc train-her report ui repeats \
+.PHONY: install demo test test-fast sample pipeline bench clean train-mcc train-mlc train-her report ui repeats search-index \
 	worker-env dist cluster-up cluster-down img2dataset-env
 
 install: $(STAMP)
@@ -81,13 +81,14 @@ DEMO_LOCSENS ?= locsens_raw locsens_raw_retrieval factorised
 endif
 DEMO_JOBS ?= 2
 DEMO_TRAIN_ARGS := $(if $(filter 1,$(DEMO_JOBS)),,torch_threads=1) $(TRAIN_ARGS)
-DEMO_STAGES := sample pipeline $(DEMO_MODELS) $(DEMO_LOCSENS) report
+DEMO_STAGES := sample pipeline $(DEMO_MODELS) $(DEMO_LOCSENS) search report
 DEMO_PIPELINE_ARGS ?= $(PIPELINE_ARGS) vocab.size=$(DEMO_VOCAB)
 SAMPLE_MARKER := $(SAMPLE_DIR)/world.json
 PIPELINE_MARKER := data/work/baselines/baselines.json
 MODEL_MARKERS := $(foreach m,$(DEMO_MODELS),outputs/$(m)/metrics.json)
 LOCSENS_MARKERS := $(foreach m,$(DEMO_LOCSENS),outputs/$(m)/metrics.json)
 REPORT_MARKER := outputs/report/report.md
+SEARCH_MARKER := outputs/search/manifest.json
 ifneq ($(FORCE),)
 MAKEFLAGS += --always-make
 endif
@@ -123,11 +124,19 @@ $(MODEL_MARKERS): outputs/%/metrics.json: $(PIPELINE_MARKER)
 $(LOCSENS_MARKERS): outputs/%/metrics.json: outputs/mcc/metrics.json
 	$(call demo_stage,$*,$(PY) -m training.run $(call on_sample,$*) $(DEMO_TRAIN_ARGS),outputs/logs/$*.log)
 
-$(REPORT_MARKER): $(MODEL_MARKERS) $(LOCSENS_MARKERS)
+# The search index over the test gallery, with the demo's LocSens models (python -m training.search).
+$(SEARCH_MARKER): $(LOCSENS_MARKERS)
+	$(call demo_stage,search,$(PY) -m training.search build --out outputs/search)
+
+$(REPORT_MARKER): $(MODEL_MARKERS) $(LOCSENS_MARKERS) $(SEARCH_MARKER)
 	$(call demo_stage,report,$(PY) -m training.report > /dev/null)
 
 report: install
 	$(PY) -m training.report
+
+# Rebuild the search index over the demo's test gallery (after make demo).
+search-index: install
+	$(PY) -m training.search build --out outputs/search
 
 # Repeats: train experiments again with other seeds on the same inputs (after `make demo`), then
 # report. The report averages an experiment's repeats (same name, same settings but the seed) and

@@ -83,6 +83,23 @@ def test_a_shortlist_ranks_only_its_candidates_and_finds_their_best():
     assert np.array_equal(got, best)
 
 
+def test_one_scoring_of_the_united_shortlists_serves_both_tag_masks():
+    net = _net(4)
+    images, tag_table, loc = torch.randn(20, DIM), torch.randn(V, DIM), torch.rand(20, 2)
+    places = _places()
+    ranked = reranked_tags(net, images, loc, tag_table, 5, 1000, [None, torch.as_tensor(places)], shortlist=5)
+    cos = normalised(images.numpy()) @ normalised(tag_table.numpy()).T
+    with torch.no_grad():
+        full = torch.stack([net(images[i].expand(V, -1), tag_table, loc[i].expand(V, -1)) for i in range(20)]).numpy()
+    for i in range(20):
+        top_all = np.argsort(-cos[i])[:5]
+        top_other = np.argsort(-np.where(places, -np.inf, cos[i]))[:5]
+        union = np.union1d(top_all, top_other)
+        best = union[np.argsort(-full[i, union])]
+        assert ranked[0][i].tolist() == best[:5].tolist()
+        assert ranked[1][i].tolist() == best[~places[best]][:5].tolist()
+
+
 def test_retrieval_candidates_unite_tag_and_place_without_duplicates():
     rng = np.random.default_rng(0)
     gallery = normalised(rng.normal(size=(50, DIM)))

@@ -84,14 +84,11 @@ def tag_images_naive(net: LocSensNet, images: torch.Tensor, loc: torch.Tensor, t
 def reranked_tags(net: LocSensNet, images: torch.Tensor, loc: torch.Tensor, tag_table: torch.Tensor, k: int,
                   pairs: int, excludes: Sequence[Optional[torch.Tensor]], shortlist: int,
                   location_weight: Optional[float] = None) -> list[np.ndarray]:
-    """:func:`tag_images_masked` over each image's ``shortlist`` best tags by MCC's cosine (one
-    shortlist per mask, so the places-omitted ranking has as many candidates)."""
+    """:func:`tag_images_masked` over each image's shortlist: its ``shortlist`` best tags by MCC's
+    cosine under each mask, united and scored once (:func:`training.evaluate.rerank.shortlist_tags`)."""
     query = net.image_part(images) + net.location_part(loc, location_weight)
-    keys = net.tag_part(tag_table)
-    lists = shortlist_tags(images, tag_table, shortlist, excludes)
-    chunk = max(1, pairs // max(shortlist, 1))
-    return [rank_candidates(lambda rows, cand: net.head(query[rows, None, :] + keys[cand]), c, k, chunk,
-                            images.device) for c in lists]
+    cand = shortlist_tags(images, tag_table, shortlist, excludes)
+    return _rank_shortlists(net, query, lambda used: net.tag_part(tag_table[used]), cand, k, pairs, excludes)
 
 
 @torch.no_grad()
@@ -100,10 +97,25 @@ def reranked_images(net: LocSensNet, gallery: torch.Tensor, query_tags: torch.Te
                     location_weight: Optional[float] = None) -> np.ndarray:
     """:func:`retrieve_images` over each query's candidate gallery rows (-1: none)."""
     query = net.tag_part(tag_table[query_tags]) + net.location_part(query_loc, location_weight)
-    keys = net.image_part(gallery)
+    return _rank_shortlists(net, query, lambda used: net.image_part(gallery[used]), candidates, k, pairs)[0]
+
+
+def _rank_shortlists(net: LocSensNet, query: torch.Tensor, key_part, candidates: np.ndarray, k: int, pairs: int,
+                     excludes: Sequence[Optional[torch.Tensor]] = (None,)) -> list[np.ndarray]:
+    """Rank each query's candidates (-1: none) by LocSens's head; ``key_part(ids)`` gives the
+    first-layer part of the keys ``ids``, computed once for each key some shortlist holds (not for
+    the whole vocabulary or gallery: a batch of queries pays only for its own candidates)."""
+    valid = candidates >= 0
+    used, where = np.unique(candidates[valid], return_inverse=True)
+    local = np.full(candidates.shape, -1, dtype=np.int64)
+    local[valid] = where
+    ids = torch.as_tensor(used, device=query.device)
+    keys = key_part(ids)
+    masks = [None if e is None else e[ids] for e in excludes]
     chunk = max(1, pairs // max(candidates.shape[1], 1))
-    return rank_candidates(lambda rows, cand: net.head(query[rows, None, :] + keys[cand]), candidates, k, chunk,
-                           gallery.device)
+    ranked = rank_candidates(lambda rows, c: net.head(query[rows, None, :] + keys[c]), local, k, chunk,
+                             query.device, masks)
+    return [used[r] for r in ranked]
 
 
 PRECISIONS = {"32": None, "32-true": None, "bf16": torch.bfloat16, "bf16-mixed": torch.bfloat16,

@@ -47,10 +47,14 @@ class RerankSettings:
 
 
 def shortlist_tags(images: torch.Tensor, tag_table: torch.Tensor, k: int,
-                   excludes: Sequence[Optional[torch.Tensor]] = (None,), chunk: int = 4096) -> list[np.ndarray]:
-    """Each image's ``k`` best tags by cosine of the MCC embeddings, once per tag mask."""
+                   excludes: Sequence[Optional[torch.Tensor]] = (None,), chunk: int = 4096) -> np.ndarray:
+    """Each image's shortlist: its ``k`` best tags by cosine of the MCC embeddings under each tag
+    mask, united (-1 fills repeats). One LocSens pass over the union then serves every mask: with
+    place names masked the shortlist still holds ``k`` candidates, and those already in the
+    all-tags shortlist (most of them) are scored once."""
     q, t = torch.nn.functional.normalize(images, dim=1), torch.nn.functional.normalize(tag_table, dim=1)
-    return chunked_top_k(lambda rows: q[rows] @ t.T, q.shape[0], t.shape[0], k, chunk, excludes)
+    lists = chunked_top_k(lambda rows: q[rows] @ t.T, q.shape[0], t.shape[0], k, chunk, excludes)
+    return compact(dedupe(np.concatenate(lists, axis=1)))
 
 
 def retrieval_candidates(index: AnnIndex, spatial: Optional[SpatialIndex], tag_vectors: np.ndarray,
@@ -80,18 +84,33 @@ def dedupe(cand: np.ndarray) -> np.ndarray:
     return cand
 
 
+def compact(cand: np.ndarray) -> np.ndarray:
+    """Rows' -1 entries moved to the end (order otherwise kept) and all-(-1) trailing columns cut."""
+    order = np.argsort(cand < 0, axis=1, kind="stable")
+    out = np.take_along_axis(cand, order, axis=1)
+    width = int((out >= 0).sum(axis=1).max(initial=0))
+    return out[:, :max(width, 1)]
+
+
 def rank_candidates(score: Callable[[slice, torch.Tensor], torch.Tensor], candidates: np.ndarray, k: int,
-                    chunk: int, device: torch.device) -> np.ndarray:
-    """Each query's ``k`` best candidates (best first): ``score(rows, cand)`` gives the scores of a
-    block of queries against their (rows, C) candidates (-1 entries are ignored)."""
+                    chunk: int, device: torch.device,
+                    excludes: Sequence[Optional[torch.Tensor]] = (None,)) -> list[np.ndarray]:
+    """Each query's ``k`` best candidates (best first), once per entry of ``excludes`` (None, or
+    bool over keys removed from that ranking, which then keeps at most as many as are left):
+    ``score(rows, cand)`` gives the scores of a block of queries against their (rows, C)
+    candidates, scored once for every mask (-1 entries are ignored). Every row must hold that many
+    allowed candidates."""
     n, c = candidates.shape
-    out = np.empty((n, min(k, c)), dtype=np.int64)
+    ks = [min(k, c, (int(e.numel() - e.sum()) if e is not None else c)) for e in excludes]
+    out = [np.empty((n, kk), dtype=np.int64) for kk in ks]
     for s in range(0, n, max(1, chunk)):
         rows = slice(s, s + chunk)
         cand = torch.as_tensor(candidates[rows], device=device)
-        scores = score(rows, cand.clamp(min=0)).float().masked_fill(cand < 0, float("-inf"))
-        best = scores.topk(out.shape[1], dim=1).indices
-        out[rows] = cand.gather(1, best).cpu().numpy()
+        valid = cand.clamp(min=0)
+        scores = score(rows, valid).float().masked_fill(cand < 0, float("-inf"))
+        for o, exclude in zip(out, excludes):
+            masked = scores if exclude is None else scores.masked_fill(exclude[valid], float("-inf"))
+            o[rows] = cand.gather(1, masked.topk(o.shape[1], dim=1).indices).cpu().numpy()
     return out
 
 

@@ -105,10 +105,10 @@ class Gallery:
         self.latitude = table.column("latitude").to_numpy()
         self.longitude = table.column("longitude").to_numpy()
         self.truth = TagSets.from_arrow(table.column("tag_ids"))
-        self.embedding = arrow_to_embeddings(table.column("embedding"))
+        self.embedding = np.array(arrow_to_embeddings(table.column("embedding")))   # writable: torch shares it
         tags = pq.read_table(self.dir / TAGS_FILE).sort_by("index")
         self.tag_names: list[str] = tags.column("tag").to_pylist()
-        self.tag_vectors = arrow_to_embeddings(tags.column("embedding"))
+        self.tag_vectors = np.array(arrow_to_embeddings(tags.column("embedding")))
         self._tag_of = {t: i for i, t in enumerate(self.tag_names)}
         self.ann = AnnIndex.load(self.dir)
         self.spatial = SpatialIndex(self.latitude, self.longitude)

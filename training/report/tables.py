@@ -240,6 +240,8 @@ def baseline_results(metrics: Mapping[str, float]) -> Results:
         _, level, metric = parts
         suffix = NOPLACES if metric.endswith(NOPLACES) else ""
         k = metric.removesuffix(NOPLACES).replace("A_at_", "")
+        if not k.isdigit():      # a name this code does not log (a run from older code): not a table cell
+            continue
         out.setdefault(f"{level}_frequency", {})[accuracy_metric_name(int(k), suffix)] = value
     return out
 

@@ -1,0 +1,151 @@
+"""Shortlist-and-rerank against exact LocSens evaluation on the demo, for several candidate counts.
+
+For each setting: recall of exact's top 10 (the share of each query's exact top 10 the reranked
+top 10 keeps), the change of A@1/A@10/A@50 (tagging, with and without place names) and of P@10
+at every granularity (retrieval), and the speed-up over exact, all measured in one run on the same
+models and queries. Rerank times include making the shortlists (the MCC cosine top-K; building the
+FAISS and ball-tree indexes and searching them).
+
+    python bench/rerank_sweep.py [--tagging outputs/locsens_raw/checkpoints/best.ckpt]
+        [--retrieval outputs/locsens_raw_retrieval/checkpoints/best.ckpt] [--embeddings outputs/mcc/embeddings]
+        [--shards data/work/shards] [--tags 25 50 100 200] [--images 25:10 50:25 100:50 200:100] [--index hnsw]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from common import metrics as M  # noqa: E402
+from training.data.embeddings import LocSensDataModule  # noqa: E402
+from training.data.shards import place_mask  # noqa: E402
+from training.evaluate.locsens import (reranked_images, reranked_tags, retrieve_images,  # noqa: E402
+                                       tag_images_masked)
+from training.evaluate.rerank import (RerankSettings, build_gallery_indexes, recall_of,  # noqa: E402
+                                      retrieval_candidates)
+from training.models.locsens import LocSens  # noqa: E402
+from training.models.sigma import normalise_location  # noqa: E402
+
+KS = [1, 10, 50]
+
+
+def load(checkpoint: Path) -> tuple[torch.nn.Module, float | None]:
+    model = LocSens.load_from_checkpoint(str(checkpoint), map_location="cpu", optimizer=None, weights_only=True)
+    return model.net.eval(), (0.0 if model.location == "zeroed" else None)
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def tagging_rows(net, weight, split, tags, places, shortlists: list[int], pairs: int) -> list[list[str]]:
+    truth, v = split["truth"], tags.shape[0]
+    images = torch.tensor(split["embedding"])
+    loc = normalise_location(torch.tensor(split["latitude"]).float(), torch.tensor(split["longitude"]).float())
+    masks = [None, torch.as_tensor(places)]
+    with torch.no_grad():
+        exact, t_exact = timed(lambda: tag_images_masked(net, images, loc, tags, 50, pairs, masks, weight))
+
+    def metrics(ranked):
+        return {**M.tagging_metrics(ranked[0], truth, v, KS),
+                **M.tagging_metrics(ranked[1], truth.without(places), v, KS, suffix=M.NOPLACES)}
+
+    ref = metrics(exact)
+    rows = [["exact", f"{v}", "100.0", *(f"{ref[M.accuracy_metric_name(k, s)]:.2f}" for s in ("", M.NOPLACES)
+                                          for k in KS), f"{t_exact:.2f}", "1.0"]]
+    for k in shortlists:
+        with torch.no_grad():
+            ranked, t = timed(lambda: reranked_tags(net, images, loc, tags, 50, pairs, masks, min(max(k, 50), v),
+                                                    weight))
+        got = metrics(ranked)
+        rows.append(["rerank", f"{min(max(k, 50), v)}", f"{recall_of(exact[0], ranked[0]):.1f}",
+                     *(f"{got[M.accuracy_metric_name(kk, s)] - ref[M.accuracy_metric_name(kk, s)]:+.2f}"
+                       for s in ("", M.NOPLACES) for kk in KS), f"{t:.2f}", f"{t_exact / t:.1f}"])
+    return rows
+
+
+def retrieval_rows(net, weight, split, tags, places, settings: list[tuple[int, int]], index: str,
+                   pairs: int, seed: int) -> list[list[str]]:
+    truth, v = split["truth"], tags.shape[0]
+    lat, lon = split["latitude"], split["longitude"]
+    images = torch.tensor(split["embedding"])
+    loc = normalise_location(torch.tensor(lat).float(), torch.tensor(lon).float())
+    q_rows, q_tags = M.location_queries(truth, v, seed, 10)
+    qt = torch.as_tensor(q_tags)
+    with torch.no_grad():
+        exact, t_exact = timed(lambda: retrieve_images(net, images, qt, loc[q_rows], tags, 10, pairs, weight))
+    names = [M.location_metric_name(g) for g in [*M.GRANULARITIES_KM, "agnostic"]]
+
+    def metrics(ranked):
+        return M.location_retrieval_metrics(ranked, q_rows, q_tags, truth, lat, lon, v, places)
+
+    ref = metrics(exact)
+    rows = [["exact", f"{len(truth)}", "100.0", *(f"{ref[n]:.2f}" for n in names), f"{t_exact:.2f}", "1.0"]]
+    for k_images, k_nearby in settings:
+        s = RerankSettings(tags=1, images=k_images, nearby=k_nearby, index=index)
+
+        def run():
+            ann, spatial = build_gallery_indexes(split["embedding"], lat, lon, s)
+            cand = retrieval_candidates(ann, spatial, tags.numpy(), q_tags, lat[q_rows], lon[q_rows], s)
+            with torch.no_grad():
+                return reranked_images(net, images, qt, loc[q_rows], tags, cand, 10, pairs, weight)
+        ranked, t = timed(run)
+        got = metrics(ranked)
+        rows.append([f"{k_images}+{k_nearby}", f"{k_images + k_nearby}", f"{recall_of(exact, ranked):.1f}",
+                     *(f"{got[n] - ref[n]:+.2f}" for n in names), f"{t:.2f}", f"{t_exact / t:.1f}"])
+    return rows
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tagging", type=Path, default=ROOT / "outputs/locsens_raw/checkpoints/best.ckpt")
+    ap.add_argument("--retrieval", type=Path, default=ROOT / "outputs/locsens_raw_retrieval/checkpoints/best.ckpt")
+    ap.add_argument("--embeddings", type=Path, default=ROOT / "outputs/mcc/embeddings")
+    ap.add_argument("--shards", type=Path, default=ROOT / "data/work/shards")
+    ap.add_argument("--tags", type=int, nargs="+", default=[50, 100, 200, 400])
+    ap.add_argument("--images", nargs="+", default=["25:10", "50:25", "100:50", "200:100"],
+                    help="retrieval candidates as IMAGES:NEARBY")
+    ap.add_argument("--index", default="hnsw")
+    ap.add_argument("--pairs", type=int, default=262144)
+    ap.add_argument("--seed", type=int, default=12345)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    for path in (args.tagging, args.retrieval, args.embeddings):
+        if not path.exists():
+            sys.exit(f"{path}: missing; run `make demo` first (or pass --tagging/--retrieval/--embeddings)")
+    dm = LocSensDataModule(str(args.embeddings))
+    split = dm.split_arrays("test")
+    tags = torch.tensor(dm.tag_embeddings())
+    places = place_mask(args.shards)
+    print(f"demo test split: {len(split['truth'])} images, {tags.shape[0]} tags, {int(places.sum())} place names\n")
+
+    net, weight = load(args.tagging)
+    head = ["mode", "K", "recall@10 %"] + [f"dA@{k}{s}" for s in ("", " np") for k in KS] + ["seconds", "speed-up"]
+    print(f"Tagging ({args.tagging.parent.parent.name}): K tags shortlisted by MCC cosine, reranked by LocSens")
+    print(table(head, tagging_rows(net, weight, split, tags, places, args.tags, args.pairs)))
+
+    net, weight = load(args.retrieval)
+    settings = [tuple(int(x) for x in s.split(":")) for s in args.images]
+    head = ["candidates (tag+near)", "C", "recall@10 %"] + [f"dP@10 {g}" for g in [*M.GRANULARITIES_KM, "agn"]] \
+        + ["seconds", "speed-up"]
+    print(f"\nRetrieval ({args.retrieval.parent.parent.name}): {args.index} index + ball tree, reranked by LocSens")
+    print(table(head, retrieval_rows(net, weight, split, tags, places, settings, args.index, args.pairs, args.seed)))
+    print("\n(exact rows show absolute metrics; rerank rows the change from exact)")
+
+
+if __name__ == "__main__":
+    main()
