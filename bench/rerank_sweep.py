@@ -8,7 +8,8 @@ FAISS and ball-tree indexes and searching them).
 
     python bench/rerank_sweep.py [--tagging outputs/locsens_raw/checkpoints/best.ckpt]
         [--retrieval outputs/locsens_raw_retrieval/checkpoints/best.ckpt] [--embeddings outputs/mcc/embeddings]
-        [--shards data/work/shards] [--tags 25 50 100 200] [--images 25:10 50:25 100:50 200:100] [--index hnsw]
+        [--shards data/work/shards] [--tags 50 75 100 200] [--place-tags 25]
+        [--images 40:20 50:25 100:50 200:100] [--index hnsw]
 """
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ from training.data.embeddings import LocSensDataModule  # noqa: E402
 from training.data.shards import place_mask  # noqa: E402
 from training.evaluate.locsens import (reranked_images, reranked_tags, retrieve_images,  # noqa: E402
                                        tag_images_masked)
-from training.evaluate.rerank import (RerankSettings, build_gallery_indexes, recall_of,  # noqa: E402
-                                      retrieval_candidates)
+from training.evaluate.rerank import (PlacePrior, RerankSettings, build_gallery_indexes,  # noqa: E402
+                                      recall_of, retrieval_candidates)
 from training.models.locsens import LocSens  # noqa: E402
 from training.models.sigma import normalise_location  # noqa: E402
 
@@ -46,7 +47,8 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def tagging_rows(net, weight, split, tags, places, shortlists: list[int], pairs: int) -> list[list[str]]:
+def tagging_rows(net, weight, split, tags, places, shortlists: list[int], pairs: int, prior: PlacePrior,
+                 place_tags: int) -> list[list[str]]:
     truth, v = split["truth"], tags.shape[0]
     images = torch.tensor(split["embedding"])
     loc = normalise_location(torch.tensor(split["latitude"]).float(), torch.tensor(split["longitude"]).float())
@@ -61,12 +63,16 @@ def tagging_rows(net, weight, split, tags, places, shortlists: list[int], pairs:
     ref = metrics(exact)
     rows = [["exact", f"{v}", "100.0", *(f"{ref[M.accuracy_metric_name(k, s)]:.2f}" for s in ("", M.NOPLACES)
                                           for k in KS), f"{t_exact:.2f}", "1.0"]]
-    for k in shortlists:
-        with torch.no_grad():
-            ranked, t = timed(lambda: reranked_tags(net, images, loc, tags, 50, pairs, masks, min(max(k, 50), v),
-                                                    weight))
+    for k, p in [(k, 0) for k in shortlists] + [(k, place_tags) for k in shortlists if place_tags]:
+        def run():
+            extra = [] if not p else [prior.top_tags(split["latitude"], split["longitude"], 100, p,
+                                                     exclude=None if m is None else places) for m in masks]
+            with torch.no_grad():
+                return reranked_tags(net, images, loc, tags, 50, pairs, masks, min(max(k, 50), v), weight, extra)
+        ranked, t = timed(run)
         got = metrics(ranked)
-        rows.append(["rerank", f"{min(max(k, 50), v)}", f"{recall_of(exact[0], ranked[0]):.1f}",
+        rows.append(["rerank", f"{min(max(k, 50), v)}" + (f" + {p} place" if p else ""),
+                     f"{recall_of(exact[0], ranked[0]):.1f}",
                      *(f"{got[M.accuracy_metric_name(kk, s)] - ref[M.accuracy_metric_name(kk, s)]:+.2f}"
                        for s in ("", M.NOPLACES) for kk in KS), f"{t:.2f}", f"{t_exact / t:.1f}"])
     return rows
@@ -115,9 +121,11 @@ def main() -> None:
     ap.add_argument("--retrieval", type=Path, default=ROOT / "outputs/locsens_raw_retrieval/checkpoints/best.ckpt")
     ap.add_argument("--embeddings", type=Path, default=ROOT / "outputs/mcc/embeddings")
     ap.add_argument("--shards", type=Path, default=ROOT / "data/work/shards")
-    ap.add_argument("--tags", type=int, nargs="+", default=[50, 100, 200, 400])
-    ap.add_argument("--images", nargs="+", default=["25:10", "50:25", "100:50", "200:100"],
+    ap.add_argument("--tags", type=int, nargs="+", default=[50, 75, 100, 200])
+    ap.add_argument("--images", nargs="+", default=["40:20", "50:25", "100:50", "200:100"],
                     help="retrieval candidates as IMAGES:NEARBY")
+    ap.add_argument("--place-tags", type=int, default=25,
+                    help="also rerank with this many place tags added (PlacePrior over the training split; 0: no)")
     ap.add_argument("--index", default="hnsw")
     ap.add_argument("--pairs", type=int, default=262144)
     ap.add_argument("--seed", type=int, default=12345)
@@ -136,7 +144,9 @@ def main() -> None:
     net, weight = load(args.tagging)
     head = ["mode", "K", "recall@10 %"] + [f"dA@{k}{s}" for s in ("", " np") for k in KS] + ["seconds", "speed-up"]
     print(f"Tagging ({args.tagging.parent.parent.name}): K tags shortlisted by MCC cosine, reranked by LocSens")
-    print(table(head, tagging_rows(net, weight, split, tags, places, args.tags, args.pairs)))
+    train = dm.split_arrays("train")
+    prior = PlacePrior(train["latitude"], train["longitude"], train["truth"], tags.shape[0])
+    print(table(head, tagging_rows(net, weight, split, tags, places, args.tags, args.pairs, prior, args.place_tags)))
 
     net, weight = load(args.retrieval)
     settings = [tuple(int(x) for x in s.split(":")) for s in args.images]

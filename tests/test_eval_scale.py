@@ -18,7 +18,7 @@ from training.data.embeddings import LocSensDataModule
 from training.evaluate.locsens import (autocast, evaluate_locsens, reranked_images, reranked_tags, retrieve_images,
                                        tag_images_masked)
 from training.evaluate.ranks import Ranks
-from training.evaluate.rerank import RerankSettings, dedupe, recall_of, retrieval_candidates
+from training.evaluate.rerank import PlacePrior, RerankSettings, dedupe, recall_of, retrieval_candidates
 from training.index.ann import AnnIndex, AnnSettings, normalised
 from training.index.spatial import SpatialIndex, check_coordinates
 from training.models.locsens import LocSensNet
@@ -98,6 +98,41 @@ def test_one_scoring_of_the_united_shortlists_serves_both_tag_masks():
         best = union[np.argsort(-full[i, union])]
         assert ranked[0][i].tolist() == best[:5].tolist()
         assert ranked[1][i].tolist() == best[~places[best]][:5].tolist()
+
+
+def test_place_prior_ranks_the_tags_of_the_nearest_photos():
+    from collections import Counter
+
+    rng = np.random.default_rng(5)
+    lat, lon = rng.uniform(-60, 60, 300), rng.uniform(-170, 170, 300)
+    truth = M.TagSets.from_lists([rng.choice(V, rng.integers(0, 4), replace=False) for _ in range(300)])
+    prior = PlacePrior(lat, lon, truth, V)
+    q_lat, q_lon = rng.uniform(-60, 60, 7), rng.uniform(-170, 170, 7)
+    for exclude in (None, _places()):
+        got = prior.top_tags(q_lat, q_lon, photos=12, k=6, exclude=exclude, chunk=3)
+        for i in range(7):
+            near = np.argsort(M.haversine_km(q_lat[i], q_lon[i], lat, lon))[:12]
+            counts = Counter(t for r in near for t in truth.row(r) if exclude is None or not exclude[t])
+            ranked = sorted(counts, key=lambda t: (-counts[t], t))[:6]
+            assert got[i].tolist() == ranked + [-1] * (6 - len(ranked))
+
+
+def test_rerank_with_place_tags_adds_the_places_candidates(tmp_path):
+    split, tags = _split(tmp_path)
+    net = _net(6)
+    prior = PlacePrior(split["latitude"], split["longitude"], split["truth"], V)
+    common = dict(place_mask=_places(), min_images=3, seed=4, ks=(1, 5), pairs=500, mode="rerank")
+    with pytest.raises(ValueError, match="place_tags needs"):
+        evaluate_locsens(net, split, tags, rerank={"tags": 5, "place_tags": 3}, **common)
+    plain = evaluate_locsens(net, split, tags, rerank={"tags": 5, "index": "flat"}, **common)
+    placed = evaluate_locsens(net, split, tags, rerank={"tags": 5, "place_tags": V, "place_photos": N, "index": "flat"},
+                              place_prior=prior, **common)
+    # Every tag some test photo carries is a candidate now: the same as exact when all tags occur.
+    exact = evaluate_locsens(net, split, tags, **{k: v for k, v in common.items() if k != "mode"})
+    assert np.unique(split["truth"].values).size == V
+    assert {k: placed[k] for k in exact if k.startswith("tagging/")} == \
+        pytest.approx({k: exact[k] for k in exact if k.startswith("tagging/")})
+    assert plain.keys() == placed.keys()
 
 
 def test_retrieval_candidates_unite_tag_and_place_without_duplicates():
@@ -232,10 +267,11 @@ def test_ddp_run_evaluates_on_both_ranks_like_one_process(tmp_path):
     emb = write_embeddings(tmp_path / "emb")
     repo = Path(__file__).resolve().parents[1]
     common = [f"paths.root_dir={tmp_path}", f"data.embeddings_dir={emb}", "run_dir=" + str(tmp_path / "run"),
-              f"paths.mlflow_tracking_uri=sqlite:///{tmp_path}/mlruns.db", "model.input_dim=32", "model.modality_dim=32",
-              "model.hidden=[64,32]", "model.groups=8", "data.batch_size=50", "data.num_workers=0",
-              "data.persistent_workers=false", "data.shards_dir=null", "trainer.num_sanity_val_steps=0",
-              "callbacks.progress_bar.refresh_rate=0", "evaluation.min_images=5", "torch_threads=1"]
+              f"paths.mlflow_tracking_uri=sqlite:///{tmp_path}/mlruns.db", "model.input_dim=32",
+              "model.modality_dim=32", "model.hidden=[64,32]", "model.groups=8", "data.batch_size=50",
+              "data.num_workers=0", "data.persistent_workers=false", "data.shards_dir=null",
+              "trainer.num_sanity_val_steps=0", "callbacks.progress_bar.refresh_rate=0",
+              "evaluation.min_images=5", "torch_threads=1"]
     env = {**os.environ, "PYTHONPATH": str(repo)}
 
     def run(*args: str) -> dict[str, float]:

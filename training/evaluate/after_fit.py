@@ -24,6 +24,7 @@ from training.callbacks.sigma_snapshots import LocationSchedule
 from training.data.shards import place_mask
 from training.evaluate.embeddings import embeddings_tags, log_evaluation
 from training.evaluate.ranks import Ranks
+from training.evaluate.rerank import PlacePrior
 from training.models.locsens import LocSens
 from training.models.sigma import snapshot_name
 
@@ -81,6 +82,10 @@ def evaluate_after_fit(cfg: DictConfig, model: LocSens, datamodule, callbacks: l
     targets = models_to_evaluate(cfg, model, callbacks, checkpoint)
     export = embeddings_tags(datamodule.embeddings_dir, datamodule.manifest)   # one read for every snapshot
     score = evaluator(model)
+    prior = None
+    if ev.get("mode", "exact") == "rerank" and (ev.get("rerank") or {}).get("place_tags"):
+        train = datamodule.split_arrays("train")       # the places' tags, from the photos trained on
+        prior = PlacePrior(train["latitude"], train["longitude"], train["truth"], len(tag_table))
     out: dict[str, float] = {}
     for i, (name, (checkpoint, sigma)) in enumerate(targets.items()):
         checkpoint = str(Path(checkpoint).resolve()) if checkpoint else None   # runs name files unambiguously
@@ -94,7 +99,7 @@ def evaluate_after_fit(cfg: DictConfig, model: LocSens, datamodule, callbacks: l
             seed=ev.seed, max_queries=ev.get("max_queries"), pairs=int(ev.get("pairs", 1 << 20)), device=device,
             tagging=bool(ev.get("tagging", True)) and (last or bool(ev.get("snapshot_tagging", True))),
             mode=ev.get("mode", "exact"), rerank=ev.get("rerank"), precision=str(ev.get("precision", "32")),
-            ranks=ranks)
+            ranks=ranks, place_prior=prior)
         if not ranks.is_zero:
             continue
         metrics["eval/seconds"] = time.perf_counter() - started

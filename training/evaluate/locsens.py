@@ -21,8 +21,8 @@ import torch
 
 from common import metrics as M
 from training.evaluate.ranks import Ranks
-from training.evaluate.rerank import (RerankSettings, build_gallery_indexes, rank_candidates, retrieval_candidates,
-                                      shortlist_tags)
+from training.evaluate.rerank import (PlacePrior, RerankSettings, build_gallery_indexes, rank_candidates,
+                                      retrieval_candidates, shortlist_tags)
 from training.evaluate.topk import chunked_top_k
 from training.models.locsens import LocSensNet
 from training.models.sigma import normalise_location
@@ -83,11 +83,12 @@ def tag_images_naive(net: LocSensNet, images: torch.Tensor, loc: torch.Tensor, t
 @torch.no_grad()
 def reranked_tags(net: LocSensNet, images: torch.Tensor, loc: torch.Tensor, tag_table: torch.Tensor, k: int,
                   pairs: int, excludes: Sequence[Optional[torch.Tensor]], shortlist: int,
-                  location_weight: Optional[float] = None) -> list[np.ndarray]:
+                  location_weight: Optional[float] = None, extra: Sequence[np.ndarray] = ()) -> list[np.ndarray]:
     """:func:`tag_images_masked` over each image's shortlist: its ``shortlist`` best tags by MCC's
-    cosine under each mask, united and scored once (:func:`training.evaluate.rerank.shortlist_tags`)."""
+    cosine under each mask (and the ``extra`` candidate lists), united and scored once
+    (:func:`training.evaluate.rerank.shortlist_tags`)."""
     query = net.image_part(images) + net.location_part(loc, location_weight)
-    cand = shortlist_tags(images, tag_table, shortlist, excludes)
+    cand = shortlist_tags(images, tag_table, shortlist, excludes, extra=extra)
     return _rank_shortlists(net, query, lambda used: net.tag_part(tag_table[used]), cand, k, pairs, excludes)
 
 
@@ -141,7 +142,7 @@ def evaluate_locsens(net: LocSensNet, split: dict, tag_table: np.ndarray | torch
                      max_queries: Optional[int] = None, pairs: int = 1 << 20,
                      device: Optional[str] = None, tagging: bool = True, mode: str = "exact",
                      rerank: Optional[Mapping[str, Any] | RerankSettings] = None, precision: str | int = "32",
-                     ranks: Optional[Ranks] = None) -> dict[str, float]:
+                     ranks: Optional[Ranks] = None, place_prior: Optional[PlacePrior] = None) -> dict[str, float]:
     """Tagging (with and without place names) and location-sensitive retrieval on one split.
 
     ``split`` is :meth:`training.data.embeddings.LocSensDataModule.split_arrays`. ``max_queries``
@@ -161,18 +162,21 @@ def evaluate_locsens(net: LocSensNet, split: dict, tag_table: np.ndarray | torch
         raise ValueError(f"evaluation.mode={mode!r}: use exact or rerank")
     dev = torch.device(device) if device else next(net.parameters()).device
     settings = rerank if isinstance(rerank, RerankSettings) else RerankSettings.from_config(rerank)
+    if mode == "rerank" and settings.place_tags and place_prior is None:
+        raise ValueError("evaluation.rerank.place_tags needs the training photos' places (a PlacePrior)")
     was_training = net.training
     try:
         with autocast(dev, precision):
             return _evaluate(net.eval().to(dev), split, tag_table, dev, place_mask, zero_location, ks, min_images,
                              seed, max_queries, pairs, tagging, settings if mode == "rerank" else None,
-                             ranks or Ranks.current())
+                             ranks or Ranks.current(), place_prior)
     finally:
         net.train(was_training)
 
 
 def _evaluate(net, split, tag_table, dev, place_mask, zero_location, ks, min_images, seed, max_queries,
-              pairs, tagging, rerank: Optional[RerankSettings], ranks: Ranks) -> dict[str, float]:
+              pairs, tagging, rerank: Optional[RerankSettings], ranks: Ranks,
+              place_prior: Optional[PlacePrior]) -> dict[str, float]:
     truth: M.TagSets = split["truth"]
     num_tags = int(np.asarray(tag_table).shape[0]) if not torch.is_tensor(tag_table) else tag_table.shape[0]
     tags = _as(tag_table, dev)               # normalised inside the network, like the images
@@ -191,9 +195,12 @@ def _evaluate(net, split, tag_table, dev, place_mask, zero_location, ks, min_ima
         if rerank is None:
             part = tag_images_masked(net, images[mine], loc[mine], tags, kmax, pairs, masks, location_weight=weight)
         else:
+            extra = [] if not rerank.place_tags else [
+                place_prior.top_tags(lat[mine], lon[mine], rerank.place_photos, rerank.place_tags,
+                                     exclude=None if m is None else place_mask) for m in masks]
             part = reranked_tags(net, images[mine], loc[mine], tags, kmax, pairs, masks,
                                  min(max(rerank.tags, kmax), num_tags),   # A@k needs k candidates
-                                 location_weight=weight)
+                                 location_weight=weight, extra=extra)
         ranked = [ranks.gather(p) for p in part]
         if ranks.is_zero:
             out.update(M.tagging_metrics(ranked[0], truth, num_tags, ks))

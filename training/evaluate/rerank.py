@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
+from common.metrics import TagSets
 from training.evaluate.topk import chunked_top_k
 from training.index.ann import AnnIndex, AnnSettings, normalised
 from training.index.spatial import SpatialIndex
@@ -32,6 +33,8 @@ class RerankSettings:
     images: int = 100     # retrieval candidates from the tag's nearest images in embedding space
     nearby: int = 50      # retrieval candidates from the photos taken nearest the query location
     index: str = "hnsw"   # flat | hnsw | ivf (training.index.ann)
+    place_tags: int = 0   # tagging: plus the tags most frequent among the training photos nearest the image
+    place_photos: int = 100   # ... among this many of them (PlacePrior)
 
     @classmethod
     def from_config(cls, cfg: Optional[Mapping[str, Any]]) -> "RerankSettings":
@@ -40,21 +43,60 @@ class RerankSettings:
         if unknown:
             raise ValueError(f"evaluation.rerank: unknown setting(s) {unknown}; known: {[f.name for f in fields(cls)]}")
         out = cls(**cfg)
+        if out.place_tags < 0 or out.place_photos < 1:
+            raise ValueError(f"evaluation.rerank: place_tags must be >= 0 and place_photos >= 1, got {out}")
         if out.tags < 1 or out.images < 0 or out.nearby < 0 or max(out.images, out.nearby) < 10:
             raise ValueError(f"evaluation.rerank: tags must be >= 1, and images or nearby >= 10 (P@10 needs 10 "
                              f"distinct candidates), got {out}")
         return out
 
 
+class PlacePrior:
+    """The tags most frequent among the (training) photos taken nearest a place: the frequency
+    baselines' town prior, found from coordinates alone, so it serves any location (a test photo
+    carries no town name, a search query neither). Adds to the tagging shortlist the place's tags
+    that an image's content alone would not suggest."""
+
+    def __init__(self, lat: np.ndarray, lon: np.ndarray, truth: TagSets, num_tags: int):
+        self.spatial, self.truth, self.num_tags = SpatialIndex(lat, lon), truth, int(num_tags)
+
+    def top_tags(self, lat: np.ndarray, lon: np.ndarray, photos: int, k: int,
+                 exclude: Optional[np.ndarray] = None, chunk: int = 4096) -> np.ndarray:
+        """(Q, k) for each location, the ``k`` tags most often on its ``photos`` nearest photos (ties
+        by tag index; -1 where fewer), ``exclude`` (bool over tags) left out."""
+        lat, lon = np.atleast_1d(lat), np.atleast_1d(lon)
+        out = np.full((lat.size, k), -1, dtype=np.int64)
+        v = np.int64(self.num_tags)
+        for s in range(0, lat.size, chunk):
+            rows, _ = self.spatial.nearest(lat[s:s + chunk], lon[s:s + chunk], photos)
+            near = self.truth.take(rows.ravel())
+            query = near.rows() // rows.shape[1]
+            tags = near.values
+            if exclude is not None:
+                keep = ~np.asarray(exclude, dtype=bool)[tags]
+                query, tags = query[keep], tags[keep]
+            keys, counts = np.unique(query * v + tags, return_counts=True)
+            q, t = keys // v, keys % v
+            order = np.lexsort((t, -counts, q))                     # per query: most frequent first
+            q, t = q[order], t[order]
+            first = np.searchsorted(q, q, side="left")
+            pos = np.arange(q.size) - first
+            keep = pos < k
+            out[s + q[keep], pos[keep]] = t[keep]
+        return out
+
+
 def shortlist_tags(images: torch.Tensor, tag_table: torch.Tensor, k: int,
-                   excludes: Sequence[Optional[torch.Tensor]] = (None,), chunk: int = 4096) -> np.ndarray:
+                   excludes: Sequence[Optional[torch.Tensor]] = (None,), chunk: int = 4096,
+                   extra: Sequence[np.ndarray] = ()) -> np.ndarray:
     """Each image's shortlist: its ``k`` best tags by cosine of the MCC embeddings under each tag
     mask, united (-1 fills repeats). One LocSens pass over the union then serves every mask: with
     place names masked the shortlist still holds ``k`` candidates, and those already in the
-    all-tags shortlist (most of them) are scored once."""
+    all-tags shortlist (most of them) are scored once. ``extra``: more (N, *) candidate lists
+    (-1: none) to unite, e.g. :meth:`PlacePrior.top_tags`."""
     q, t = torch.nn.functional.normalize(images, dim=1), torch.nn.functional.normalize(tag_table, dim=1)
     lists = chunked_top_k(lambda rows: q[rows] @ t.T, q.shape[0], t.shape[0], k, chunk, excludes)
-    return compact(dedupe(np.concatenate(lists, axis=1)))
+    return compact(dedupe(np.concatenate([*lists, *extra], axis=1)))
 
 
 def retrieval_candidates(index: AnnIndex, spatial: Optional[SpatialIndex], tag_vectors: np.ndarray,
