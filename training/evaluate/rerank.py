@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from common.metrics import TagSets
-from training.evaluate.topk import chunked_top_k
+from training.evaluate.topk import Progress, chunked_top_k
 from training.index.ann import AnnIndex, AnnSettings, normalised
 from training.index.spatial import SpatialIndex
 
@@ -145,6 +145,7 @@ def rank_candidates(score: Callable[[slice, torch.Tensor], torch.Tensor], candid
     n, c = candidates.shape
     ks = [min(k, c, (int(e.numel() - e.sum()) if e is not None else c)) for e in excludes]
     out = [np.empty((n, kk), dtype=np.int64) for kk in ks]
+    progress = Progress(n, f"reranking {c} candidates")
     for s in range(0, n, max(1, chunk)):
         rows = slice(s, s + chunk)
         cand = torch.as_tensor(candidates[rows], device=device)
@@ -153,6 +154,7 @@ def rank_candidates(score: Callable[[slice, torch.Tensor], torch.Tensor], candid
         for o, exclude in zip(out, excludes):
             masked = scores if exclude is None else scores.masked_fill(exclude[valid], float("-inf"))
             o[rows] = cand.gather(1, masked.topk(o.shape[1], dim=1).indices).cpu().numpy()
+        progress.update(s + chunk)
     return out
 
 
