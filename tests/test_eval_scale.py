@@ -17,10 +17,12 @@ from common import metrics as M
 from training.data.embeddings import LocSensDataModule
 from training.evaluate.locsens import (autocast, evaluate_locsens, reranked_images, reranked_tags, retrieve_images,
                                        tag_images_masked)
+from training.evaluate.factorised import evaluate_factorised
 from training.evaluate.ranks import Ranks
 from training.evaluate.rerank import PlacePrior, RerankSettings, dedupe, recall_of, retrieval_candidates
 from training.index.ann import AnnIndex, AnnSettings, normalised
 from training.index.spatial import SpatialIndex, check_coordinates
+from training.models.factorised import FactorisedNet
 from training.models.locsens import LocSensNet
 
 V, N, DIM = 24, 80, 16
@@ -230,14 +232,23 @@ def _rank_main(rank: int, world: int, port: int, directory: str, out: str, kwarg
     try:
         assert Ranks.current() == Ranks(rank, world)
         dm = LocSensDataModule(directory)
-        metrics = evaluate_locsens(_net(), dm.split_arrays("test"), dm.tag_embeddings(), **kwargs)
+        metrics = _evaluate_model(kwargs["mode"], dm, kwargs)
         with open(f"{out}.{rank}", "w") as f:
             json.dump(metrics, f)
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("mode", ["exact", "rerank"])
+def _evaluate_model(mode: str, dm: LocSensDataModule, kwargs: dict) -> dict:
+    """LocSens exact or reranked, or the factorised model, on the test split."""
+    if mode == "factorised":
+        torch.manual_seed(0)
+        net = FactorisedNet(V, input_dim=DIM).eval()
+        return evaluate_factorised(net, dm.split_arrays("test"), dm.tag_embeddings(), **kwargs)
+    return evaluate_locsens(_net(), dm.split_arrays("test"), dm.tag_embeddings(), **kwargs)
+
+
+@pytest.mark.parametrize("mode", ["exact", "rerank", "factorised"])
 def test_two_ranks_give_the_metrics_of_one(tmp_path, mode):
     directory = write_embeddings(tmp_path / "emb", dim=DIM, num_tags=V, rows=(("test", 101),))   # uneven shares
     kwargs = dict(place_mask=_places().tolist(), min_images=3, seed=4, ks=[1, 10], pairs=300, mode=mode,
@@ -248,7 +259,7 @@ def test_two_ranks_give_the_metrics_of_one(tmp_path, mode):
     two = json.loads(open(f"{out}.0").read())
     assert json.loads(open(f"{out}.1").read()) == {}        # rank 1 reports nothing
     dm = LocSensDataModule(str(directory))
-    one = evaluate_locsens(_net(), dm.split_arrays("test"), dm.tag_embeddings(), **kwargs)
+    one = _evaluate_model(mode, dm, kwargs)
     assert one[M.QUERIES] > 20 and "tagging/A@10_noplaces" in one
     assert two == pytest.approx(one, nan_ok=True)
 

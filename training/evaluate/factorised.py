@@ -14,7 +14,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from common import metrics as M
+from training.evaluate.protocol import evaluate_protocol
+from training.evaluate.ranks import Ranks
 from training.evaluate.topk import chunked_top_k, top_k
 from training.models.factorised import FactorisedNet
 from training.models.sigma import normalise_location
@@ -50,48 +51,38 @@ def evaluate_factorised(net: FactorisedNet, split: dict, tag_table: np.ndarray |
                         place_mask: Optional[np.ndarray] = None, zero_location: bool = False,
                         ks: Sequence[int] = (1, 10, 50), min_images: int = 10, seed: int = 0,
                         max_queries: Optional[int] = None, pairs: int = 1 << 20, device: Optional[str] = None,
-                        tagging: bool = True, **_) -> dict[str, float]:
+                        tagging: bool = True, ranks: Optional[Ranks] = None, **_) -> dict[str, float]:
     """Tagging (with and without place names) and location-sensitive retrieval on one split, with
-    the metrics of :func:`training.evaluate.locsens.evaluate_locsens` (same arguments; settings it
-    does not use are accepted and ignored). ``zero_location`` drops every location term (f(l) = 0:
-    MCC's cosine with learned tag biases). Scores are computed in the network's dtype."""
+    the metrics of :func:`training.evaluate.locsens.evaluate_locsens` (same arguments, the same
+    split over ``ranks``; settings it does not use, such as ``mode``, are accepted and ignored: its
+    scoring is exact and cheap). ``zero_location`` drops every location term (f(l) = 0: MCC's
+    cosine with learned tag biases). Scores are computed in the network's dtype."""
     param = next(net.parameters())
     dev = torch.device(device) if device else param.device
     was_training = net.training
     try:
         return _evaluate(net.eval().to(dev), split, tag_table, dev, param.dtype, place_mask, zero_location, ks,
-                         min_images, seed, max_queries, pairs, tagging)
+                         min_images, seed, max_queries, pairs, tagging, ranks or Ranks.current())
     finally:
         net.train(was_training)
 
 
 def _evaluate(net, split, tag_table, dev, dtype, place_mask, zero_location, ks, min_images, seed, max_queries,
-              pairs, tagging) -> dict[str, float]:
-    truth: M.TagSets = split["truth"]
+              pairs, tagging, ranks: Ranks) -> dict[str, float]:
     tags = _as(tag_table.cpu() if torch.is_tensor(tag_table) else tag_table, dev, dtype)   # normalised by the net
-    num_tags = int(tags.shape[0])
     images = _as(split["embedding"], dev, dtype)
     lat, lon = np.asarray(split["latitude"]), np.asarray(split["longitude"])
     loc = normalise_location(_as(lat, dev, dtype), _as(lon, dev, dtype))
     weight = 0.0 if zero_location else None
-    out: dict[str, float] = {"eval/images": float(len(truth)), "eval/tags": float(num_tags)}
 
-    kmax = min(max(ks), num_tags)
-    ks = [k for k in ks if k <= kmax]
-    if tagging:
-        places = place_mask is not None and bool(np.any(place_mask))
-        masks = [None] + ([torch.as_tensor(place_mask, device=dev)] if places else [])
-        ranked = tag_images_masked(net, images, loc, tags, kmax, pairs, masks, location_weight=weight)
-        out.update(M.tagging_metrics(ranked[0], truth, num_tags, ks))
-        if places:
-            out.update(M.tagging_metrics(ranked[1], truth.without(place_mask), num_tags,
-                                         [k for k in ks if k <= ranked[1].shape[1]], suffix=M.NOPLACES))
+    def rank_tags(mine: slice, k: int, masks: Sequence[Optional[np.ndarray]]) -> list[np.ndarray]:
+        excludes = [None if m is None else torch.as_tensor(m, device=dev) for m in masks]
+        return tag_images_masked(net, images[mine], loc[mine], tags, k, pairs, excludes, location_weight=weight)
 
-    q_rows, q_tags = M.location_queries(truth, num_tags, seed, min_images, max_queries)
-    if q_rows.size:
-        retrieved = retrieve_images(net, images, torch.as_tensor(q_tags, device=dev), loc[q_rows], tags, 10, pairs,
-                                    location_weight=weight)
-        out.update(M.location_retrieval_metrics(retrieved, q_rows, q_tags, truth, lat, lon, num_tags, place_mask))
-    else:
-        out[M.QUERIES] = 0.0
-    return out
+    def rank_gallery(rows: np.ndarray, query_tags: np.ndarray) -> np.ndarray:
+        return retrieve_images(net, images, torch.as_tensor(query_tags, device=dev), loc[rows], tags, 10, pairs,
+                               location_weight=weight)
+
+    return evaluate_protocol(split["truth"], lat, lon, int(tags.shape[0]), rank_tags=rank_tags,
+                             rank_gallery=rank_gallery, place_mask=place_mask, ks=ks, min_images=min_images,
+                             seed=seed, max_queries=max_queries, tagging=tagging, ranks=ranks)

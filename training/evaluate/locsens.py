@@ -19,7 +19,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from common import metrics as M
+from training.evaluate.protocol import evaluate_protocol
 from training.evaluate.ranks import Ranks
 from training.evaluate.rerank import (PlacePrior, RerankSettings, build_gallery_indexes, rank_candidates,
                                       retrieval_candidates, shortlist_tags)
@@ -177,53 +177,33 @@ def evaluate_locsens(net: LocSensNet, split: dict, tag_table: np.ndarray | torch
 def _evaluate(net, split, tag_table, dev, place_mask, zero_location, ks, min_images, seed, max_queries,
               pairs, tagging, rerank: Optional[RerankSettings], ranks: Ranks,
               place_prior: Optional[PlacePrior]) -> dict[str, float]:
-    truth: M.TagSets = split["truth"]
     num_tags = int(np.asarray(tag_table).shape[0]) if not torch.is_tensor(tag_table) else tag_table.shape[0]
     tags = _as(tag_table, dev)               # normalised inside the network, like the images
     images = _as(split["embedding"], dev)
     lat, lon = np.asarray(split["latitude"]), np.asarray(split["longitude"])
     loc = normalise_location(_as(lat, dev), _as(lon, dev))
     weight = 0.0 if zero_location else None
-    out: dict[str, float] = {"eval/images": float(len(truth)), "eval/tags": float(num_tags)}
 
-    kmax = min(max(ks), num_tags)
-    ks = [k for k in ks if k <= kmax]
-    if tagging:
-        places = place_mask is not None and bool(np.any(place_mask))
-        masks = [None] + ([torch.as_tensor(place_mask, device=dev)] if places else [])
-        mine = ranks.share(len(truth))
+    def rank_tags(mine: slice, k: int, masks: Sequence[Optional[np.ndarray]]) -> list[np.ndarray]:
+        excludes = [None if m is None else torch.as_tensor(m, device=dev) for m in masks]
         if rerank is None:
-            part = tag_images_masked(net, images[mine], loc[mine], tags, kmax, pairs, masks, location_weight=weight)
-        else:
-            extra = [] if not rerank.place_tags else [
-                place_prior.top_tags(lat[mine], lon[mine], rerank.place_photos, rerank.place_tags,
-                                     exclude=None if m is None else place_mask) for m in masks]
-            part = reranked_tags(net, images[mine], loc[mine], tags, kmax, pairs, masks,
-                                 min(max(rerank.tags, kmax), num_tags),   # A@k needs k candidates
-                                 location_weight=weight, extra=extra)
-        ranked = [ranks.gather(p) for p in part]
-        if ranks.is_zero:
-            out.update(M.tagging_metrics(ranked[0], truth, num_tags, ks))
-            if places:
-                out.update(M.tagging_metrics(ranked[1], truth.without(place_mask), num_tags,
-                                             [k for k in ks if k <= ranked[1].shape[1]], suffix=M.NOPLACES))
+            return tag_images_masked(net, images[mine], loc[mine], tags, k, pairs, excludes, location_weight=weight)
+        extra = [] if not rerank.place_tags else [
+            place_prior.top_tags(lat[mine], lon[mine], rerank.place_photos, rerank.place_tags, exclude=m)
+            for m in masks]
+        return reranked_tags(net, images[mine], loc[mine], tags, k, pairs, excludes,
+                             min(max(rerank.tags, k), num_tags),   # A@k needs k candidates
+                             location_weight=weight, extra=extra)
 
-    q_rows, q_tags = M.location_queries(truth, num_tags, seed, min_images, max_queries)
-    if q_rows.size:
-        mine = ranks.share(q_rows.size)
-        rows, qt = q_rows[mine], q_tags[mine]
+    def rank_gallery(rows: np.ndarray, query_tags: np.ndarray) -> np.ndarray:
+        qt = torch.as_tensor(query_tags, device=dev)
         if rerank is None:
-            part = retrieve_images(net, images, torch.as_tensor(qt, device=dev), loc[rows], tags, 10, pairs,
-                                   location_weight=weight)
-        else:
-            ann, spatial = build_gallery_indexes(np.asarray(split["embedding"]), lat, lon, rerank)
-            cand = retrieval_candidates(ann, spatial, np.asarray(tag_table, dtype=np.float32), qt, lat[rows],
-                                        lon[rows], rerank)
-            part = reranked_images(net, images, torch.as_tensor(qt, device=dev), loc[rows], tags, cand, 10, pairs,
-                                   location_weight=weight)
-        retrieved = ranks.gather(part)
-        if ranks.is_zero:
-            out.update(M.location_retrieval_metrics(retrieved, q_rows, q_tags, truth, lat, lon, num_tags, place_mask))
-    else:
-        out[M.QUERIES] = 0.0
-    return out if ranks.is_zero else {}
+            return retrieve_images(net, images, qt, loc[rows], tags, 10, pairs, location_weight=weight)
+        ann, spatial = build_gallery_indexes(np.asarray(split["embedding"]), lat, lon, rerank)
+        cand = retrieval_candidates(ann, spatial, np.asarray(tag_table, dtype=np.float32), query_tags, lat[rows],
+                                    lon[rows], rerank)
+        return reranked_images(net, images, qt, loc[rows], tags, cand, 10, pairs, location_weight=weight)
+
+    return evaluate_protocol(split["truth"], lat, lon, num_tags, rank_tags=rank_tags, rank_gallery=rank_gallery,
+                             place_mask=place_mask, ks=ks, min_images=min_images, seed=seed,
+                             max_queries=max_queries, tagging=tagging, ranks=ranks)
