@@ -9,7 +9,7 @@ FAISS and ball-tree indexes and searching them).
     python bench/rerank_sweep.py [--tagging outputs/locsens_raw/checkpoints/best.ckpt]
         [--retrieval outputs/locsens_raw_retrieval/checkpoints/best.ckpt] [--embeddings outputs/mcc/embeddings]
         [--shards data/work/shards] [--tags 50 75 100 200] [--place-tags 25]
-        [--images 40:20 50:25 100:50 200:100] [--index hnsw]
+        [--images 40:20 50:25 100:50 200:100] [--index auto]
 """
 from __future__ import annotations
 
@@ -126,7 +126,7 @@ def main() -> None:
                     help="retrieval candidates as IMAGES:NEARBY")
     ap.add_argument("--place-tags", type=int, default=25,
                     help="also rerank with this many place tags added (PlacePrior over the training split; 0: no)")
-    ap.add_argument("--index", default="hnsw")
+    ap.add_argument("--index", default="auto")
     ap.add_argument("--pairs", type=int, default=262144)
     ap.add_argument("--seed", type=int, default=12345)
     ap.add_argument("--threads", type=int, default=2)

@@ -220,7 +220,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--retriever", default=None,
                    help=f"retrieval model checkpoint (default {DEFAULTS['retriever']} if present; '' for none)")
     b.add_argument("--image-model", default=None, help="MCC checkpoint (default: the one the export names)")
-    b.add_argument("--index-kind", default="hnsw", choices=KINDS)
+    b.add_argument("--index-kind", default="auto", choices=KINDS, help="auto: flat up to 100k photos, hnsw above")
     b.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlruns.db"),
                    help="MLflow store the build is recorded in ('' to skip)")
     b.add_argument("--artifact-root", default="mlartifacts")

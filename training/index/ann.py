@@ -2,29 +2,33 @@
 
 The vectors are L2-normalised image embeddings, so inner product is MCC's cosine. Three kinds:
 ``flat`` (exact, brute force: the reference, and fine up to a few 100k images), ``hnsw`` (a graph:
-no training, the best recall per query time in memory) and ``ivf`` (inverted lists over k-means
-cells: trained, smaller and faster to build at 100M). ``search`` takes any query vectors of the
+no training, the best recall per query time in memory), ``ivf`` (inverted lists over k-means
+cells: trained, smaller and faster to build at 100M), and ``auto`` (flat up to
+:data:`FLAT_UP_TO` images, hnsw above). ``search`` takes any query vectors of the
 same width: a tag's embedding (MCC retrieval) or the factorised model's retrieval query.
 """
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
 import faiss
 import numpy as np
 
-KINDS = ("flat", "hnsw", "ivf")
+KINDS = ("auto", "flat", "hnsw", "ivf")
+#: ``auto`` searches exactly (``flat``) up to this many images: brute force over 100k x 300 floats
+#: costs a few ms a query and nothing to build; a graph (``hnsw``) above.
+FLAT_UP_TO = 100_000
 
 
 @dataclass(frozen=True)
 class AnnSettings:
     """How the index is built and searched (``evaluation.rerank.index`` and the search index)."""
 
-    kind: str = "hnsw"
+    kind: str = "auto"
     hnsw_m: int = 32              # graph degree
     ef_construction: int = 80     # build-time beam
     ef_search: int = 256          # query-time beam (>= the candidates asked for)
@@ -47,6 +51,8 @@ class AnnIndex:
     def build(cls, vectors: np.ndarray, settings: AnnSettings = AnnSettings()) -> "AnnIndex":
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         n, d = x.shape
+        if settings.kind == "auto":
+            settings = replace(settings, kind="flat" if n <= FLAT_UP_TO else "hnsw")
         if settings.kind == "flat":
             index = faiss.IndexFlatIP(d)
         elif settings.kind == "hnsw":
