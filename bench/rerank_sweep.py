@@ -3,8 +3,8 @@
 For each setting: recall of exact's top 10 (the share of each query's exact top 10 the reranked
 top 10 keeps), the change of A@1/A@10/A@50 (tagging, with and without place names) and of P@10
 at every granularity (retrieval), and the speed-up over exact, all measured in one run on the same
-models and queries. Rerank times include making the shortlists (the MCC cosine top-K; building the
-FAISS and ball-tree indexes and searching them).
+models and queries. Rerank times (the median of 3 runs) include making the shortlists (the MCC
+cosine top-K, the place tags; building the FAISS and ball-tree indexes and searching them).
 
     python bench/rerank_sweep.py [--tagging outputs/locsens_raw/checkpoints/best.ckpt]
         [--retrieval outputs/locsens_raw_retrieval/checkpoints/best.ckpt] [--embeddings outputs/mcc/embeddings]
@@ -41,10 +41,14 @@ def load(checkpoint: Path) -> tuple[torch.nn.Module, float | None]:
     return model.net.eval(), (0.0 if model.location == "zeroed" else None)
 
 
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
+def timed(fn, repeats: int = 1):
+    """(result, median seconds of ``repeats`` calls): rerank's sub-second times need several."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return out, sorted(times)[len(times) // 2]
 
 
 def tagging_rows(net, weight, split, tags, places, shortlists: list[int], pairs: int, prior: PlacePrior,
@@ -69,7 +73,7 @@ def tagging_rows(net, weight, split, tags, places, shortlists: list[int], pairs:
                                                      exclude=None if m is None else places) for m in masks]
             with torch.no_grad():
                 return reranked_tags(net, images, loc, tags, 50, pairs, masks, min(max(k, 50), v), weight, extra)
-        ranked, t = timed(run)
+        ranked, t = timed(run, 3)
         got = metrics(ranked)
         rows.append(["rerank", f"{min(max(k, 50), v)}" + (f" + {p} place" if p else ""),
                      f"{recall_of(exact[0], ranked[0]):.1f}",
@@ -103,7 +107,7 @@ def retrieval_rows(net, weight, split, tags, places, settings: list[tuple[int, i
             cand = retrieval_candidates(ann, spatial, tags.numpy(), q_tags, lat[q_rows], lon[q_rows], s)
             with torch.no_grad():
                 return reranked_images(net, images, qt, loc[q_rows], tags, cand, 10, pairs, weight)
-        ranked, t = timed(run)
+        ranked, t = timed(run, 3)
         got = metrics(ranked)
         rows.append([f"{k_images}+{k_nearby}", f"{k_images + k_nearby}", f"{recall_of(exact, ranked):.1f}",
                      *(f"{got[n] - ref[n]:+.2f}" for n in names), f"{t:.2f}", f"{t_exact / t:.1f}"])
