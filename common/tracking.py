@@ -9,12 +9,31 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
-import mlflow
+# Usage telemetry off in everything the project starts (users' machines are often offline and their
+# data is theirs); set MLFLOW_DISABLE_TELEMETRY=false to allow it. Read by MLflow when it would send.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow  # noqa: E402
 
 log = logging.getLogger(__name__)
+
+#: The experiment tag MLflow's UI reads to decide what an experiment is: these are model-training
+#: experiments, so the UI opens on their runs (without it, on a GenAI traces overview).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+#: The experiment tag the UI shows as its description.
+DESCRIPTION_TAG = "mlflow.note.content"
+DESCRIPTIONS = {
+    "train": "Training runs (python -m training.run): MCC, MLC, HER, LocSens and the factorised model; "
+             "config, per-epoch losses, checkpoints.",
+    "evaluate": "Evaluation runs: the paper's tagging and retrieval metrics (docs/evaluation.md) per model, "
+                "sigma snapshot and frequency baseline; compare P@10 per granularity here.",
+    "report": "The report (python -m training.report): tables beside the paper's numbers, figures.",
+    "search": "Indexed galleries for python -m training.search: photos, index kind, the models that score them.",
+}
 
 #: MLflow refuses param values longer than this.
 _MAX_PARAM_CHARS = 6000
@@ -45,21 +64,35 @@ def check_uri(tracking_uri: str) -> str:
     return tracking_uri
 
 
+def describe(name: str) -> str:
+    """The one-line description of the experiment ``name`` (pipeline jobs: ``<prefix>/<job>``)."""
+    if name in DESCRIPTIONS:
+        return DESCRIPTIONS[name]
+    job = name.rsplit("/", 1)[-1]
+    return f"Spark job {job} (spark-submit jobs/{job}.py): rows read, kept and rejected by reason, outputs."
+
+
 def get_or_create_experiment(name: str, artifact_root: Optional[str]) -> str:
-    """Experiment id for ``name``, creating it with an artifact location under ``artifact_root``."""
+    """Experiment id for ``name``, creating it with an artifact location under ``artifact_root``;
+    marked as a model-training experiment with its description (also on one made before)."""
     exp = mlflow.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    location = None
-    if artifact_root:
-        location = Path(artifact_root, name.replace("/", "_")).resolve().as_uri()
-    try:
-        return mlflow.create_experiment(name, artifact_location=location)
-    except Exception:  # another process created it between our lookup and create
+    if exp is None:
+        location = None
+        if artifact_root:
+            location = Path(artifact_root, name.replace("/", "_")).resolve().as_uri()
+        try:
+            mlflow.create_experiment(name, artifact_location=location)
+        except Exception:  # another process created it between our lookup and create
+            pass
         exp = mlflow.get_experiment_by_name(name)
         if exp is None:
-            raise
-        return exp.experiment_id
+            raise RuntimeError(f"mlflow: could not create experiment {name!r}")
+    wanted = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, DESCRIPTION_TAG: describe(name)}
+    client = mlflow.MlflowClient()
+    for key, value in wanted.items():
+        if exp.tags.get(key) != value:
+            client.set_experiment_tag(exp.experiment_id, key, value)
+    return exp.experiment_id
 
 
 def log_params(params: Mapping[str, Any]) -> None:
