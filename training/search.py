@@ -28,77 +28,18 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
-import torch
 
 from common import metrics as M
 from training.index.ann import KINDS, AnnSettings, normalised
 from training.index.gallery import Gallery, GalleryError, build_gallery
 from training.index.spatial import check_coordinates
-from training.models.sigma import normalise_location
+from training.serving.scorers import ImageEmbedder, NotAnImage, Scorer
 
 log = logging.getLogger("training.search")
 
 DEFAULT_INDEX = "outputs/search"
 DEFAULTS = {"embeddings": "outputs/mcc/embeddings", "tagger": "outputs/locsens_raw/checkpoints/best.ckpt",
             "retriever": "outputs/locsens_raw_retrieval/checkpoints/best.ckpt"}
-
-
-# --- models ------------------------------------------------------------------------------------------
-
-class Scorer:
-    """A trained location-sensitive network (LocSens or factorised) scoring (image, tag, location)
-    triplets by its ``forward`` (broadcast over the leading dimension)."""
-
-    def __init__(self, checkpoint: str):
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if "net.first.weight" in state["state_dict"]:
-            from training.models.locsens import LocSens as cls
-        else:
-            from training.models.factorised import Factorised as cls
-        model = cls.load_from_checkpoint(checkpoint, map_location="cpu", optimizer=None, weights_only=True)
-        self.net = model.net.eval()
-        self.kind = cls.__name__
-        self.weight = 0.0 if getattr(model, "location", None) == "zeroed" else None
-
-    @torch.no_grad()
-    def __call__(self, images: np.ndarray, tag_ids: np.ndarray, tag_table: np.ndarray, lat: float,
-                 lon: float) -> np.ndarray:
-        """Scores of images (n or 1, d) with vocabulary tags ``tag_ids`` (n or 1) at one location."""
-        images = torch.as_tensor(images, dtype=torch.float32)
-        tag_ids = torch.as_tensor(np.atleast_1d(tag_ids), dtype=torch.int64)
-        table = torch.as_tensor(tag_table, dtype=torch.float32)
-        n = max(images.shape[0], tag_ids.shape[0])
-        loc = normalise_location(torch.tensor([lat], dtype=torch.float32), torch.tensor([lon], dtype=torch.float32))
-        images, tag_ids, loc = images.expand(n, -1), tag_ids.expand(n), loc.expand(n, -1)
-        if self.kind == "LocSens":
-            out = self.net(images, table[tag_ids], loc, self.weight)
-        else:   # the factorised model looks tags up by index (its per-tag location vectors)
-            out = self.net(images, tag_ids, loc, tag_table=table, location_weight=self.weight)
-        return out.float().numpy()
-
-
-def embed_photo(image_model: str, path: Path) -> np.ndarray:
-    """The MCC embedding (1, d) of a JPEG, preprocessed as evaluation preprocesses the shards."""
-    from PIL import UnidentifiedImageError
-
-    from training.data.images import decode_image
-    from training.models.mcc import MCC
-
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise GalleryError(f"{path}: cannot read the image ({exc.strerror or exc})") from exc
-    state = torch.load(image_model, map_location="cpu", weights_only=True)
-    hp, dm = dict(state["hyper_parameters"]), dict(state.get("datamodule_hyper_parameters") or {})
-    hp["backbone"] = {**hp["backbone"], "pretrained": False}        # the checkpoint holds the weights
-    model = MCC(**hp, optimizer=None)
-    model.load_state_dict(state["state_dict"])
-    try:
-        pixels = decode_image(data, dm.get("resize"), int(dm.get("crop", 224)), train=False, gen=None)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise GalleryError(f"{path}: not an image this can read ({exc})") from exc
-    with torch.no_grad():
-        return model.eval().embed(torch.from_numpy(pixels).permute(2, 0, 1)[None]).float().numpy()
 
 
 # --- commands ----------------------------------------------------------------------------------------
@@ -134,24 +75,26 @@ def cmd_tag(args) -> dict[str, Any]:
     check_coordinates(args.lat, args.lon)
     gallery = Gallery(args.index)
     if args.image is not None:
-        image = embed_photo(gallery.model("image_model"), Path(args.image))
+        path = Path(args.image)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise GalleryError(f"{path}: cannot read the image ({exc.strerror or exc})") from exc
+        try:
+            image = ImageEmbedder(gallery.model("image_model"))(data)
+        except NotAnImage as exc:
+            raise GalleryError(f"{path}: {exc}") from exc
         source = str(args.image)
     else:
         image = gallery.embedding[gallery.row_of_photo(args.photo_id)][None]
         source = f"photo {args.photo_id}"
     scorer = Scorer(gallery.model("tagger"))
-    v = len(gallery.tag_names)
-    if args.exact:
-        candidates = np.arange(v)
-    else:
-        cosine = normalised(gallery.tag_vectors) @ normalised(image)[0]
-        candidates = np.argsort(-cosine, kind="stable")[:min(max(args.shortlist, args.k), v)]
-    scores = scorer(image, candidates, gallery.tag_vectors, args.lat, args.lon)
-    order = np.argsort(-scores, kind="stable")[:args.k]
-    return {"query": {"photo": source, "lat": args.lat, "lon": args.lon, "model": scorer.kind,
-                      "scored": int(candidates.size)},
-            "tags": [{"rank": i + 1, "tag": gallery.tag_names[candidates[j]], "score": float(scores[j])}
-                     for i, j in enumerate(order)]}
+    tags, scores = scorer.top_tags(image, gallery.tag_vectors, args.lat, args.lon, args.k,
+                                   None if args.exact else args.shortlist)
+    scored = len(gallery.tag_names) if args.exact else min(max(args.shortlist, args.k), len(gallery.tag_names))
+    return {"query": {"photo": source, "lat": args.lat, "lon": args.lon, "model": scorer.kind, "scored": scored},
+            "tags": [{"rank": i + 1, "tag": gallery.tag_names[t], "score": float(s)}
+                     for i, (t, s) in enumerate(zip(tags, scores))]}
 
 
 def parse_near(text: str) -> tuple[float, float]:

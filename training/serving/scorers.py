@@ -1,0 +1,91 @@
+"""Checkpoints loaded once to answer requests: an image model (MCC) that embeds a JPEG, and a
+location-sensitive model (LocSens or factorised) that scores (image, tag, location) triplets.
+
+Shared by ``python -m training.search`` and the MLflow Models (:mod:`training.serving.pyfunc`).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from training.models.sigma import normalise_location
+
+
+class NotAnImage(ValueError):
+    """Bytes that do not decode as an image."""
+
+
+class ImageEmbedder:
+    """An image model's (MCC's) embedding of a JPEG, preprocessed as evaluation preprocesses the
+    shards (resize, centre crop from the checkpoint's data settings)."""
+
+    def __init__(self, checkpoint: str):
+        from training.models.mcc import MCC
+
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        hp, dm = dict(state["hyper_parameters"]), dict(state.get("datamodule_hyper_parameters") or {})
+        hp["backbone"] = {**hp["backbone"], "pretrained": False}        # the checkpoint holds the weights
+        self.model = MCC(**hp, optimizer=None)
+        self.model.load_state_dict(state["state_dict"])
+        self.model.eval()
+        self.resize, self.crop = dm.get("resize"), int(dm.get("crop", 224))
+
+    @torch.no_grad()
+    def __call__(self, jpeg: bytes) -> np.ndarray:
+        """(1, d) embedding; :class:`NotAnImage` when the bytes are no image."""
+        from PIL import UnidentifiedImageError
+
+        from training.data.images import decode_image
+
+        try:
+            pixels = decode_image(jpeg, self.resize, self.crop, train=False, gen=None)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise NotAnImage(f"not an image this can read ({exc})") from exc
+        return self.model.embed(torch.from_numpy(pixels).permute(2, 0, 1)[None]).float().numpy()
+
+
+class Scorer:
+    """A trained location-sensitive network (LocSens or factorised) scoring (image, tag, location)
+    triplets by its ``forward`` (broadcast over the leading dimension)."""
+
+    def __init__(self, checkpoint: str):
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if "net.first.weight" in state["state_dict"]:
+            from training.models.locsens import LocSens as cls
+        else:
+            from training.models.factorised import Factorised as cls
+        model = cls.load_from_checkpoint(checkpoint, map_location="cpu", optimizer=None, weights_only=True)
+        self.net = model.net.eval()
+        self.kind = cls.__name__
+        self.weight = 0.0 if getattr(model, "location", None) == "zeroed" else None
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray, tag_ids: np.ndarray, tag_table: np.ndarray, lat: float,
+                 lon: float) -> np.ndarray:
+        """Scores of images (n or 1, d) with vocabulary tags ``tag_ids`` (n or 1) at one location."""
+        images = torch.as_tensor(images, dtype=torch.float32)
+        tag_ids = torch.as_tensor(np.atleast_1d(tag_ids), dtype=torch.int64)
+        table = torch.as_tensor(tag_table, dtype=torch.float32)
+        n = max(images.shape[0], tag_ids.shape[0])
+        loc = normalise_location(torch.tensor([lat], dtype=torch.float32), torch.tensor([lon], dtype=torch.float32))
+        images, tag_ids, loc = images.expand(n, -1), tag_ids.expand(n), loc.expand(n, -1)
+        if self.kind == "LocSens":
+            out = self.net(images, table[tag_ids], loc, self.weight)
+        else:   # the factorised model looks tags up by index (its per-tag location vectors)
+            out = self.net(images, tag_ids, loc, tag_table=table, location_weight=self.weight)
+        return out.float().numpy()
+
+    def top_tags(self, image: np.ndarray, tag_table: np.ndarray, lat: float, lon: float, k: int,
+                 shortlist: int | None = 500) -> tuple[np.ndarray, np.ndarray]:
+        """(tag indices, scores) of the ``k`` best tags for one image at one place: the
+        ``shortlist`` best by the image model's cosine, ranked by this model (None: every tag)."""
+        v = tag_table.shape[0]
+        if shortlist is None:
+            candidates = np.arange(v)
+        else:
+            unit = tag_table / np.maximum(np.linalg.norm(tag_table, axis=1, keepdims=True), 1e-12)
+            cosine = unit @ (image[0] / max(float(np.linalg.norm(image[0])), 1e-12))
+            candidates = np.argsort(-cosine, kind="stable")[:min(max(shortlist, k), v)]
+        scores = self(image, candidates, tag_table, lat, lon)
+        order = np.argsort(-scores, kind="stable")[:k]
+        return candidates[order], scores[order]
