@@ -161,3 +161,34 @@ def test_a_rebuild_replaces_the_index_whole(models, tmp_path, capsys):
     code, _, err = _run(capsys, "photos", "--tag", "paris", "--near", "1,2", "--index", str(out))
     assert code == 2 and "no retriever model was given" in err
 
+
+
+# --- the training runs' MLflow Models -------------------------------------------------------------
+
+def test_training_runs_log_loadable_models_and_their_datasets(models, index, capsys, tmp_path):
+    import pandas as pd
+
+    root, shards, export, _ = models
+    client = mlflow.MlflowClient(f"sqlite:///{root}/m.db")
+    runs = {r.data.tags["mlflow.runName"]: r for r in
+            client.search_runs([client.get_experiment_by_name("train").experiment_id])}
+    table = pq.read_table(next((shards / "test").glob("*.parquet")), columns=["image"])
+    jpeg = table.column("image")[0].as_py()
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(jpeg)
+    mlflow.set_tracking_uri(f"sqlite:///{root}/m.db")
+    for name, dataset in (("mcc", "shards"), ("locsens_raw", "mcc-embeddings")):
+        run = client.get_run(next(r.info.run_id for n, r in runs.items() if n.startswith(name)))
+        assert run.data.tags["model_uri"].startswith("models:/")         # MLflow 3's logged model
+        assert [d.dataset.name for d in run.inputs.dataset_inputs] == [dataset]
+        model = mlflow.pyfunc.load_model(run.data.tags["model_uri"])
+        assert {c.name for c in model.metadata.get_input_schema().inputs} >= {"image"}
+        frame = pd.DataFrame({"image": [jpeg], "latitude": [48.85], "longitude": [2.35]})
+        out = model.predict(frame if name != "mcc" else frame[["image"]], params={"k": 4})
+        assert len(out) == 1 and len(out["tags"][0]) == 4 and list(out["scores"][0]) == sorted(out["scores"][0])[::-1]
+        if name == "locsens_raw":   # the same answer as the search CLI with the same checkpoints
+            code, text, _ = _run(capsys, "tag", "--image", str(photo), "--lat", "48.85", "--lon", "2.35", "--k", "4",
+                                 "--index", str(index), "--json")
+            assert [t["tag"] for t in json.loads(text)["tags"]] == list(out["tags"][0])
+    with pytest.raises(Exception, match="base64"):
+        model.predict(pd.DataFrame({"image": ["not base64!"], "latitude": [0.0], "longitude": [0.0]}))

@@ -174,9 +174,39 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 tags={"train_run_id": mlf.run_id, **embeddings_tags(embeddings_dir)})
             mlf.experiment.set_tag(mlf.run_id, "eval_run_id", eval_id)
     if mlf is not None:
+        _log_model_and_inputs(cfg, model, datamodule, mlf.run_id, best, embeddings_dir)
         mlf.finalize("success")
     _write_metrics(Path(cfg.run_dir), metrics)
     return metrics
+
+
+def _log_model_and_inputs(cfg: DictConfig, model: pl.LightningModule, datamodule, run_id: str,
+                          best: Optional[str], embeddings_dir: Optional[str]) -> None:
+    """The training run's dataset and, with ``log_model``, its model as an MLflow Model
+    (training/serving/pyfunc.py): MCC with its vocabulary; LocSens or the factorised model with the
+    MCC it reads, so one model takes an image and a location."""
+    from training.serving import pyfunc
+
+    with mlflow.start_run(run_id=run_id):
+        pyfunc.log_inputs(datamodule)
+        if not (cfg.get("log_model", True) and best):
+            return
+        if type(model).__name__ == "MCC" and embeddings_dir:
+            uri = pyfunc.log_model("mcc", mcc_checkpoint=best, vocabulary=str(Path(embeddings_dir) / "tags.parquet"),
+                                   shards_dir=datamodule.shards_dir)
+        elif getattr(model, "evaluates_after_fit", False):
+            manifest = datamodule.manifest
+            mcc = manifest.extra.get("checkpoint")
+            if not mcc or not Path(mcc).is_file():
+                log.warning("no model logged: the MCC checkpoint %s the embeddings came from is gone", mcc)
+                return
+            uri = pyfunc.log_model("location", mcc_checkpoint=mcc, tagger_checkpoint=best,
+                                   vocabulary=str(Path(datamodule.embeddings_dir) / manifest.tags_path),
+                                   shards_dir=datamodule.shards_dir)
+        else:
+            return                       # MLC and HER: their export is their usable form
+        mlflow.set_tag("model_uri", uri)
+        log.info("logged the model: %s", uri)
 
 
 def _write_metrics(run_dir: Path, metrics: dict[str, float]) -> None:
