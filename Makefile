@@ -25,7 +25,7 @@ SPARK_JAVA_OPTS ?= -XX:+UseParallelGC -Dlog4j2.configurationFile=conf/log4j2.pro
 PIPELINE_JOBS := clean_metadata build_vocab shard_dataset frequency_baselines
 PIPELINE_ARGS ?= paths.raw_dir=$(SAMPLE_DIR) shard.image_size=128 shard.rows_per_file=5000 shard.rows_per_row_group=250
 
-.PHONY: install demo test test-fast sample pipeline bench clean train-mcc train-mlc train-her report ui repeats search-index \
+.PHONY: install demo test test-fast sample pipeline bench clean train-mcc train-mlc train-her report ui repeats search-index register \
 	worker-env dist cluster-up cluster-down img2dataset-env
 
 install: $(STAMP)
@@ -83,7 +83,7 @@ DEMO_LOCSENS ?= locsens_raw locsens_raw_retrieval factorised
 endif
 DEMO_JOBS ?= 2
 DEMO_TRAIN_ARGS := $(if $(filter 1,$(DEMO_JOBS)),,torch_threads=1) $(TRAIN_ARGS)
-DEMO_STAGES := sample pipeline $(DEMO_MODELS) $(DEMO_LOCSENS) search report
+DEMO_STAGES := sample pipeline $(DEMO_MODELS) $(DEMO_LOCSENS) search register report
 DEMO_PIPELINE_ARGS ?= $(PIPELINE_ARGS) vocab.size=$(DEMO_VOCAB)
 SAMPLE_MARKER := $(SAMPLE_DIR)/world.json
 PIPELINE_MARKER := data/work/baselines/baselines.json
@@ -91,6 +91,7 @@ MODEL_MARKERS := $(foreach m,$(DEMO_MODELS),outputs/$(m)/metrics.json)
 LOCSENS_MARKERS := $(foreach m,$(DEMO_LOCSENS),outputs/$(m)/metrics.json)
 REPORT_MARKER := outputs/report/report.md
 SEARCH_MARKER := outputs/search/manifest.json
+REGISTER_MARKER := outputs/registered.txt
 ifneq ($(FORCE),)
 MAKEFLAGS += --always-make
 endif
@@ -130,7 +131,12 @@ $(LOCSENS_MARKERS): outputs/%/metrics.json: outputs/mcc/metrics.json
 $(SEARCH_MARKER): $(LOCSENS_MARKERS)
 	$(call demo_stage,search,$(PY) -m training.search build --out outputs/search)
 
-$(REPORT_MARKER): $(MODEL_MARKERS) $(LOCSENS_MARKERS) $(SEARCH_MARKER)
+# The Model Registry: mcc, locsens-tagging, factorised, locsens-retrieval, each best version
+# aliased champion (python -m training.register); what it registered goes to the marker.
+$(REGISTER_MARKER): $(MODEL_MARKERS) $(LOCSENS_MARKERS) $(SEARCH_MARKER)
+	$(call demo_stage,register,$(PY) -m training.register > $(REGISTER_MARKER).tmp && mv $(REGISTER_MARKER).tmp $(REGISTER_MARKER) && cat $(REGISTER_MARKER))
+
+$(REPORT_MARKER): $(MODEL_MARKERS) $(LOCSENS_MARKERS) $(SEARCH_MARKER) $(REGISTER_MARKER)
 	$(call demo_stage,report,$(PY) -m training.report > /dev/null)
 
 report: install
@@ -139,6 +145,10 @@ report: install
 # Rebuild the search index over the demo's test gallery (after make demo).
 search-index: install
 	$(PY) -m training.search build --out outputs/search
+
+# Register the trained models (after make demo or more training runs); the best of each -> champion.
+register: install
+	$(PY) -m training.register
 
 # Repeats: train experiments again with other seeds on the same inputs (after `make demo`), then
 # report. The report averages an experiment's repeats (same name, same settings but the seed) and

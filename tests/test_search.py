@@ -192,3 +192,46 @@ def test_training_runs_log_loadable_models_and_their_datasets(models, index, cap
             assert [t["tag"] for t in json.loads(text)["tags"]] == list(out["tags"][0])
     with pytest.raises(Exception, match="base64"):
         model.predict(pd.DataFrame({"image": ["not base64!"], "latitude": [0.0], "longitude": [0.0]}))
+
+
+def test_register_puts_the_best_of_each_model_in_the_registry_with_an_alias(models, index, capsys):
+    import pandas as pd
+
+    from training.register import main as register
+
+    root, *_ = models
+    uri = f"sqlite:///{root}/m.db"
+    assert register(["--tracking-uri", uri]) == 0
+    first = capsys.readouterr().out
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
+    names = {m.name for m in client.search_registered_models()}
+    assert names == {"mcc", "locsens-tagging", "locsens-retrieval"}
+    for name in names:
+        assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+        assert client.get_registered_model(name).description
+    assert "registered locsens-retrieval version 1" in first
+    assert register(["--tracking-uri", uri]) == 0                       # again: nothing new to register
+    assert "registered" not in capsys.readouterr().out.replace("-> version", "")
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/locsens-retrieval@champion")
+    out = model.predict(pd.DataFrame({"tag": ["paris"], "latitude": [48.85], "longitude": [2.35]}), params={"k": 5})
+    code, text, _ = _run(capsys, "photos", "--tag", "paris", "--near", "48.85,2.35", "--k", "5", "--index", str(index),
+                         "--json")
+    assert list(out["photo_ids"][0]) == [p["photo_id"] for p in json.loads(text)["photos"]]
+    from training.report.build import registry_section
+
+    section = registry_section(uri)                  # the report names the versions it shows
+    assert "| locsens-tagging | 1 | version 1 | locsens_raw" in section and "models:/mcc@champion" in section
+
+
+def test_the_report_says_when_nothing_is_registered(tmp_path):
+    from training.report.build import registry_section
+
+    assert registry_section(f"sqlite:///{tmp_path}/none.db").startswith("None yet")
+
+
+def test_register_without_models_says_so(tmp_path, capsys):
+    from training.register import main as register
+
+    assert register(["--tracking-uri", f"sqlite:///{tmp_path}/empty.db"]) == 2
+    assert "no run" in capsys.readouterr().err

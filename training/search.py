@@ -27,10 +27,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import numpy as np
 
-from common import metrics as M
-from training.index.ann import KINDS, AnnSettings, normalised
+from training.index.ann import KINDS, AnnSettings
 from training.index.gallery import Gallery, GalleryError, build_gallery
 from training.index.spatial import check_coordinates
 from training.serving.scorers import ImageEmbedder, NotAnImage, Scorer
@@ -52,6 +50,7 @@ def cmd_build(args) -> dict[str, Any]:
     if not models["image_model"]:
         from common.embeddings import EmbeddingsManifest
         models["image_model"] = EmbeddingsManifest.read(args.embeddings).extra.get("checkpoint")
+    models = {k: str(Path(v).resolve()) if v else None for k, v in models.items()}   # as training runs name them
     settings = AnnSettings(kind=args.index_kind)
     manifest = build_gallery(args.embeddings, args.out, splits=args.splits, settings=settings, models=models)
     summary = {**asdict(manifest), "index_dir": str(Path(args.out).resolve())}
@@ -68,6 +67,19 @@ def cmd_build(args) -> dict[str, Any]:
                                 "gallery/build_seconds": manifest.seconds})
             mlflow.log_dict(asdict(manifest), "gallery_manifest.json")
             summary["mlflow_run_id"] = run.info.run_id
+            if models["retriever"] and args.log_model:
+                from training.index.gallery import Gallery
+                from training.serving.pyfunc import log_model
+
+                gallery = Gallery(args.out)
+                row = 0
+                tag = gallery.tag_names[int(gallery.truth.row(row)[0])] if gallery.truth.counts[row] else \
+                    gallery.tag_names[0]
+                uri = log_model("retrieval", gallery=summary["index_dir"], retriever_checkpoint=models["retriever"],
+                                example_tag=tag, example_place=(float(gallery.latitude[row]),
+                                                                float(gallery.longitude[row])))
+                mlflow.set_tag("model_uri", uri)
+                summary["model_uri"] = uri
     return summary
 
 
@@ -111,24 +123,9 @@ def cmd_photos(args) -> dict[str, Any]:
     gallery = Gallery(args.index)
     t = gallery.tag_index(args.tag)
     scorer = Scorer(gallery.model("retriever"))
-    if args.exact:
-        candidates = np.arange(len(gallery))
-    else:
-        _, by_tag = gallery.ann.search(normalised(gallery.tag_vectors[t:t + 1]), args.candidates)
-        by_place, _ = gallery.spatial.nearest(lat, lon, args.nearby)
-        candidates = np.unique(np.concatenate([by_tag[0][by_tag[0] >= 0], by_place[0]]))
-    scores = np.concatenate([scorer(gallery.embedding[c], np.array([t]), gallery.tag_vectors, lat, lon)
-                             for c in np.array_split(candidates, max(1, candidates.size // 65536))])
-    order = np.argsort(-scores, kind="stable")[:args.k]
-    rows = candidates[order]
-    km = M.geodesic_km(lat, lon, gallery.latitude[rows], gallery.longitude[rows])
-    tagged = M.contains(gallery.truth.keys(len(gallery.tag_names)), rows, np.full(rows.size, t), len(gallery.tag_names))
+    photos, scored = gallery.photos(scorer, t, lat, lon, args.k, None if args.exact else (args.candidates, args.nearby))
     return {"query": {"tag": gallery.tag_names[t], "lat": lat, "lon": lon, "model": scorer.kind,
-                      "scored": int(candidates.size), "gallery": len(gallery)},
-            "photos": [{"rank": i + 1, "photo_id": int(gallery.photo_id[r]), "latitude": float(gallery.latitude[r]),
-                        "longitude": float(gallery.longitude[r]), "km": float(d), "score": float(scores[j]),
-                        "tagged": bool(h)}
-                       for i, (r, j, d, h) in enumerate(zip(rows, order, km, tagged))]}
+                      "scored": scored, "gallery": len(gallery)}, "photos": photos}
 
 
 # --- output ------------------------------------------------------------------------------------------
@@ -167,6 +164,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlruns.db"),
                    help="MLflow store the build is recorded in ('' to skip)")
     b.add_argument("--artifact-root", default="mlartifacts")
+    b.add_argument("--no-log-model", dest="log_model", action="store_false",
+                   help="do not log the gallery with the retriever as an MLflow Model (it copies the gallery)")
     for name, sp in (("tag", sub.add_parser("tag", help="top tags for a photo at a location")),
                      ("photos", sub.add_parser("photos", help="gallery photos for a tag near a location"))):
         sp.add_argument("--k", type=int, default=10)

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.embeddings import EmbeddingsManifest, arrow_to_embeddings, read_image_embeddings
-from common.metrics import TagSets
+from common.metrics import TagSets, contains, geodesic_km
 from training.index.ann import AnnIndex, AnnSettings, normalised
 from training.index.spatial import SpatialIndex
 
@@ -141,3 +141,26 @@ class Gallery:
         if not Path(path).is_file():
             raise GalleryError(f"{self.dir}: the {role} checkpoint {path} is gone; rebuild the index")
         return path
+
+    def photos(self, scorer, tag: int, lat: float, lon: float, k: int,
+               shortlist: Optional[tuple[int, int]] = (500, 200)) -> tuple[list[dict[str, Any]], int]:
+        """The ``k`` best photos for vocabulary tag ``tag`` near (lat, lon) by ``scorer``
+        (:class:`training.serving.scorers.Scorer`), and how many were scored: the ``shortlist``
+        (photos near the tag in embedding space, photos near the place) or, with None, every photo.
+        Each photo: rank, photo_id, latitude, longitude, km (WGS-84), score, tagged (carries the tag)."""
+        if shortlist is None:
+            candidates = np.arange(len(self))
+        else:
+            _, by_tag = self.ann.search(normalised(self.tag_vectors[tag:tag + 1]), shortlist[0])
+            by_place, _ = self.spatial.nearest(lat, lon, shortlist[1])
+            candidates = np.unique(np.concatenate([by_tag[0][by_tag[0] >= 0], by_place[0]]))
+        scores = np.concatenate([scorer(self.embedding[c], np.array([tag]), self.tag_vectors, lat, lon)
+                                 for c in np.array_split(candidates, max(1, candidates.size // 65536))])
+        order = np.argsort(-scores, kind="stable")[:k]
+        rows = candidates[order]
+        km = geodesic_km(lat, lon, self.latitude[rows], self.longitude[rows])
+        v = len(self.tag_names)
+        tagged = contains(self.truth.keys(v), rows, np.full(rows.size, tag), v)
+        return [{"rank": i + 1, "photo_id": int(self.photo_id[r]), "latitude": float(self.latitude[r]),
+                 "longitude": float(self.longitude[r]), "km": float(d), "score": float(scores[j]), "tagged": bool(h)}
+                for i, (r, j, d, h) in enumerate(zip(rows, order, km, tagged))], int(candidates.size)

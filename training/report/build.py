@@ -222,6 +222,29 @@ class Figures:
 
 # --- the report -------------------------------------------------------------------------------
 
+def registry_section(uri: str, alias: str = "champion") -> str:
+    """The registered models (python -m training.register) and the version each alias names, with
+    the run it came from: which trained models a reader of this report can load and serve."""
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
+    try:
+        registered = sorted(client.search_registered_models(), key=lambda m: m.name)
+    except mlflow.exceptions.MlflowException:
+        registered = []
+    if not registered:
+        return "None yet (`python -m training.register`, a stage of `make demo`)."
+    lines = [f"| Model | versions | {alias} | its run | URI |", "|---|---|---|---|---|"]
+    for m in registered:
+        versions = client.search_model_versions(f"name = '{m.name}'")
+        try:
+            chosen = client.get_model_version_by_alias(m.name, alias)
+            run = client.get_run(chosen.run_id).data.tags.get("mlflow.runName", chosen.run_id) if chosen.run_id else "-"
+            cells = f"version {chosen.version} | {run} | `models:/{m.name}@{alias}`"
+        except mlflow.exceptions.MlflowException:
+            cells = "- | - | -"
+        lines.append(f"| {m.name} | {len(versions)} | {cells} |")
+    return "\n".join(lines)
+
+
 def build_report(cfg: DictConfig) -> Path:
     """Write report.md and figures under ``cfg.report.output``; log them to MLflow (``report``)."""
     out = Path(cfg.report.output)
@@ -260,6 +283,7 @@ def build_report(cfg: DictConfig) -> Path:
     for title, path in figs.items():
         if path is not None:
             parts += [f"### {title}", "", f"![{title}](figures/{path.name})", ""]
+    parts += ["## Registered models", "", registry_section(uri), ""]
     parts += ["## Pipeline", "", stats_section(stats), ""]
     report = out / "report.md"
     report.write_text("\n".join(parts))

@@ -6,6 +6,8 @@
 - :class:`LocationTagger` (a LocSens or factorised run): a JPEG and a location in, the top tags at
   that location out. Artifacts: the MCC checkpoint and vocabulary it depends on, and its own
   checkpoint, so one model takes an image and a location.
+- :class:`PhotoRetriever` (a search-index build with a retrieval model): a tag and a location in,
+  the indexed gallery's best photos out (ids, km, scores). Artifacts: the gallery and the checkpoint.
 
 Input: a DataFrame with ``image`` (JPEG bytes; base64 text over REST) and, for the location model,
 ``latitude`` and ``longitude``. Output: one row per input with ``tags`` and ``scores`` (best
@@ -100,6 +102,31 @@ class LocationTagger(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"tags": tags, "scores": scores})
 
 
+class PhotoRetriever(mlflow.pyfunc.PythonModel):
+    """LocSens (or the factorised model) over an indexed gallery: a tag and a location in, the
+    gallery's best photos for them out (shortlist and rerank, as ``python -m training.search photos``)."""
+
+    def load_context(self, context) -> None:
+        from training.index.gallery import Gallery
+        from training.serving.scorers import Scorer
+
+        self.gallery = Gallery(context.artifacts["gallery"])
+        self.scorer = Scorer(context.artifacts["retriever_checkpoint"])
+
+    def predict(self, context, model_input: pd.DataFrame, params: Optional[dict[str, Any]] = None) -> pd.DataFrame:
+        from training.index.spatial import check_coordinates
+
+        k = min(_k(params), len(self.gallery))
+        check_coordinates(model_input["latitude"].to_numpy(), model_input["longitude"].to_numpy())
+        out: dict[str, list] = {"photo_ids": [], "km": [], "scores": []}
+        for tag, lat, lon in zip(model_input["tag"], model_input["latitude"], model_input["longitude"]):
+            photos, _ = self.gallery.photos(self.scorer, self.gallery.tag_index(str(tag)), float(lat), float(lon), k)
+            out["photo_ids"].append([p["photo_id"] for p in photos])
+            out["km"].append([p["km"] for p in photos])
+            out["scores"].append([p["score"] for p in photos])
+        return pd.DataFrame(out)
+
+
 def example_jpeg(shards_dir: Optional[str | Path]) -> tuple[bytes, float, float]:
     """A test photo (JPEG bytes, latitude, longitude) for the input example: the first of the test
     shards when there are shards, else a small grey JPEG at (0, 0)."""
@@ -116,23 +143,31 @@ def example_jpeg(shards_dir: Optional[str | Path]) -> tuple[bytes, float, float]
     return buf.getvalue(), 0.0, 0.0
 
 
-def log_model(kind: str, *, mcc_checkpoint: str, vocabulary: str, tagger_checkpoint: Optional[str] = None,
-              shards_dir: Optional[str | Path] = None) -> str:
-    """Log the active run's model (``kind``: ``mcc`` or ``location``) with its signature and input
-    example (predicted once here, which also proves it loads); its ``models:/`` URI."""
+def log_model(kind: str, *, mcc_checkpoint: Optional[str] = None, vocabulary: Optional[str] = None,
+              tagger_checkpoint: Optional[str] = None, shards_dir: Optional[str | Path] = None,
+              gallery: Optional[str | Path] = None, retriever_checkpoint: Optional[str] = None,
+              example_tag: Optional[str] = None, example_place: tuple[float, float] = (0.0, 0.0)) -> str:
+    """Log the active run's model (``kind``: ``mcc``, ``location`` or ``retrieval``) with its
+    signature and input example (predicted once here, which also proves it loads); its ``models:/`` URI."""
     from mlflow.models import infer_signature
 
-    jpeg, lat, lon = example_jpeg(shards_dir)
-    artifacts = {"mcc_checkpoint": str(mcc_checkpoint), "vocabulary": str(vocabulary)}
-    example = pd.DataFrame({"image": [jpeg]})
-    if kind == "location":
-        artifacts["tagger_checkpoint"] = str(tagger_checkpoint)
-        example = example.assign(latitude=[lat], longitude=[lon])
-        model: mlflow.pyfunc.PythonModel = LocationTagger()
-    elif kind == "mcc":
-        model = MCCTagger()
+    if kind == "retrieval":
+        artifacts = {"gallery": str(gallery), "retriever_checkpoint": str(retriever_checkpoint)}
+        example = pd.DataFrame({"tag": [example_tag], "latitude": [example_place[0]],
+                                "longitude": [example_place[1]]})
+        model: mlflow.pyfunc.PythonModel = PhotoRetriever()
     else:
-        raise ValueError(f"model kind must be mcc or location, got {kind!r}")
+        jpeg, lat, lon = example_jpeg(shards_dir)
+        artifacts = {"mcc_checkpoint": str(mcc_checkpoint), "vocabulary": str(vocabulary)}
+        example = pd.DataFrame({"image": [jpeg]})
+        if kind == "location":
+            artifacts["tagger_checkpoint"] = str(tagger_checkpoint)
+            example = example.assign(latitude=[lat], longitude=[lon])
+            model = LocationTagger()
+        elif kind == "mcc":
+            model = MCCTagger()
+        else:
+            raise ValueError(f"model kind must be mcc, location or retrieval, got {kind!r}")
     loaded = type(model)()          # the logged instance stays empty: weights travel as artifacts
     context = mlflow.pyfunc.PythonModelContext(artifacts=artifacts, model_config={})
     loaded.load_context(context)
