@@ -25,7 +25,7 @@ SPARK_JAVA_OPTS ?= -XX:+UseParallelGC -Dlog4j2.configurationFile=conf/log4j2.pro
 PIPELINE_JOBS := clean_metadata build_vocab shard_dataset frequency_baselines
 PIPELINE_ARGS ?= paths.raw_dir=$(SAMPLE_DIR) shard.image_size=128 shard.rows_per_file=5000 shard.rows_per_row_group=250
 
-.PHONY: install demo test test-fast sample pipeline bench clean train-mcc train-mlc train-her report ui repeats search-index register \
+.PHONY: install demo test test-fast sample pipeline bench clean train-mcc train-mlc train-her report ui repeats search-index register serve \
 	worker-env dist cluster-up cluster-down img2dataset-env
 
 install: $(STAMP)
@@ -145,6 +145,11 @@ report: install
 # Rebuild the search index over the demo's test gallery (after make demo).
 search-index: install
 	$(PY) -m training.search build --out outputs/search
+
+# The REST service over the registered models (after make demo), on loopback: POST /tag, GET /photos.
+SERVE_PORT ?= 8000
+serve: install
+	$(PY) -m training.serve --port $(SERVE_PORT)
 
 # Register the trained models (after make demo or more training runs); the best of each -> champion.
 register: install
