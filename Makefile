@@ -25,7 +25,7 @@ SPARK_JAVA_OPTS ?= -XX:+UseParallelGC -Dlog4j2.configurationFile=conf/log4j2.pro
 PIPELINE_JOBS := clean_metadata build_vocab shard_dataset frequency_baselines
 PIPELINE_ARGS ?= paths.raw_dir=$(SAMPLE_DIR) shard.image_size=128 shard.rows_per_file=5000 shard.rows_per_row_group=250
 
-.PHONY: install demo test test-fast sample pipeline bench clean train-mcc train-mlc train-her report ui repeats search-index register serve \
+.PHONY: install demo test test-fast sample pipeline bench clean train-mcc train-mlc train-her report ui repeats search-index register serve browser \
 	worker-env dist cluster-up cluster-down img2dataset-env
 
 install: $(STAMP)
@@ -212,8 +212,18 @@ $(I2D_STAMP): $(STAMP) constraints-img2dataset.txt
 		xargs $(I2D_VENV)/bin/pip install --quiet -c constraints-img2dataset.txt
 	@touch $(I2D_STAMP)
 
-test: install worker-env img2dataset-env
+test: install worker-env img2dataset-env browser
 	$(PY) -m pytest
+
+# The web page's test drives headless Chromium: Debian's chromium and chromium-driver, installed
+# when missing (as root, as CI runs); without root that one test is skipped, saying why.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium and chromium-driver (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "make test: no chromium/chromedriver and not root: the browser test will be skipped" \
+		"(apt-get install chromium chromium-driver)"; fi
 
 test-fast: install
 	$(PY) -m pytest -m "not slow"

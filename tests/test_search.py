@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -259,7 +260,9 @@ def _http(url: str, data: bytes | None = None, headers: dict | None = None) -> t
         return e.code, e.read()
 
 
-def test_the_service_tags_searches_and_refuses_bad_input(models, index, capsys):
+@pytest.fixture(scope="module")
+def service(models, index):
+    """``python -m training.serve`` over the fixture's registered models, as a real process."""
     import time
 
     from training.register import main as register
@@ -282,6 +285,15 @@ def test_the_service_tags_searches_and_refuses_bad_input(models, index, capsys):
                 pass
             assert proc.poll() is None, proc.stdout.read()
             time.sleep(0.5)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_the_service_tags_searches_and_refuses_bad_input(service):
+    base = service
+    if True:
         samples = json.loads(_http(f"{base}/samples?n=3")[1])
         assert len(samples) == 3
         pid = samples[0]["photo_id"]
@@ -308,6 +320,53 @@ def test_the_service_tags_searches_and_refuses_bad_input(models, index, capsys):
             assert code == status and "\n" not in message, (url, code, message)
         assert "close matches: paris" in json.loads(_http(f"{base}/photos?tag=pariss&lat=1&lon=2")[1])["error"]
         assert _http(f"{base}/health")[0] == 200                      # still serving
+
+
+@pytest.mark.skipif(not (shutil.which("chromedriver") and shutil.which("chromium")),
+                    reason="no chromium/chromedriver (make test installs them as root: apt-get)")
+def test_the_web_page_in_a_real_browser(service, tmp_path):
+    """Headless Chromium: pick a sample photo, click two places (the tags differ), search a tag
+    near a place (photos appear, as a grid and on the map); a screenshot under tmp_path."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service as ChromeService
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = Options()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900"):
+        options.add_argument(arg)
+    options.binary_location = shutil.which("chromium")
+    driver = webdriver.Chrome(service=ChromeService(shutil.which("chromedriver")), options=options)
+    try:
+        driver.get(f"{service}/")
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#samples img")) >= 3)
+        driver.find_elements(By.CSS_SELECTOR, "#samples img")[0].click()
+        canvas = driver.find_element(By.ID, "map")
+
+        def click_place(lat: float, lon: float) -> None:
+            w, h = canvas.rect["width"], canvas.rect["height"]
+            ActionChains(driver).move_to_element_with_offset(
+                canvas, int((lon + 180) / 360 * w - w / 2), int((90 - lat) / 180 * h - h / 2)).click().perform()
+
+        def tags() -> list[str]:      # read in one script: the list is re-rendered as answers arrive
+            return driver.execute_script("return [...document.querySelectorAll('#tags li')].map(l => l.textContent)")
+
+        click_place(48.85, 2.35)
+        wait.until(lambda d: len(tags()) == 10)
+        paris = tags()
+        assert "Place: 4" in driver.find_element(By.ID, "place").text
+        click_place(-33.87, 151.21)
+        wait.until(lambda d: len(tags()) == 10 and tags() != paris)
+        click_place(48.85, 2.35)
+        driver.find_element(By.ID, "tag-input").send_keys("paris")
+        driver.find_element(By.ID, "search-button").click()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#photos img")) > 0)
+        assert driver.find_element(By.ID, "status").text == ""
+        assert driver.execute_script("return state.found.length") > 0            # the points drawn on the map
+        driver.save_screenshot(str(tmp_path / "page.png"))
+        assert (tmp_path / "page.png").stat().st_size > 10000
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        driver.quit()

@@ -10,6 +10,7 @@
   near the place, with distances and scores, and each one's thumbnail URL.
 - ``GET /photo/{photo_id}.jpg``: a gallery or sample photo; ``GET /samples``: sample photo ids with
   where they were taken; ``GET /health``.
+- ``GET /``: a web page over all of it (training/web), which works offline.
 
 Models load by registered name and alias through MLflow (the tracking store's registry). Bad
 input answers 4xx with ``{"error": "<one line>"}`` and the service keeps serving: not an image
@@ -162,8 +163,10 @@ class Service:
                                          params={"k": k})
         except GalleryError as exc:
             raise RequestError(404, str(exc)) from None
-        photos = [{"photo_id": int(p), "km": float(d), "score": float(s), "thumbnail": f"/photo/{int(p)}.jpg"}
-                  for p, d, s in zip(out["photo_ids"][0], out["km"][0], out["scores"][0])]
+        photos = [{"photo_id": int(p), "latitude": float(la), "longitude": float(lo), "km": float(d), "score": float(s),
+                   "thumbnail": f"/photo/{int(p)}.jpg"}
+                  for p, la, lo, d, s in zip(out["photo_ids"][0], out["latitudes"][0], out["longitudes"][0],
+                                             out["km"][0], out["scores"][0])]
         return {"tag": tag, "lat": lat, "lon": lon, "model": self.names["retrieval"], "photos": photos}
 
 
@@ -184,6 +187,22 @@ def app(service: Service):
     async def failed(_, exc: Exception):   # a bug, not the request: say so in one line, keep serving
         log.exception("request failed")
         return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+    world: list = []
+
+    @api.get("/")
+    def page():
+        from training.web import PAGE
+
+        return Response(PAGE.read_text(encoding="utf-8"), media_type="text/html")
+
+    @api.get("/world.json")
+    def world_json():
+        if not world:
+            from training.web import world_points
+
+            world.extend(world_points())
+        return world
 
     @api.get("/health")
     def health() -> dict[str, Any]:

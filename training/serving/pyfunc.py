@@ -7,7 +7,7 @@
   that location out. Artifacts: the MCC checkpoint and vocabulary it depends on, and its own
   checkpoint, so one model takes an image and a location.
 - :class:`PhotoRetriever` (a search-index build with a retrieval model): a tag and a location in,
-  the indexed gallery's best photos out (ids, km, scores). Artifacts: the gallery and the checkpoint.
+  the indexed gallery's best photos out (ids, coordinates, km, scores). Artifacts: the gallery and the checkpoint.
 
 Input: a DataFrame with ``image`` (JPEG bytes; base64 text over REST) and, for the location model,
 ``latitude`` and ``longitude``. Output: one row per input with ``tags`` and ``scores`` (best
@@ -118,10 +118,12 @@ class PhotoRetriever(mlflow.pyfunc.PythonModel):
 
         k = min(_k(params), len(self.gallery))
         check_coordinates(model_input["latitude"].to_numpy(), model_input["longitude"].to_numpy())
-        out: dict[str, list] = {"photo_ids": [], "km": [], "scores": []}
+        out: dict[str, list] = {"photo_ids": [], "latitudes": [], "longitudes": [], "km": [], "scores": []}
         for tag, lat, lon in zip(model_input["tag"], model_input["latitude"], model_input["longitude"]):
             photos, _ = self.gallery.photos(self.scorer, self.gallery.tag_index(str(tag)), float(lat), float(lon), k)
             out["photo_ids"].append([p["photo_id"] for p in photos])
+            out["latitudes"].append([p["latitude"] for p in photos])
+            out["longitudes"].append([p["longitude"] for p in photos])
             out["km"].append([p["km"] for p in photos])
             out["scores"].append([p["score"] for p in photos])
         return pd.DataFrame(out)
