@@ -68,7 +68,9 @@ def candidates(client) -> list[Candidate]:
     out: list[Candidate] = []
     train = client.get_experiment_by_name("train")
     runs = client.search_runs([train.experiment_id], "tags.model_uri != ''", max_results=10000) if train else []
-    by_checkpoint = {r.data.tags.get("best_checkpoint"): r.info.run_id for r in runs}
+    trained = client.search_runs([train.experiment_id], "tags.best_checkpoint != ''",
+                                 max_results=10000) if train else []
+    by_checkpoint = {r.data.tags["best_checkpoint"]: r.info.run_id for r in trained}
     for run in runs:
         name = _which(run)
         if name:
