@@ -111,7 +111,7 @@ endef
 
 demo: install
 	@$(MAKE) --no-print-directory -j$(DEMO_JOBS) $(REPORT_MARKER)
-	@echo ""; echo "demo: complete. Report: $(REPORT_MARKER); runs: make ui (MLflow UI on http://127.0.0.1:$(MLFLOW_PORT))"
+	@echo ""; echo "demo: complete. Report: $(REPORT_MARKER); runs: make ui (MLflow UI on http://127.0.0.1:$(MLFLOW_PORT)/#/experiments?workflowType=machine_learning)"
 	@echo "seconds per stage (this and earlier runs):"; cat outputs/demo_timings.tsv 2>/dev/null || true
 
 $(SAMPLE_MARKER): $(wildcard pipeline/synth/*.py) | install
@@ -171,7 +171,9 @@ repeats: install
 	$(PY) -m training.report
 
 # The MLflow UI over the project's tracking store, on loopback only.
+# MLflow 3's UI opens on its GenAI views unless told the workflow: the URL below opens the runs tables.
 ui: install
+	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)/#/experiments?workflowType=machine_learning"
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath mlruns.db) --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 # A Spark standalone cluster on this machine (pipeline/cluster.py): a master and two workers on

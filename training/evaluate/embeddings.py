@@ -102,6 +102,14 @@ def log_evaluation(metrics: Mapping[str, float], config: Mapping[str, Any], *, t
     """One MLflow run holding an evaluation's config and metrics (call on rank 0); its run id."""
     with stage_run(experiment, run_name, config, tracking_uri=tracking_uri, artifact_root=artifact_root,
                    tags=tags) as run:
+        if tags and tags.get("embeddings_dir"):      # the export it scored, in MLflow's dataset tracking
+            from mlflow.data.dataset_source_registry import resolve_dataset_source
+            from mlflow.data.meta_dataset import MetaDataset
+
+            source = resolve_dataset_source(Path(tags["embeddings_dir"]).resolve().as_uri())
+            mlflow.log_input(MetaDataset(source, name="mcc-embeddings",
+                                         digest=(tags.get("embeddings_export_id") or "unknown")[:32]),
+                             context="evaluation")
         mlflow.log_metrics(M.mlflow_metrics(metrics))
         mlflow.log_dict(dict(metrics), "metrics.json")
         return run.info.run_id
