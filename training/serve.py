@@ -69,7 +69,6 @@ class PhotoStore:
         order = np.argsort(ids_all)
         self.ids = ids_all[order]
         self.where = (np.concatenate(where) if where else np.zeros((0, 3), dtype=np.int64))[order]
-        self.meta = {}
         self.cache: OrderedDict[tuple[int, int], Any] = OrderedDict()
         self.cache_groups = cache_groups
 
