@@ -27,6 +27,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from common.embeddings import arrow_to_embeddings
+from training.index.ann import normalised
 
 #: The name every run logs its model under; the run's ``model_uri`` tag holds its ``models:/`` URI.
 MODEL_NAME = "model"
@@ -65,14 +66,13 @@ class MCCTagger(mlflow.pyfunc.PythonModel):
 
         self.embedder = ImageEmbedder(context.artifacts["mcc_checkpoint"])
         self.tag_names, tag_vectors = _read_vocabulary(context.artifacts["vocabulary"])
-        self.unit_tags = tag_vectors / np.maximum(np.linalg.norm(tag_vectors, axis=1, keepdims=True), 1e-12)
+        self.unit_tags = normalised(tag_vectors)
 
     def predict(self, context, model_input: pd.DataFrame, params: Optional[dict[str, Any]] = None) -> pd.DataFrame:
         k = min(_k(params), len(self.tag_names))
         tags, scores = [], []
         for value in model_input["image"]:
-            e = self.embedder(_jpeg(value))[0]
-            cosine = self.unit_tags @ (e / max(float(np.linalg.norm(e)), 1e-12))
+            cosine = self.unit_tags @ normalised(self.embedder(_jpeg(value)))[0]
             best = np.argsort(-cosine, kind="stable")[:k]
             tags.append([self.tag_names[t] for t in best])
             scores.append([float(cosine[t]) for t in best])
@@ -88,6 +88,7 @@ class LocationTagger(mlflow.pyfunc.PythonModel):
         self.embedder = ImageEmbedder(context.artifacts["mcc_checkpoint"])
         self.scorer = Scorer(context.artifacts["tagger_checkpoint"])
         self.tag_names, self.tag_vectors = _read_vocabulary(context.artifacts["vocabulary"])
+        self.unit_tags = normalised(self.tag_vectors)        # once, not per request
 
     def predict(self, context, model_input: pd.DataFrame, params: Optional[dict[str, Any]] = None) -> pd.DataFrame:
         from training.index.spatial import check_coordinates
@@ -96,7 +97,8 @@ class LocationTagger(mlflow.pyfunc.PythonModel):
         check_coordinates(model_input["latitude"].to_numpy(), model_input["longitude"].to_numpy())
         tags, scores = [], []
         for value, lat, lon in zip(model_input["image"], model_input["latitude"], model_input["longitude"]):
-            best, score = self.scorer.top_tags(self.embedder(_jpeg(value)), self.tag_vectors, float(lat), float(lon), k)
+            best, score = self.scorer.top_tags(self.embedder(_jpeg(value)), self.tag_vectors, float(lat), float(lon), k,
+                                               unit_tags=self.unit_tags)
             tags.append([self.tag_names[t] for t in best])
             scores.append([float(s) for s in score])
         return pd.DataFrame({"tags": tags, "scores": scores})

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from training.index.ann import normalised
 from training.models.sigma import normalise_location
 
 
@@ -76,15 +77,16 @@ class Scorer:
         return out.float().numpy()
 
     def top_tags(self, image: np.ndarray, tag_table: np.ndarray, lat: float, lon: float, k: int,
-                 shortlist: int | None = 500) -> tuple[np.ndarray, np.ndarray]:
+                 shortlist: int | None = 500, unit_tags: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(tag indices, scores) of the ``k`` best tags for one image at one place: the
-        ``shortlist`` best by the image model's cosine, ranked by this model (None: every tag)."""
+        ``shortlist`` best by the image model's cosine, ranked by this model (None: every tag).
+        ``unit_tags``: ``tag_table`` already L2-normalised (a server normalises it once, not per request)."""
         v = tag_table.shape[0]
         if shortlist is None:
             candidates = np.arange(v)
         else:
-            unit = tag_table / np.maximum(np.linalg.norm(tag_table, axis=1, keepdims=True), 1e-12)
-            cosine = unit @ (image[0] / max(float(np.linalg.norm(image[0])), 1e-12))
+            unit = normalised(tag_table) if unit_tags is None else unit_tags
+            cosine = unit @ normalised(image)[0]
             candidates = np.argsort(-cosine, kind="stable")[:min(max(shortlist, k), v)]
         scores = self(image, candidates, tag_table, lat, lon)
         order = np.argsort(-scores, kind="stable")[:k]
