@@ -109,8 +109,11 @@ define demo_stage
 	echo "    $(1) done in $${secs} s"
 endef
 
+# Every MLflow run of one make demo is nested under a parent run "demo <time>" in its experiment
+# (common/tracking.py); set LOCSENS_RUN_GROUP to name the group yourself.
 demo: install
-	@$(MAKE) --no-print-directory -j$(DEMO_JOBS) $(REPORT_MARKER)
+	@LOCSENS_RUN_GROUP="$${LOCSENS_RUN_GROUP:-demo $$(date -u +%Y-%m-%dT%H:%M:%SZ)}" \
+		$(MAKE) --no-print-directory -j$(DEMO_JOBS) $(REPORT_MARKER)
 	@echo ""; echo "demo: complete. Report: $(REPORT_MARKER); runs: make ui (MLflow UI on http://127.0.0.1:$(MLFLOW_PORT)/#/experiments?workflowType=machine_learning)"
 	@echo "seconds per stage (this and earlier runs):"; cat outputs/demo_timings.tsv 2>/dev/null || true
 

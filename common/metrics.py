@@ -443,6 +443,23 @@ def evaluation_metric_names(ks: Sequence[int] = TAGGING_KS) -> list[str]:
     return names + [QUERIES, QUERIES + NOPLACES, "eval/images"]
 
 
+#: One MLflow metric per suffix whose *steps* are the distance thresholds in km: MLflow's chart view
+#: then draws every selected run's P@10 against distance as one line (the paper's granularity figure).
+P10_BY_KM = "retrieval/P_at_10_by_km"
+
+
+def p10_by_km_series(metrics: Mapping[str, float]) -> dict[str, list[tuple[int, float]]]:
+    """``{P10_BY_KM[+suffix]: [(km, P@10), ...]}`` from an evaluation's metrics, finest first;
+    the granularities it did not measure are left out."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for suffix in ("", NOPLACES):
+        values = {int(km): metrics.get(location_metric_name(g, suffix)) for g, km in GRANULARITIES_KM.items()}
+        points = sorted((km, float(v)) for km, v in values.items() if v is not None and v == v)
+        if points:
+            out[P10_BY_KM + suffix] = points
+    return out
+
+
 def mlflow_metric_name(name: str) -> str:
     """MLflow rejects ``@`` in metric names: ``tagging/A@10`` is logged as ``tagging/A_at_10``,
     ``retrieval/P@10_750km`` as ``retrieval/P_at_10_750km``. Use this for every MLflow metric."""

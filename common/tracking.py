@@ -8,8 +8,12 @@ Imports neither Spark nor torch.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import logging
 import os
+import re
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
@@ -34,6 +38,15 @@ DESCRIPTIONS = {
     "report": "The report (python -m training.report): tables beside the paper's numbers, figures.",
     "search": "Indexed galleries for python -m training.search: photos, index kind, the models that score them.",
 }
+
+#: Runs started while this environment variable names a group (``make demo`` sets it to ``demo <time>``)
+#: are nested, in every experiment, under one parent run of that name: the UI then shows one demo's
+#: runs together, and selecting a parent's children compares them in the chart view.
+GROUP_ENV = "LOCSENS_RUN_GROUP"
+GROUP_TAG, GROUP_PARENT_TAG, PARENT_TAG = "locsens.group", "locsens.group_parent", "mlflow.parentRunId"
+#: On a run, the same tag is its description (Markdown, on the run's page): lineage links go there.
+NOTE_TAG = DESCRIPTION_TAG
+_GROUP_NAME = re.compile(r"^[\w .:+-]{1,200}$")
 
 #: MLflow refuses param values longer than this.
 _MAX_PARAM_CHARS = 6000
@@ -114,9 +127,95 @@ def stage_run(experiment: str, run_name: str, config: Mapping[str, Any], *, trac
     logging.getLogger("alembic").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(check_uri(tracking_uri))
     experiment_id = get_or_create_experiment(experiment, artifact_root)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags or {})) as run:
+    tags = {**group_tags(experiment_id), **(tags or {})}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
         log_params(config)
         mlflow.log_dict(dict(config), "config.yaml")
         log.info("mlflow run %s in experiment %r (%s)", run.info.run_id, experiment, tracking_uri)
         yield run
 
+
+
+# --- run groups and lineage ---------------------------------------------------------------------------
+
+def group_name() -> Optional[str]:
+    """The run group named by ``LOCSENS_RUN_GROUP``, checked (it goes into search filters)."""
+    name = os.environ.get(GROUP_ENV, "").strip()
+    if not name:
+        return None
+    if not _GROUP_NAME.match(name):
+        raise ValueError(f"{GROUP_ENV}={name!r}: use letters, digits, spaces and . : + - _ (at most 200)")
+    return name
+
+
+def group_tags(experiment_id: str) -> dict[str, str]:
+    """Tags that nest a new run under its group's parent run in ``experiment_id`` (none without a group)."""
+    name = group_name()
+    if name is None:
+        return {}
+    return {GROUP_TAG: name, PARENT_TAG: group_parent(experiment_id, name)}
+
+
+def group_parent(experiment_id: str, name: str) -> str:
+    """The id of the parent run of group ``name`` in the experiment, made on first use.
+
+    Stages of one demo start in parallel processes: a lock file on this machine makes one of them
+    create the parent and the others find it. (Processes on other machines sharing a tracking
+    server could each create one; the UI then shows two parents of the same name.)
+    """
+    key = hashlib.sha1(f"{mlflow.get_tracking_uri()}|{experiment_id}|{name}".encode()).hexdigest()[:16]
+    lock = Path(tempfile.gettempdir(), f"locsens-run-group-{key}.lock")
+    client = mlflow.MlflowClient()
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        found = client.search_runs([experiment_id], filter_string=f"tags.`{GROUP_PARENT_TAG}` = '{name}'",
+                                   max_results=1)
+        if found:
+            return found[0].info.run_id
+        run = client.create_run(experiment_id, run_name=name, tags={
+            GROUP_PARENT_TAG: name, GROUP_TAG: name,
+            NOTE_TAG: f"The runs of **{name}** in this experiment are nested below. Select them and open "
+                      "the Chart view to compare their metrics side by side (retrieval/P_at_10_by_km: "
+                      "P@10 against the distance threshold, one line per run)."})
+        client.set_terminated(run.info.run_id)
+        return run.info.run_id
+
+
+def producer() -> dict[str, str]:
+    """Who is writing an output: the active run (id, experiment, name), to be stored in the output's
+    manifest so that the runs that read it can link back; empty outside a run."""
+    run = mlflow.active_run()
+    return run_record(run.info) if run is not None else {}
+
+
+def run_link(run: Mapping[str, str]) -> str:
+    """A Markdown link to a run (``run_id``, ``experiment_id``, ``run_name``) in the MLflow UI."""
+    name = run.get("run_name") or run["run_id"][:8]
+    return f"[{name}](#/experiments/{run['experiment_id']}/runs/{run['run_id']})"
+
+
+def describe_run(client: Any, run_id: str, line: str) -> None:
+    """Append ``line`` to a run's description (Markdown, shown on its page), once."""
+    note = client.get_run(run_id).data.tags.get(NOTE_TAG, "")
+    if line not in note.split("\n"):
+        client.set_tag(run_id, NOTE_TAG, f"{note}\n{line}".strip())
+
+
+def link_runs(client: Any, *, upstream: Mapping[str, str], downstream: Mapping[str, str], what: str) -> None:
+    """Record that run ``downstream`` used ``what`` made by run ``upstream``: a tag
+    ``lineage.<what>`` = upstream id and linked lines in both runs' descriptions."""
+    if not upstream.get("run_id") or not downstream.get("run_id"):
+        return
+    try:
+        client.get_run(upstream["run_id"])
+    except Exception:    # made in another tracking store (or deleted since): nothing to link to
+        log.info("lineage: %s came from run %s, not in this tracking store", what, upstream["run_id"])
+        return
+    client.set_tag(downstream["run_id"], f"lineage.{what}", upstream["run_id"])
+    describe_run(client, downstream["run_id"], f"Uses the {what} of {run_link(upstream)}.")
+    describe_run(client, upstream["run_id"], f"Its {what} used by {run_link(downstream)}.")
+
+
+def run_record(info: Any) -> dict[str, str]:
+    """What a link to a run needs, from its ``RunInfo``."""
+    return {"run_id": info.run_id, "experiment_id": info.experiment_id, "run_name": info.run_name or ""}

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from pyspark.sql import functions as F
 
 from common.contract import MANIFEST_NAME, PLACE_NAMES_SCHEMA, VOCAB_SCHEMA, Manifest
+from common.tracking import producer
 from pipeline import images, img2dataset, io, shards
 from pipeline.config import PipelineError, require_int, run_job
 from pipeline.shard_progress import PROGRESS_DIR
@@ -134,7 +135,7 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
             manifest = Manifest(vocab_size=vocab_size, image_size=size, splits=shards.splits_from_records(files),
                                 extra={"image_source": str(s.image_source), "seed": seed,
                                        "rows_per_file": rows_per_file, "rows_per_row_group": rows_per_group,
-                                       "jpeg_quality": quality})
+                                       "jpeg_quality": quality, "mlflow_run": producer()})
             io.remove(spark, records_path)
             n_stale = remove_stale(spark, tmp, files)
             io.write_text(spark, f"{tmp}/{MANIFEST_NAME}", manifest.to_json())

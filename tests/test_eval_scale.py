@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from embeddings_fixture import write_embeddings
+from servers import free_port
 
 from common import metrics as M
 from training.data.embeddings import LocSensDataModule
@@ -219,12 +219,6 @@ def test_coordinates_out_of_range_are_named():
 
 # --- 2 ranks = 1 rank ---------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_main(rank: int, world: int, port: int, directory: str, out: str, kwargs: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -254,7 +248,7 @@ def test_two_ranks_give_the_metrics_of_one(tmp_path, mode):
     kwargs = dict(place_mask=_places().tolist(), min_images=3, seed=4, ks=[1, 10], pairs=300, mode=mode,
                   rerank={"tags": 8, "images": 20, "nearby": 10, "index": "flat"})
     out = str(tmp_path / "metrics")
-    mp.start_processes(_rank_main, args=(2, _free_port(), str(directory), out, kwargs), nprocs=2, join=True,
+    mp.start_processes(_rank_main, args=(2, free_port(), str(directory), out, kwargs), nprocs=2, join=True,
                        start_method="spawn")
     two = json.loads(open(f"{out}.0").read())
     assert json.loads(open(f"{out}.1").read()) == {}        # rank 1 reports nothing

@@ -56,6 +56,11 @@ def test_synthetic_world_end_to_end(spark, tmp_path):
     m = read_manifest(cfg.shard.output)
     assert s["input_rows"] == v["images"] == sum(i.rows for i in m.splits.values()) + s["rejected"]
     assert {k: i.rows for k, i in m.splits.items()}["test"] + s.get("rejected", 0) >= v["split/test"]
+    import mlflow
+
+    job_run = mlflow.MlflowClient(uri).search_runs(
+        [mlflow.MlflowClient(uri).get_experiment_by_name("pipeline/shard_dataset").experiment_id])[0]
+    assert m.extra["mlflow_run"]["run_id"] == job_run.info.run_id          # the training runs link back to it
 
     rows = json.loads((Path(cfg.outputs.baselines) / "baselines.json").read_text())
     a = {(r["baseline"].split()[0], r["place names"]): r for r in rows}
@@ -66,8 +71,6 @@ def test_synthetic_world_end_to_end(spark, tmp_path):
     b = _metrics(uri, "pipeline/frequency_baselines")
     assert b["baselines/town/A_at_1"] == pytest.approx(a[("town", "kept")]["A@1"])
     # The same numbers as comparable runs beside the models' evaluations (MLflow compare view).
-    import mlflow
-
     runs = {r.data.tags["mlflow.runName"]: r.data.metrics
             for r in mlflow.search_runs(experiment_names=["evaluate"], output_format="list")}
     assert runs["town_frequency"]["tagging/A_at_1"] == pytest.approx(a[("town", "kept")]["A@1"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from servers import chromium, free_port, http, needs_browser, serving
 from shard_fixture import make_shards
 
 from common import metrics as M
@@ -191,6 +191,11 @@ def test_training_runs_log_loadable_models_and_their_datasets(models, index, cap
             code, text, _ = _run(capsys, "tag", "--image", str(photo), "--lat", "48.85", "--lon", "2.35", "--k", "4",
                                  "--index", str(index), "--json")
             assert [t["tag"] for t in json.loads(text)["tags"]] == list(out["tags"][0])
+    # Lineage: LocSens read MCC's export (its run links to MCC's), MCC's evaluation scored MCC's model.
+    mcc, locsens = (next(r for n, r in runs.items() if n.startswith(m)) for m in ("mcc", "locsens_raw"))
+    assert locsens.data.tags["lineage.embeddings"] == mcc.info.run_id
+    assert f"runs/{locsens.info.run_id})" in mcc.data.tags["mlflow.note.content"]
+    assert client.get_run(mcc.data.tags["eval_run_id"]).data.tags["lineage.model"] == mcc.info.run_id
     with pytest.raises(Exception, match="base64"):
         model.predict(pd.DataFrame({"image": ["not base64!"], "latitude": [0.0], "longitude": [0.0]}))
 
@@ -240,71 +245,36 @@ def test_register_without_models_says_so(tmp_path, capsys):
 
 # --- the REST service over the registered models ------------------------------------------------------
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _http(url: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes]:
-    import urllib.error
-    import urllib.request
-
-    req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
 @pytest.fixture(scope="module")
 def service(models, index):
     """``python -m training.serve`` over the fixture's registered models, as a real process."""
-    import time
-
     from training.register import main as register
 
     root, shards, *_ = models
     uri = f"sqlite:///{root}/m.db"
     assert register(["--tracking-uri", uri]) == 0
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "training.serve", "--tracking-uri", uri, "--shards", str(shards),
-                             "--port", str(port), "--max-bytes", "200000"], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        for _ in range(240):
-            try:
-                if _http(f"{base}/health")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.5)
+    with serving([sys.executable, "-m", "training.serve", "--tracking-uri", uri, "--shards", str(shards),
+                  "--port", str(port), "--max-bytes", "200000"], f"{base}/health", timeout=240, cwd=ROOT,
+                 env={**os.environ, "PYTHONPATH": str(ROOT)}):
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_the_service_tags_searches_and_refuses_bad_input(service):
     base = service
-    samples = json.loads(_http(f"{base}/samples?n=3")[1])
+    samples = json.loads(http(f"{base}/samples?n=3")[1])
     assert len(samples) == 3
     pid = samples[0]["photo_id"]
-    jpeg = _http(f"{base}/photo/{pid}.jpg")[1]
+    jpeg = http(f"{base}/photo/{pid}.jpg")[1]
     assert jpeg[:2] == b"\xff\xd8"
-    paris = json.loads(_http(f"{base}/tag?lat=48.85&lon=2.35&k=5", jpeg, {"Content-Type": "image/jpeg"})[1])
-    sydney = json.loads(_http(f"{base}/tag?photo_id={pid}&lat=-33.87&lon=151.21&k=5", b"")[1])
+    paris = json.loads(http(f"{base}/tag?lat=48.85&lon=2.35&k=5", jpeg, {"Content-Type": "image/jpeg"})[1])
+    sydney = json.loads(http(f"{base}/tag?photo_id={pid}&lat=-33.87&lon=151.21&k=5", b"")[1])
     assert "tags" in paris, paris
     assert len(paris["tags"]) == 5 and paris["tags"] != sydney["tags"]
-    status, body = _http(f"{base}/photos?tag=paris&lat=48.85&lon=2.35&k=4")
+    status, body = http(f"{base}/photos?tag=paris&lat=48.85&lon=2.35&k=4")
     found = json.loads(body)["photos"]
-    assert status == 200 and len(found) == 4 and _http(f"{base}{found[0]['thumbnail']}")[0] == 200
+    assert status == 200 and len(found) == 4 and http(f"{base}{found[0]['thumbnail']}")[0] == 200
     for url, data, status in [
         (f"{base}/tag?lat=48.85&lon=2.35", b"not a jpeg", 415),
         (f"{base}/tag?lat=48.85&lon=2.35", b"\xff" * 300000, 413),
@@ -314,31 +284,22 @@ def test_the_service_tags_searches_and_refuses_bad_input(service):
         (f"{base}/photos?tag=paris&lat=48.85&lon=200", None, 422),
         (f"{base}/photo/1.jpg", None, 404),
     ]:
-        code, body = _http(url, data, {"Content-Type": "image/jpeg"} if data else None)
+        code, body = http(url, data, {"Content-Type": "image/jpeg"} if data else None)
         message = json.loads(body)["error"]
         assert code == status and "\n" not in message, (url, code, message)
-    assert "close matches: paris" in json.loads(_http(f"{base}/photos?tag=pariss&lat=1&lon=2")[1])["error"]
-    assert _http(f"{base}/health")[0] == 200                      # still serving
+    assert "close matches: paris" in json.loads(http(f"{base}/photos?tag=pariss&lat=1&lon=2")[1])["error"]
+    assert http(f"{base}/health")[0] == 200                      # still serving
 
 
-@pytest.mark.skipif(not (shutil.which("chromedriver") and shutil.which("chromium")),
-                    reason="no chromium/chromedriver (make test installs them as root: apt-get)")
+@needs_browser
 def test_the_web_page_in_a_real_browser(service, tmp_path):
     """Headless Chromium: pick a sample photo, click two places (the tags differ), search a tag
     near a place (photos appear, as a grid and on the map); a screenshot under tmp_path."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service as ChromeService
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    options = Options()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900"):
-        options.add_argument(arg)
-    options.binary_location = shutil.which("chromium")
-    driver = webdriver.Chrome(service=ChromeService(shutil.which("chromedriver")), options=options)
-    try:
+    with chromium() as driver:
         driver.get(f"{service}/")
         wait = WebDriverWait(driver, 60)
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#samples img")) >= 3)
@@ -367,5 +328,3 @@ def test_the_web_page_in_a_real_browser(service, tmp_path):
         assert driver.execute_script("return state.found.length") > 0            # the points drawn on the map
         driver.save_screenshot(str(tmp_path / "page.png"))
         assert (tmp_path / "page.png").stat().st_size > 10000
-    finally:
-        driver.quit()

@@ -1,14 +1,18 @@
 """MLflow bookkeeping: experiments the UI opens on their runs, with a description each; telemetry off."""
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import mlflow
+import pytest
 
-from common.tracking import (DESCRIPTION_TAG, EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, describe, get_or_create_experiment,
+from common import metrics as M
+from common.tracking import (DESCRIPTION_TAG, EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, GROUP_ENV, GROUP_PARENT_TAG,
+                             GROUP_TAG, NOTE_TAG, PARENT_TAG, describe, get_or_create_experiment, link_runs, producer,
                              stage_run)
 
 
@@ -45,3 +49,80 @@ def test_telemetry_is_off_unless_the_user_allows_it():
     allowed = subprocess.run([sys.executable, "-c", code], env={**env, "MLFLOW_DISABLE_TELEMETRY": "false"}, cwd=root,
                              capture_output=True, text=True, check=True)
     assert allowed.stdout.strip() == "False"
+
+
+# --- run groups (a parent run per demo) and lineage links -------------------------------------------
+
+def _group_child(uri: str, group: str, experiment: str) -> None:
+    os.environ[GROUP_ENV] = group
+    with stage_run(experiment, "child", {}, tracking_uri=uri):
+        pass
+
+
+def test_a_group_nests_its_runs_under_one_parent_per_experiment(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    monkeypatch.setenv(GROUP_ENV, "demo 2026-11-30T17:00:00Z")
+    mlflow.MlflowClient(uri).search_experiments()      # the store exists (MLflow's schema set-up is not concurrent)
+    # Two processes start the group's first runs at once: one parent between them.
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_group_child, args=(uri, "demo 2026-11-30T17:00:00Z", "evaluate")) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    with stage_run("evaluate", "mcc", {}, tracking_uri=uri):
+        pass
+    with stage_run("train", "mcc", {}, tracking_uri=uri):
+        pass
+    monkeypatch.delenv(GROUP_ENV)
+    with stage_run("evaluate", "outside", {}, tracking_uri=uri):
+        pass
+    client = mlflow.MlflowClient(uri)
+    for name, children in (("evaluate", 3), ("train", 1)):
+        runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+        parents = [r for r in runs if GROUP_PARENT_TAG in r.data.tags]
+        assert [p.info.run_name for p in parents] == ["demo 2026-11-30T17:00:00Z"]
+        assert parents[0].info.status == "FINISHED" and "Chart view" in parents[0].data.tags[NOTE_TAG]
+        nested = [r for r in runs if r.data.tags.get(PARENT_TAG) == parents[0].info.run_id]
+        assert len(nested) == children
+        assert all(r.data.tags[GROUP_TAG] == "demo 2026-11-30T17:00:00Z" for r in nested)
+    outside = client.search_runs([client.get_experiment_by_name("evaluate").experiment_id],
+                                 filter_string="attributes.run_name = 'outside'")[0]
+    assert PARENT_TAG not in outside.data.tags
+
+
+def test_a_bad_group_name_names_the_setting(tmp_path, monkeypatch):
+    monkeypatch.setenv(GROUP_ENV, "demo'; drop")
+    with pytest.raises(ValueError, match=GROUP_ENV):
+        with stage_run("evaluate", "x", {}, tracking_uri=f"sqlite:///{tmp_path}/m.db"):
+            pass
+
+
+def test_lineage_links_a_job_to_training_to_evaluation(tmp_path):
+    from training.evaluate.embeddings import log_evaluation
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    with stage_run("pipeline/shard_dataset", "shard_dataset", {}, tracking_uri=uri):
+        shards = producer()
+    with stage_run("train", "mcc", {}, tracking_uri=uri):
+        training = producer()
+    client = mlflow.MlflowClient(uri)
+    link_runs(client, upstream=shards, downstream=training, what="shards")
+    link_runs(client, upstream=shards, downstream=training, what="shards")          # once, not twice
+    metrics = {M.location_metric_name(g): float(i) for i, g in enumerate(M.GRANULARITIES_KM)}
+    evaluation = log_evaluation(metrics, {}, tracking_uri=uri, artifact_root=None, run_name="mcc",
+                                tags={"train_run_id": training["run_id"]})
+    job, train, ev = (client.get_run(r) for r in (shards["run_id"], training["run_id"], evaluation))
+    assert train.data.tags["lineage.shards"] == job.info.run_id and ev.data.tags["lineage.model"] == train.info.run_id
+    assert train.data.tags[NOTE_TAG] == (
+        f"Uses the shards of [shard_dataset](#/experiments/{job.info.experiment_id}/runs/{job.info.run_id}).\n"
+        f"Its model used by [mcc](#/experiments/{ev.info.experiment_id}/runs/{ev.info.run_id}).")
+    assert f"runs/{train.info.run_id})" in ev.data.tags[NOTE_TAG] and f"runs/{train.info.run_id})" in job.data.tags[
+        NOTE_TAG]
+    # P@10 against distance as one metric whose steps are the thresholds in km (one chart line per run).
+    history = client.get_metric_history(evaluation, M.P10_BY_KM)
+    assert [(h.step, h.value) for h in history] == [(1, 0.0), (25, 1.0), (200, 2.0), (750, 3.0), (2500, 4.0)]
+    # A producer from another tracking store is not linked (and nothing fails).
+    link_runs(client, upstream={"run_id": "0" * 32, "experiment_id": "9"}, downstream=training, what="embeddings")
+    assert "lineage.embeddings" not in client.get_run(training["run_id"]).data.tags

@@ -28,7 +28,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from common.files import atomic_write
-from common.tracking import check_uri, flatten, get_or_create_experiment
+from common.tracking import check_uri, flatten, get_or_create_experiment, group_tags, link_runs, run_record
 from training.errors import SetupError
 from training.evaluate.after_fit import evaluate_after_fit
 from training.evaluate.embeddings import embeddings_tags, evaluate_embeddings, log_evaluation
@@ -68,6 +68,8 @@ def _prepare_mlflow(cfg: DictConfig, loggers: list, model: pl.LightningModule) -
     mlf.log_hyperparams(flatten(resolved))
     mlf.experiment.log_dict(mlf.run_id, resolved, "config.yaml")
     mlf.experiment.set_tag(mlf.run_id, "run_dir", str(Path(cfg.run_dir).resolve()))
+    for key, value in group_tags(mlf.experiment_id).items():      # nested under the demo's parent run
+        mlf.experiment.set_tag(mlf.run_id, key, value)
     if getattr(model, "backbone_weights", None):
         mlf.experiment.set_tag(mlf.run_id, "backbone_weights", model.backbone_weights)
     return mlf
@@ -141,6 +143,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             writer.output_dir = evaluation_export_dir(cfg.run_dir, evaluated)
         writer.extra = {"checkpoint": str(Path(best).resolve()) if best else None,
                         "task_name": cfg.task_name}
+        if mlf is not None and trainer.is_global_zero:      # the runs that read the export link back
+            writer.extra["mlflow_run"] = {"run_id": mlf.run_id, "experiment_id": mlf.experiment_id,
+                                          "run_name": cfg.task_name}
         trainer.predict(model, datamodule=datamodule, ckpt_path=best or None, return_predictions=False,
                         weights_only=True)
         embeddings_dir = str(writer.output_dir.resolve())
@@ -187,8 +192,11 @@ def _log_model_and_inputs(cfg: DictConfig, model: pl.LightningModule, datamodule
     MCC it reads, so one model takes an image and a location."""
     from training.serving import pyfunc
 
-    with mlflow.start_run(run_id=run_id):
+    with mlflow.start_run(run_id=run_id) as run:
         pyfunc.log_inputs(datamodule)
+        upstream = datamodule.manifest.extra.get("mlflow_run") or {}
+        what = "embeddings" if getattr(datamodule, "embeddings_dir", None) else "shards"
+        link_runs(mlflow.MlflowClient(), upstream=upstream, downstream=run_record(run.info), what=what)
         if not (cfg.get("log_model", True) and best):
             return
         if type(model).__name__ == "MCC" and embeddings_dir:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from common import metrics as M
 from common.embeddings import (EmbeddingsManifest, arrow_to_embeddings, read_image_embeddings,
                                read_tag_embeddings)
-from common.tracking import stage_run
+from common.tracking import link_runs, producer, run_record, stage_run
 from training.data.shards import place_mask
 from training.evaluate.topk import top_k
 
@@ -111,8 +111,30 @@ def log_evaluation(metrics: Mapping[str, float], config: Mapping[str, Any], *, t
                                          digest=(tags.get("embeddings_export_id") or "unknown")[:32]),
                              context="evaluation")
         mlflow.log_metrics(M.mlflow_metrics(metrics))
+        for name, points in M.p10_by_km_series(metrics).items():
+            for km, value in points:
+                mlflow.log_metric(name, value, step=km)
         mlflow.log_dict(dict(metrics), "metrics.json")
+        _link_upstream(tags or {})
         return run.info.run_id
+
+
+def _link_upstream(tags: Mapping[str, str]) -> None:
+    """Link the active evaluation run to the training run whose model it scored, or else to the run
+    that exported the embeddings it scored (both ways, in the runs' descriptions)."""
+    client = mlflow.MlflowClient()
+    if tags.get("train_run_id"):
+        try:
+            upstream = run_record(client.get_run(tags["train_run_id"]).info)
+        except Exception:
+            return
+        link_runs(client, upstream=upstream, downstream=producer(), what="model")
+    elif tags.get("embeddings_dir"):
+        try:
+            upstream = EmbeddingsManifest.read(tags["embeddings_dir"]).extra.get("mlflow_run") or {}
+        except (OSError, ValueError, TypeError):
+            return
+        link_runs(client, upstream=upstream, downstream=producer(), what="embeddings")
 
 
 def format_table(rows: Mapping[str, Mapping[str, float]], names: Sequence[str]) -> str:
