@@ -181,6 +181,19 @@ def group_parent(experiment_id: str, name: str) -> str:
         return run.info.run_id
 
 
+def is_group_parent(run: Any) -> bool:
+    return GROUP_PARENT_TAG in run.data.tags
+
+
+def latest_finished_run(experiment: str) -> Optional[Any]:
+    """The most recent finished run of ``experiment`` that is not a group's parent (None if none)."""
+    if mlflow.get_experiment_by_name(experiment) is None:
+        return None
+    runs = mlflow.search_runs(experiment_names=[experiment], max_results=20, order_by=["attributes.start_time DESC"],
+                              filter_string="attributes.status = 'FINISHED'", output_format="list")
+    return next((r for r in runs if not is_group_parent(r)), None)
+
+
 def producer() -> dict[str, str]:
     """Who is writing an output: the active run (id, experiment, name), to be stored in the output's
     manifest so that the runs that read it can link back; empty outside a run."""

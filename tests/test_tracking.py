@@ -12,8 +12,8 @@ import pytest
 
 from common import metrics as M
 from common.tracking import (DESCRIPTION_TAG, EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, GROUP_ENV, GROUP_PARENT_TAG,
-                             GROUP_TAG, NOTE_TAG, PARENT_TAG, describe, get_or_create_experiment, link_runs, producer,
-                             stage_run)
+                             GROUP_TAG, NOTE_TAG, PARENT_TAG, describe, get_or_create_experiment, group_parent,
+                             latest_finished_run, link_runs, producer, stage_run)
 
 
 def test_experiments_are_model_training_experiments_with_a_description(tmp_path):
@@ -126,3 +126,14 @@ def test_lineage_links_a_job_to_training_to_evaluation(tmp_path):
     # A producer from another tracking store is not linked (and nothing fails).
     link_runs(client, upstream={"run_id": "0" * 32, "experiment_id": "9"}, downstream=training, what="embeddings")
     assert "lineage.embeddings" not in client.get_run(training["run_id"]).data.tags
+
+
+def test_the_latest_run_of_a_stage_is_never_a_group_parent(tmp_path, monkeypatch):
+    """The report reads each pipeline stage's latest run: a parent made after it must not hide it."""
+    uri = f"sqlite:///{tmp_path}/m.db"
+    with stage_run("pipeline/clean_metadata", "clean_metadata", {}, tracking_uri=uri) as run:
+        mlflow.log_metric("kept", 5)
+    later = group_parent(run.info.experiment_id, "demo later")
+    assert mlflow.MlflowClient(uri).get_run(later).info.start_time >= run.info.start_time
+    assert latest_finished_run("pipeline/clean_metadata").info.run_id == run.info.run_id
+    assert latest_finished_run("pipeline/nothing") is None

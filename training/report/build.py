@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from common.metrics import NOPLACES, location_metric_name
-from common.tracking import stage_run
+from common.tracking import latest_finished_run, stage_run
 from training.data.embeddings import LocSensDataModule
 from training.data.shards import read_split_images, read_vocab
 from training.evaluate.locsens import retrieve_images, tag_images
@@ -42,13 +42,9 @@ def pipeline_stats(tracking_uri: str) -> dict[str, dict[str, float]]:
     mlflow.set_tracking_uri(tracking_uri)
     out = {}
     for stage in ("clean_metadata", "build_vocab", "shard_dataset", "frequency_baselines"):
-        name = f"pipeline/{stage}"
-        if mlflow.get_experiment_by_name(name) is None:
-            continue
-        runs = mlflow.search_runs(experiment_names=[name], max_results=1, order_by=["attributes.start_time DESC"],
-                                  filter_string="attributes.status = 'FINISHED'", output_format="list")
-        if runs:
-            out[stage] = dict(runs[0].data.metrics)
+        run = latest_finished_run(f"pipeline/{stage}")
+        if run is not None:
+            out[stage] = dict(run.data.metrics)
     return out
 
 

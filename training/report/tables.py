@@ -23,6 +23,7 @@ from common.embeddings import MANIFEST_NAME, EmbeddingsManifest
 from common.metrics import (AGNOSTIC_P10, NOPLACES, QUERIES, TAGGING_KS, accuracy_metric_name,
                             evaluation_metric_names, location_metric_name, mlflow_metric_name,
                             tagging_metric_names)
+from common.tracking import latest_finished_run
 
 Results = dict[str, dict[str, float]]          # model -> metric name -> value
 
@@ -133,12 +134,9 @@ def collect_results(tracking_uri: str) -> Results:
                 latest = group[0].data.metrics
                 out["upper_bound"] = {location_metric_name(g): v for k, v in latest.items()
                                       for g in DISTANCE_COLUMNS if k == mlflow_metric_name(f"upper_bound/P@10_{g}")}
-    if mlflow.get_experiment_by_name("pipeline/frequency_baselines") is not None:
-        runs = mlflow.search_runs(experiment_names=["pipeline/frequency_baselines"], max_results=1,
-                                  order_by=["attributes.start_time DESC"],
-                                  filter_string="attributes.status = 'FINISHED'", output_format="list")
-        if runs:
-            out.update(baseline_results(runs[0].data.metrics))
+    baselines = latest_finished_run("pipeline/frequency_baselines")
+    if baselines is not None:
+        out.update(baseline_results(baselines.data.metrics))
     return out
 
 
