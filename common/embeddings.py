@@ -88,10 +88,11 @@ def arrow_to_embeddings(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
 
 
-def read_image_embeddings(directory: str | Path, split: str,
-                          columns: Optional[list[str]] = None) -> pa.Table:
-    """All image-embedding rows of one split, from the files the manifest lists."""
-    manifest = EmbeddingsManifest.read(directory)
+def read_image_embeddings(directory: str | Path, split: str, columns: Optional[list[str]] = None,
+                          manifest: Optional[EmbeddingsManifest] = None) -> pa.Table:
+    """All image-embedding rows of one split, from the files the manifest lists (``manifest``: the
+    directory's, already read, or one that leaves out files found bad)."""
+    manifest = manifest or EmbeddingsManifest.read(directory)
     files = manifest.splits[split]["files"]
     tables = [pq.read_table(Path(directory) / f["path"], columns=columns) for f in files]
     return pa.concat_tables(tables) if tables else image_schema(manifest.dim).empty_table()

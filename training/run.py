@@ -121,11 +121,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     fitting = bool(cfg.get("train", True))
     evaluated = None if fitting else _checkpoint_to_evaluate(cfg)
     datamodule = _build(cfg, "data")
+    bad_files = datamodule.check_files()         # a bad input file stops the run here, or is left out
     model = _build(cfg, "model", num_tags=datamodule.num_tags)
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     mlf = _prepare_mlflow(cfg, loggers, model)
+    if mlf is not None and trainer.is_global_zero:
+        mlf.log_metrics({"data/bad_files": float(len(bad_files))})
+        if bad_files:
+            mlf.experiment.log_dict(mlf.run_id, {b.path: b.problem for b in bad_files}, "data/bad_files.json")
     checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
 
     metrics: dict[str, float] = {}

@@ -14,6 +14,7 @@ instead of the same two thousand neighbours (``bench/locsens_negatives.py``).
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -25,10 +26,13 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from common.embeddings import (EmbeddingsManifest, arrow_to_embeddings, read_image_embeddings,
-                               read_tag_embeddings)
+from common.contract import MANIFEST_NAME, read_manifest
+from common.embeddings import (EmbeddingsManifest, arrow_to_embeddings, image_schema, read_image_embeddings,
+                               read_tag_embeddings, tag_schema)
 from common.metrics import TagSets
+from training.data.check import BadFile, parquet_problem, resolve, same_vocabulary
 from training.data.plan import PlannedStream
+from training.data.shards import read_vocab
 from training.errors import SetupError
 
 COLUMNS = ["photo_id", "embedding", "latitude", "longitude", "tag_ids"]
@@ -67,9 +71,10 @@ class EmbeddingStream(PlannedStream):
 
     def __init__(self, embeddings_dir: str | Path, split: str, *, batch_size: int, shuffle: bool = False,
                  seed: int = 0, world_size: int = 1, rank: int = 0, max_tags: int = 15,
-                 shuffle_rows: int = 262_144, negative_pool: int = 0):
+                 shuffle_rows: int = 262_144, negative_pool: int = 0,
+                 manifest: Optional[EmbeddingsManifest] = None):
         self.dir = Path(embeddings_dir)
-        manifest = EmbeddingsManifest.read(self.dir)
+        manifest = manifest or EmbeddingsManifest.read(self.dir)
         if split not in manifest.splits:
             raise KeyError(f"{self.dir}: split {split!r} was not exported (has {sorted(manifest.splits)})")
         units = []
@@ -141,7 +146,7 @@ class LocSensDataModule(pl.LightningDataModule):
     def __init__(self, embeddings_dir: str, shards_dir: Optional[str] = None, batch_size: int = 1024,
                  eval_batch_size: Optional[int] = None, num_workers: int = 0, seed: int = 0,
                  max_tags: int = 15, persistent_workers: bool = False, shuffle_rows: int = 262_144,
-                 negative_pool: int = 1024):
+                 negative_pool: int = 1024, on_bad_file: str = "error"):
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.embeddings_dir = Path(embeddings_dir)
@@ -158,6 +163,34 @@ class LocSensDataModule(pl.LightningDataModule):
     @property
     def num_tags(self) -> int:
         return int(self.manifest.num_tags)
+
+    def check_files(self) -> list[BadFile]:
+        """Check the export's files (training/data/check.py) and that its tags are the vocabulary of
+        ``shards_dir`` before anything reads them; with ``on_bad_file=skip`` the run goes on without
+        bad image files. Returns those."""
+        m, root = self.manifest, self.embeddings_dir
+        tags = root / m.tags_path
+        problem = parquet_problem(tags, pa.schema([tag_schema(m.dim).field(c) for c in ("index", "tag")]), m.num_tags)
+        if problem:
+            raise SetupError(f"{tags}: {problem}; export the embeddings again")
+        if self.shards_dir is not None and (self.shards_dir / MANIFEST_NAME).exists():
+            shards = read_manifest(self.shards_dir)
+            vocab = read_vocab(self.shards_dir, shards)
+            names = pq.read_table(tags, columns=["index", "tag"]).sort_by("index").column("tag").to_pylist()
+            same_vocabulary(names, dict(zip(vocab.column("index").to_pylist(), vocab.column("tag").to_pylist())),
+                            shards.vocab_size, tags, self.shards_dir / shards.vocab_path)
+        columns = pa.schema([image_schema(m.dim).field(c) for c in COLUMNS])
+        files = [f for info in m.splits.values() for f in info["files"]]
+        bad = {f["path"]: BadFile(str(root / f["path"]), problem) for f in files
+               if (problem := parquet_problem(root / f["path"], columns, f["rows"]))}
+        resolve(list(bad.values()), self.hparams.on_bad_file, len(files), f"embeddings export {root}")
+        if bad:
+            splits = {}
+            for name, info in m.splits.items():
+                kept = [f for f in info["files"] if f["path"] not in bad]
+                splits[name] = {**info, "files": kept, "rows": sum(f["rows"] for f in kept)}
+            self._manifest = dataclasses.replace(m, splits=splits)
+        return list(bad.values())
 
     def tag_embeddings(self) -> np.ndarray:
         if self._tags is None:
@@ -182,7 +215,7 @@ class LocSensDataModule(pl.LightningDataModule):
         return EmbeddingStream(self.embeddings_dir, split,
                                batch_size=self.per_rank_batch(world) if train else (h.eval_batch_size or h.batch_size),
                                shuffle=train, seed=h.seed, world_size=world, rank=rank, max_tags=h.max_tags,
-                               shuffle_rows=h.shuffle_rows, negative_pool=h.negative_pool)
+                               shuffle_rows=h.shuffle_rows, negative_pool=h.negative_pool, manifest=self.manifest)
 
     def _loader(self, stream: EmbeddingStream) -> DataLoader:
         h = self.hparams
@@ -197,7 +230,7 @@ class LocSensDataModule(pl.LightningDataModule):
 
     def split_arrays(self, split: str) -> dict[str, np.ndarray | TagSets]:
         """A whole split in memory for evaluation: embeddings, locations, tag sets, photo ids."""
-        table = read_image_embeddings(self.embeddings_dir, split, columns=COLUMNS)
+        table = read_image_embeddings(self.embeddings_dir, split, columns=COLUMNS, manifest=self.manifest)
         return {"photo_id": table.column("photo_id").to_numpy(),
                 "embedding": arrow_to_embeddings(table.column("embedding")),
                 "latitude": table.column("latitude").to_numpy(),

@@ -6,6 +6,7 @@ Batches are built inside the dataset (``DataLoader(batch_size=None)``) by
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Optional, Sequence
@@ -17,8 +18,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from common.contract import Manifest, read_manifest
+from common.contract import SHARD_SCHEMA, Manifest, SplitInfo, read_manifest
 from common.metrics import TagSets
+from training.data.check import BadFile, parquet_problem, resolve
 from training.data.images import to_batch
 from training.data.plan import PlannedStream
 
@@ -110,7 +112,7 @@ class ShardDataModule(pl.LightningDataModule):
                  crop: int = 224, resize: Optional[int] = None, num_workers: int = 0,
                  shuffle_window: int = 8, seed: int = 0, pin_memory: bool = False,
                  persistent_workers: bool = False, prefetch_factor: Optional[int] = None,
-                 predict_splits: Sequence[str] = ("train", "val", "test")):
+                 predict_splits: Sequence[str] = ("train", "val", "test"), on_bad_file: str = "error"):
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.shards_dir = Path(shards_dir)
@@ -126,6 +128,20 @@ class ShardDataModule(pl.LightningDataModule):
     @property
     def num_tags(self) -> int:
         return self.manifest.vocab_size
+
+    def check_files(self) -> list[BadFile]:
+        """Check every listed shard's footer (training/data/check.py) before anything reads them;
+        with ``on_bad_file=skip`` the run goes on without the bad ones. Returns those."""
+        columns = pa.schema([SHARD_SCHEMA.field(c) for c in BATCH_COLUMNS])
+        files = [(split, f) for split, info in self.manifest.splits.items() for f in info.files]
+        bad = {f.path: BadFile(str(self.shards_dir / f.path), problem) for _, f in files
+               if (problem := parquet_problem(self.shards_dir / f.path, columns, f.rows))}
+        resolve(list(bad.values()), self.hparams.on_bad_file, len(files), f"shards of {self.shards_dir}")
+        if bad:
+            m = self.manifest
+            splits = {name: SplitInfo([f for f in info.files if f.path not in bad]) for name, info in m.splits.items()}
+            self._manifest = dataclasses.replace(m, splits=splits)
+        return list(bad.values())
 
     def _world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
