@@ -78,7 +78,7 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
         st.artifact_text(markdown_table([r.asDict() for r in dropped.orderBy("rank").collect()],
                                         ["rank", "tag", "count"]), "dropped_top_tags.md")
         st.artifact_json(stats, "stats.json")
-        staged.write_text(f"{out.stats}/build_vocab.json", json.dumps(stats, indent=2, sort_keys=True))
+        staged.write_texts(out.stats, {"build_vocab.json": json.dumps(stats, indent=2, sort_keys=True)})
         check("build_vocab", n_clean, {"dataset": stats["images"], "rejected": sum(by_reason.values())})
         log.info("vocabulary %d tags; %d images (%s); %.2f tags per image", n_vocab, stats["images"],
                  ", ".join(f"{k} {v}" for k, v in sorted(by_split.items())), stats["tags_per_image"])

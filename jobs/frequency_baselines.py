@@ -67,8 +67,7 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
         table = markdown_table(rows, ["baseline", "place names", *[f"A@{k}" for k in ks]])
         st.artifact_text(table, "baselines.md")
         st.artifact_json(rows, "baselines.json")
-        staged.write_text(f"{out.baselines}/baselines.md", table + "\n")
-        staged.write_text(f"{out.baselines}/baselines.json", json.dumps(rows, indent=2))
+        staged.write_texts(out.baselines, {"baselines.md": table + "\n", "baselines.json": json.dumps(rows, indent=2)})
         for r in sorted(result, key=lambda r: (r["variant"], r["level"], r["k"])):
             check(f"frequency_baselines {r['level']}/{r['variant']}/A@{r['k']}", n_test,
                   {"scored": r["images"], "without tags to score": unscored[r["variant"]]})

@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 from py4j.protocol import Py4JJavaError
 from pyspark.sql import DataFrame, SparkSession
 
+from common import failpoints
 from pipeline.config import PipelineError
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,25 @@ def _temp_sibling(path: str, tag: str) -> str:
     return f"{parent}/.{name}.{tag}-{uuid.uuid4().hex[:12]}" if parent else f".{name}.{tag}-{uuid.uuid4().hex[:12]}"
 
 
+def recover_leftovers(spark: SparkSession, target: str) -> None:
+    """Clean up after a run of the same job that was killed (SIGKILL, a lost machine): its temps
+    (``.<name>.tmp-*``) are deleted, so they never pile up; a previous output it had moved aside
+    (``.<name>.old-*``) goes back in place when the target is missing (killed mid-publish), else is
+    deleted. Two runs writing the same output at once are not supported (the later one wins)."""
+    parent, _, name = str(target).rstrip("/").rpartition("/")
+    fs, htarget = _fs_and_path(spark, str(target))
+    prefix = f"{parent}/.{name}" if parent else f".{name}"
+    for tag in ("old", "tmp"):
+        found = fs.globStatus(_fs_and_path(spark, f"{prefix}.{tag}-*")[1]) or []
+        for status in sorted(found, key=lambda st: st.getModificationTime(), reverse=True):
+            leftover = status.getPath()
+            if tag == "old" and not fs.exists(htarget) and fs.rename(leftover, htarget):
+                log.warning("restored %s from %s, moved aside by an interrupted run", target, leftover.getName())
+                continue
+            fs.delete(leftover, True)
+            log.warning("removed %s, left by an interrupted run", leftover.getName())
+
+
 def _rename(spark: SparkSession, src: str, dst: str) -> bool:
     """Hadoop's rename; False where it fails, whether it says so or throws (e.g. a missing ``src``)."""
     fs, hsrc = _fs_and_path(spark, src)
@@ -162,6 +182,7 @@ class OutputSet:
         target = str(target)
         if target in self.temps:
             raise ValueError(f"output {target} is staged twice")
+        recover_leftovers(self.spark, target)
         if resumable:
             parent, _, name = target.rstrip("/").rpartition("/")
             self.temps[target] = f"{parent}/.{name}.partial" if parent else f".{name}.partial"
@@ -190,6 +211,14 @@ class OutputSet:
     def read_parquet(self, target: str) -> DataFrame:
         return self.spark.read.parquet(self.temp(target))
 
+    def write_texts(self, target: str, files: dict[str, str]) -> str:
+        """Small text files (tables, stats) that make up the folder ``target``, published together:
+        its temp is a sibling of the folder, never a hidden file inside the published one."""
+        tmp = self.stage(target)
+        for name, text in files.items():
+            _write_text_file(self.spark, f"{tmp}/{name}", text)
+        return tmp
+
     def write_text(self, target: str, text: str) -> str:
         """Write a small text file (stats, tables) for ``target``; returns the temp."""
         tmp = self.stage(target)
@@ -203,6 +232,7 @@ class OutputSet:
         old ones deleted. If a rename fails, the renames done so far are undone (new outputs back
         to their temps, old ones back in place) before the error is raised.
         """
+        failpoints.reach("publish")
         aside: list[tuple[str, str]] = []    # (target, old)
         placed: list[tuple[str, str]] = []   # (target, temp)
         try:

@@ -44,3 +44,17 @@ def synth_world(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth_world")
     generate(SynthParams(out=out, photos=2500, seed=11, image_size=64, workers=1, vocab=REAL_VOCAB), progress=None)
     return out
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fault table (tests/faults.py), when fault tests ran."""
+    import os
+
+    import faults
+
+    if not faults.ROWS:
+        return
+    terminalreporter.section("fault table")
+    terminalreporter.write_line(faults.table())
+    if os.environ.get("FAULT_TABLE"):
+        Path(os.environ["FAULT_TABLE"]).write_text(faults.table() + "\n")
