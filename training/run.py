@@ -22,13 +22,15 @@ import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from common import failpoints
 from common.files import atomic_write
 from common.tracking import check_uri, flatten, get_or_create_experiment, group_tags, link_runs, run_record
+from training.callbacks.failpoint import TrainBatchFailpoint
 from training.errors import SetupError
 from training.evaluate.after_fit import evaluate_after_fit
 from training.evaluate.embeddings import embeddings_tags, evaluate_embeddings, log_evaluation
@@ -53,10 +55,37 @@ def _instantiate_group(group: Optional[DictConfig]) -> list[Any]:
     return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
-def _prepare_mlflow(cfg: DictConfig, loggers: list, model: pl.LightningModule) -> Optional[MLFlowLogger]:
+#: In a run dir: the MLflow run its training made, so that ``resume=true`` continues that run.
+RUN_FILE = "mlflow_run.json"
+
+
+def _continued_run(cfg: DictConfig) -> Optional[str]:
+    """With ``resume=true`` and a checkpoint to resume from: the id of the MLflow run the
+    interrupted training made (``run_dir/mlflow_run.json``), when it is in this tracking store."""
+    path = Path(cfg.run_dir) / RUN_FILE
+    last = Path(cfg.run_dir) / "checkpoints" / "last.ckpt"
+    if not (cfg.get("resume") and path.exists() and last.exists()) or rank_zero_only.rank != 0:
+        return None
+    saved = json.loads(path.read_text())
+    if saved.get("tracking_uri") != cfg.paths.mlflow_tracking_uri:
+        log.warning("resume: %s names a run in %s, not in %s; starting a new MLflow run", path,
+                    saved.get("tracking_uri"), cfg.paths.mlflow_tracking_uri)
+        return None
+    try:
+        mlflow.MlflowClient(check_uri(cfg.paths.mlflow_tracking_uri)).get_run(saved["run_id"])
+    except Exception:
+        log.warning("resume: MLflow run %s (%s) is gone; starting a new one", saved.get("run_id"), path)
+        return None
+    log.info("resume: continuing MLflow run %s", saved["run_id"])
+    return saved["run_id"]
+
+
+def _prepare_mlflow(cfg: DictConfig, loggers: list, model: pl.LightningModule,
+                    continued: bool = False) -> Optional[MLFlowLogger]:
     """Create the training run on rank 0 (experiment made through common.tracking, so its
     artifacts sit with the other stages'), with the flattened config, config.yaml and the weights
-    the backbone actually started from."""
+    the backbone actually started from; or, ``continued``, note the resumption in the run it goes
+    on with (its params stay those it started with: MLflow keeps a param's first value)."""
     mlf = next((lg for lg in loggers if isinstance(lg, MLFlowLogger)), None)
     if mlf is None or rank_zero_only.rank != 0:
         return mlf
@@ -65,8 +94,16 @@ def _prepare_mlflow(cfg: DictConfig, loggers: list, model: pl.LightningModule) -
     name = next(c.experiment_name for c in cfg.logger.values() if c._target_.endswith("MLFlowLogger"))
     get_or_create_experiment(name, cfg.paths.get("mlflow_artifact_root"))  # the logger finds it by name
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    if continued:
+        run = mlf.experiment.get_run(mlf.run_id)
+        times = int(run.data.tags.get("resumed", "0")) + 1
+        mlf.experiment.set_tag(mlf.run_id, "resumed", str(times))
+        mlf.experiment.log_dict(mlf.run_id, resolved, f"config_resumed_{times}.yaml")
+        return mlf
     mlf.log_hyperparams(flatten(resolved))
     mlf.experiment.log_dict(mlf.run_id, resolved, "config.yaml")
+    atomic_write(Path(cfg.run_dir) / RUN_FILE, json.dumps({"run_id": mlf.run_id, "experiment_id": mlf.experiment_id,
+                                                          "tracking_uri": cfg.paths.mlflow_tracking_uri}))
     mlf.experiment.set_tag(mlf.run_id, "run_dir", str(Path(cfg.run_dir).resolve()))
     for key, value in group_tags(mlf.experiment_id).items():      # nested under the demo's parent run
         mlf.experiment.set_tag(mlf.run_id, key, value)
@@ -124,9 +161,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     bad_files = datamodule.check_files()         # a bad input file stops the run here, or is left out
     model = _build(cfg, "model", num_tags=datamodule.num_tags)
     callbacks = _instantiate_group(cfg.get("callbacks"))
+    if os.environ.get(failpoints.ENV):               # fault tests only (common/failpoints.py)
+        callbacks.append(TrainBatchFailpoint())
+    continued = _continued_run(cfg) if fitting else None
+    if continued:                                    # resume=true: the interrupted run goes on
+        with open_dict(cfg):
+            for c in cfg.logger.values():
+                if c._target_.endswith("MLFlowLogger"):
+                    c.run_id = continued
     loggers = _instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    mlf = _prepare_mlflow(cfg, loggers, model)
+    mlf = _prepare_mlflow(cfg, loggers, model, continued=bool(continued))
     if mlf is not None and trainer.is_global_zero:
         mlf.log_metrics({"data/bad_files": float(len(bad_files))})
         if bad_files:
