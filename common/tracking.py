@@ -10,16 +10,21 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 # Usage telemetry off in everything the project starts (users' machines are often offline and their
 # data is theirs); set MLFLOW_DISABLE_TELEMETRY=false to allow it. Read by MLflow when it would send.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# A tracking server that is down fails a request in seconds rather than after MLflow's default
+# minutes of retries: the project's metric logging keeps the metrics and tries later (MetricBuffer).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 
 import mlflow  # noqa: E402
 
@@ -128,12 +133,28 @@ def stage_run(experiment: str, run_name: str, config: Mapping[str, Any], *, trac
     mlflow.set_tracking_uri(check_uri(tracking_uri))
     experiment_id = get_or_create_experiment(experiment, artifact_root)
     tags = {**group_tags(experiment_id), **(tags or {})}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+    try:
         log_params(config)
         mlflow.log_dict(dict(config), "config.yaml")
         log.info("mlflow run %s in experiment %r (%s)", run.info.run_id, experiment, tracking_uri)
         yield run
+    except BaseException:
+        end_run("FAILED")
+        raise
+    end_run("FINISHED")
 
+
+def end_run(status: str) -> None:
+    """End the active run; when the tracking server cannot take it, say so once (the server shows
+    the run as running), so that work that ran is not failed by the server. (MLflow forgets the
+    run locally before it tells the server.)"""
+    run = mlflow.active_run()
+    try:
+        mlflow.end_run(status)
+    except Exception as exc:
+        log.warning("MLflow: could not mark run %s %s (%s); the tracking server shows it as running",
+                    run.info.run_id if run else "?", status, first_line(exc))
 
 
 # --- run groups and lineage ---------------------------------------------------------------------------
@@ -232,3 +253,77 @@ def link_runs(client: Any, *, upstream: Mapping[str, str], downstream: Mapping[s
 def run_record(info: Any) -> dict[str, str]:
     """What a link to a run needs, from its ``RunInfo``."""
     return {"run_id": info.run_id, "experiment_id": info.experiment_id, "run_name": info.run_name or ""}
+
+
+# --- a tracking server that goes away ------------------------------------------------------------------
+
+def first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+class MetricBuffer:
+    """Metrics on their way to a tracking server that may be unreachable for a while.
+
+    ``send(metrics, step)`` logs one batch (and raises when the server cannot take it). While the
+    server is down, batches are kept in order, one warning says so, and sending is tried again at
+    most every ``retry_seconds``, so that the work logging them never waits in between; the first
+    send that works sends everything kept, and a second warning says the server is back.
+    :meth:`close` waits up to ``timeout`` seconds for the server, then writes what is left to
+    ``unsent_path`` (JSON lines: metrics, step, time) with one warning. Used by the training logger
+    (training/loggers.py) and the pipeline jobs (pipeline/stage.py).
+    """
+
+    def __init__(self, send: Callable[[dict[str, float], Optional[int]], None], *, where: str,
+                 retry_seconds: float = 30.0, unsent_path: Optional[str] = None):
+        self.send, self.where = send, where
+        self.retry_seconds, self.unsent_path = float(retry_seconds), unsent_path
+        self.pending: list[tuple[dict[str, float], Optional[int], float]] = []
+        self.down_since: Optional[float] = None
+        self._next_try = 0.0
+
+    def log(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
+        self.pending.append((dict(metrics), step, time.time()))
+        if self.down_since is None or time.monotonic() >= self._next_try:
+            self.flush()
+
+    def flush(self) -> bool:
+        """Send what is kept, oldest first; False (server down) at the first failure."""
+        while self.pending:
+            metrics, step, _ = self.pending[0]
+            try:
+                self.send(metrics, step)
+            except Exception as exc:       # connection refused, timeouts, 5xx: MLflow raises several kinds
+                self.went_down(exc)
+                return False
+            self.pending.pop(0)
+        if self.down_since is not None:
+            log.warning("MLflow tracking server %s is back after %.0f s: the metrics kept meanwhile were sent",
+                        self.where, time.monotonic() - self.down_since)
+            self.down_since = None
+        return True
+
+    def went_down(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self.down_since is None:
+            self.down_since = now
+            log.warning("MLflow tracking server %s unreachable (%s): the work goes on; metrics are kept and sent "
+                        "when it is back (tried every %.0f s)", self.where, first_line(exc), self.retry_seconds)
+        self._next_try = now + self.retry_seconds
+
+    def close(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds to send what is kept; True when nothing is left unsent."""
+        deadline = time.monotonic() + timeout
+        while self.pending and not self.flush() and time.monotonic() < deadline:
+            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+        if not self.pending:
+            return True
+        rows = [{"metrics": m, "step": s, "time": t} for m, s, t in self.pending]
+        if self.unsent_path:
+            path = Path(self.unsent_path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as out:
+                out.writelines(json.dumps(r) + "\n" for r in rows)
+        log.warning("MLflow tracking server %s still unreachable after %.0f s: %d metric batches not sent%s",
+                    self.where, timeout, len(rows), f"; kept in {self.unsent_path}" if self.unsent_path else "")
+        self.pending = []
+        return False

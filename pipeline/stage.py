@@ -11,7 +11,7 @@ import mlflow
 from omegaconf import DictConfig
 from pyspark.sql import SparkSession
 
-from common.tracking import stage_run
+from common.tracking import MetricBuffer, first_line, stage_run
 from pipeline.config import PipelineError, to_dict
 from pipeline.spark import spark_session
 
@@ -26,16 +26,22 @@ def start_spark(cfg: DictConfig, app: str) -> SparkSession:
 
 
 class Stage:
-    """The live MLflow run of a job, with helpers for metrics, timings and small artifacts."""
+    """The live MLflow run of a job, with helpers for metrics, timings and small artifacts.
 
-    def __init__(self, name: str):
+    Metrics go through a :class:`~common.tracking.MetricBuffer`: a tracking server that goes away
+    mid-job delays them (one warning) instead of failing the job; artifacts it cannot take are
+    reported and skipped (the job's outputs hold the same tables)."""
+
+    def __init__(self, name: str, *, where: str = "", retry_seconds: float = 30.0):
         self.name = name
         self.metrics: dict[str, float] = {}
         self._t0 = time.perf_counter()
+        self.buffer = MetricBuffer(lambda m, step: mlflow.log_metrics(m, step=step), where=where,
+                                   retry_seconds=retry_seconds)
 
     def metric(self, key: str, value: float) -> None:
         self.metrics[key] = float(value)
-        mlflow.log_metric(key.replace("@", "_at_"), float(value))
+        self.buffer.log({key.replace("@", "_at_"): float(value)})
 
     def metrics_from(self, values: Mapping[str, float], prefix: str = "") -> None:
         for k, v in values.items():
@@ -49,10 +55,13 @@ class Stage:
         log.info("%s: %s took %.1fs", self.name, step, time.perf_counter() - t)
 
     def artifact_json(self, obj: Any, name: str) -> None:
-        mlflow.log_text(json.dumps(obj, indent=2, sort_keys=True, default=str), name)
+        self.artifact_text(json.dumps(obj, indent=2, sort_keys=True, default=str), name)
 
     def artifact_text(self, text: str, name: str) -> None:
-        mlflow.log_text(text, name)
+        try:
+            mlflow.log_text(text, name)
+        except Exception as exc:
+            log.warning("%s: artifact %s not recorded in MLflow (%s)", self.name, name, first_line(exc))
 
 
 def log_effective_spark_settings() -> None:
@@ -74,10 +83,13 @@ def stage(cfg: DictConfig, name: str) -> Iterator[Stage]:
     with stage_run(f"{cfg.mlflow.experiment_prefix}/{name}", name, config,
                    tracking_uri=cfg.paths.mlflow_tracking_uri,
                    artifact_root=cfg.paths.mlflow_artifact_root) as _run:
-        st = Stage(name)
+        st = Stage(name, where=cfg.paths.mlflow_tracking_uri, retry_seconds=cfg.mlflow.get("retry_seconds", 30))
         log_effective_spark_settings()
-        yield st
-        st.metric("seconds/total", time.perf_counter() - st._t0)
+        try:
+            yield st
+        finally:
+            st.metric("seconds/total", time.perf_counter() - st._t0)
+            st.buffer.close(float(cfg.mlflow.get("flush_timeout", 120)))
 
 
 def check_conservation(stage_name: str, n_in: int, parts: Mapping[str, int]) -> None:

@@ -52,3 +52,36 @@ def kill_when(argv: list[str], ready: Callable[[], bool], log: Path, *, timeout:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=60)
     return time.monotonic() - t0
+
+
+class MlflowServer:
+    """``mlflow server`` on loopback over a SQLite store, which a test can kill and start again."""
+
+    def __init__(self, directory: Path, port: int):
+        self.directory, self.port = directory, port
+        self.uri = f"http://127.0.0.1:{port}"
+        self.argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{directory}/server.db",
+                     "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120) -> None:
+        from servers import http
+
+        log = open(self.directory / "server.log", "a")
+        self.proc = subprocess.Popen(self.argv, cwd=self.directory, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if http(f"{self.uri}/health", timeout=2)[0] == 200:
+                    return
+            except OSError:
+                pass
+            assert self.proc.poll() is None and time.monotonic() < deadline, \
+                (self.directory / "server.log").read_text()[-2000:]
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()

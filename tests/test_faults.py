@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
-from faults import kill_when, record, spark_env
+from faults import MlflowServer, kill_when, record, spark_env
 from job_helpers import job_config
 
 from common.failpoints import ENV as FAILPOINT_ENV
@@ -238,3 +238,122 @@ def test_a_ddp_rank_killed_mid_epoch_resumes_to_the_same_weights(tmp_path):
            "SIGKILL to rank 1's process at epoch 2 batch 2",
            f"rank 0 stopped {stopped:.0f} s later (exit {rc}); resume=true on 2 ranks: weights equal, one MLflow run",
            "0 steps", recovery)
+
+
+# --- the MLflow tracking server goes away --------------------------------------------------------------
+
+def test_training_outlives_a_tracking_server_that_goes_away(tmp_path):
+    """``mlflow server`` on loopback is SIGKILLed after the first epoch and restarted two epochs
+    later: training neither crashes nor waits; every metric reaches the run once the server is
+    back (as many as an undisturbed run logs), with one warning each way; the run ends FINISHED."""
+    import os
+    import subprocess
+    import sys
+
+    import mlflow
+    import torch
+    from servers import free_port
+    from shard_fixture import make_shards
+
+    from training.run import train
+
+    shards = tmp_path / "shards"
+    make_shards(shards, rows={"train": 64, "val": 24, "test": 24}, row_group_size=8, files_per_split=2)
+    args = [*MCC_ARGS, "trainer.max_epochs=6", "trainer.log_every_n_steps=1", "logger.mlflow.retry_seconds=2",
+            "evaluate=false", "callbacks.embedding_writer=null"]
+    train(_compose([*args, *_paths(tmp_path / "reference", shards)]))
+
+    server = MlflowServer(tmp_path, free_port())
+    uri = server.uri
+
+    def epoch_done(n: int) -> bool:
+        last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+        try:
+            return last.exists() and torch.load(last, map_location="cpu", weights_only=True)["epoch"] >= n
+        except Exception:              # being written
+            return False
+
+    server.start()
+    log = tmp_path / "train.log"
+    training = subprocess.Popen(
+        [sys.executable, "-m", "training.run", *args, f"paths.root_dir={tmp_path}", f"paths.shards_dir={shards}",
+         f"paths.mlflow_tracking_uri={uri}", f"run_dir={tmp_path / 'run'}"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    try:
+        while not epoch_done(0):
+            assert training.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.05)
+        server.kill()
+        down = time.perf_counter()
+        while not epoch_done(2):                     # training goes on without the server
+            assert training.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.05)
+        server.start()
+        recovery = time.perf_counter() - down
+        assert training.wait(timeout=600) == 0, log.read_text()[-3000:]
+        text = log.read_text()
+        assert text.count("unreachable") == 1 and text.count("is back after") == 1, text[-3000:]
+        client = mlflow.MlflowClient(uri)
+        run = client.search_runs([client.get_experiment_by_name("train").experiment_id])[0]
+        assert run.info.status == "FINISHED"
+        ref = mlflow.MlflowClient(f"sqlite:///{tmp_path}/reference/m.db")
+        ref_run = ref.search_runs([ref.get_experiment_by_name("train").experiment_id])[0]
+        for key in ("train/loss", "val/loss", "epoch"):
+            got = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
+            want = [(m.step, m.value) for m in ref.get_metric_history(ref_run.info.run_id, key)]
+            assert [s for s, _ in got] == [s for s, _ in want] and len(got) >= 6, key
+    finally:
+        training.kill()
+        server.kill()
+    record("MLflow tracking server killed during training", "SIGKILL to `mlflow server` after epoch 0, restarted "
+           "after epoch 2", "training went on; metrics kept and sent when the server was back; one warning each way",
+           "0 metrics", recovery)
+
+
+def test_a_pipeline_job_outlives_a_tracking_server_that_goes_away(spark, tmp_path, synth_world):
+    """clean_metadata under spark-submit logs to ``mlflow server``, which is SIGKILLed once the job
+    has started reading and restarted once the job has noticed: the job finishes and publishes;
+    its run holds every metric an undisturbed run logs, and ends FINISHED."""
+    import subprocess
+
+    import mlflow
+    from servers import free_port
+
+    from jobs.clean_metadata import main as clean_metadata
+
+    reference = job_config(tmp_path / "reference", synth_world, *SETTINGS)
+    clean_metadata(reference)
+    server = MlflowServer(tmp_path, free_port())
+    server.start()
+    args = [f"paths.root_dir={tmp_path}", f"paths.raw_dir={synth_world}", f"paths.mlflow_tracking_uri={server.uri}",
+            "spark.shuffle_partitions=2", "mlflow.retry_seconds=2", *SETTINGS]
+    log = tmp_path / "job.log"
+    job = subprocess.Popen(["spark-submit", "--master", "local[1]", "--conf", "spark.ui.enabled=false",
+                            str(ROOT / "jobs" / "clean_metadata.py"), *args], cwd=ROOT, env=spark_env(),
+                           stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    try:
+        for marker in ("reading ", "unreachable"):
+            while marker not in log.read_text():
+                assert job.poll() is None, log.read_text()[-3000:]
+                time.sleep(0.05)
+            if marker == "reading ":
+                server.kill()
+                down = time.perf_counter()
+        server.start()
+        recovery = time.perf_counter() - down
+        assert job.wait(timeout=600) == 0, log.read_text()[-3000:]
+        text = log.read_text()
+        assert text.count("unreachable") == 1 and text.count("is back after") == 1, text[-3000:]
+        client = mlflow.MlflowClient(server.uri)
+        run = client.search_runs([client.get_experiment_by_name("pipeline/clean_metadata").experiment_id])[0]
+        ref = mlflow.MlflowClient(reference.paths.mlflow_tracking_uri)
+        ref_run = ref.search_runs([ref.get_experiment_by_name("pipeline/clean_metadata").experiment_id])[0]
+        assert run.info.status == "FINISHED" and run.data.metrics.keys() == ref_run.data.metrics.keys()
+        assert run.data.metrics["kept"] == ref_run.data.metrics["kept"]
+        assert _rows(spark, f"{tmp_path}/data/work/clean") == _rows(spark, reference.outputs.clean)
+    finally:
+        job.kill()
+        server.kill()
+    record("MLflow tracking server killed during a Spark job (clean_metadata)", "SIGKILL to `mlflow server` once "
+           "the job was reading, restarted once it noticed", "job finished and published; metrics sent when the "
+           "server was back; one warning each way", "0 metrics, 0 rows", recovery)

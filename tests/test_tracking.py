@@ -1,6 +1,7 @@
 """MLflow bookkeeping: experiments the UI opens on their runs, with a description each; telemetry off."""
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import subprocess
@@ -137,3 +138,33 @@ def test_the_latest_run_of_a_stage_is_never_a_group_parent(tmp_path, monkeypatch
     assert mlflow.MlflowClient(uri).get_run(later).info.start_time >= run.info.start_time
     assert latest_finished_run("pipeline/clean_metadata").info.run_id == run.info.run_id
     assert latest_finished_run("pipeline/nothing") is None
+
+
+def test_a_metric_buffer_keeps_metrics_while_the_server_is_down(tmp_path, caplog):
+    """Kept in order while sending fails, tried at most every retry_seconds, all sent once it works;
+    what never gets through lands in the unsent file with one warning."""
+    from common.tracking import MetricBuffer
+
+    sent, up, tries = [], {"up": True}, []
+
+    def send(metrics, step):
+        tries.append(step)
+        if not up["up"]:
+            raise ConnectionError("Connection refused")
+        sent.append((step, metrics))
+
+    buffer = MetricBuffer(send, where="http://127.0.0.1:1", retry_seconds=3600, unsent_path=str(tmp_path / "u.jsonl"))
+    buffer.log({"a": 1.0}, 0)
+    up["up"] = False
+    for step in (1, 2, 3):
+        buffer.log({"a": float(step)}, step)
+    assert tries == [0, 1] and len(buffer.pending) == 3          # one failed try, then no waiting on the server
+    up["up"] = True
+    assert buffer.flush() and [s for s, _ in sent] == [0, 1, 2, 3] and buffer.pending == []
+    assert sum("unreachable" in r.message for r in caplog.records) == 1
+    assert sum("is back after" in r.message for r in caplog.records) == 1
+    up["up"] = False
+    buffer.log({"a": 9.0}, 9)
+    assert not buffer.close(timeout=0)
+    assert json.loads((tmp_path / "u.jsonl").read_text())["step"] == 9
+    assert any("1 metric batches not sent; kept in" in r.message for r in caplog.records)

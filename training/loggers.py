@@ -1,0 +1,45 @@
+"""Lightning's MLflow logger, made to outlive a tracking server that goes away during training.
+
+A run on YFCC100M lasts days and tracking servers restart. Lightning's ``MLFlowLogger`` raises on
+the first metric the server cannot take (after MLflow's own HTTP retries), which kills the
+training. :class:`BufferedMLFlowLogger` hands its metrics to a :class:`common.tracking.MetricBuffer`
+instead: kept while the server is unreachable, sent in order once it is back, one warning each
+way; at the end it waits up to ``flush_timeout`` seconds, then writes what is still unsent to
+``unsent_path``. Rank 0 only, like the logger it extends.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping, Optional
+
+from pytorch_lightning.loggers import MLFlowLogger
+from pytorch_lightning.utilities import rank_zero_only
+
+from common.tracking import MetricBuffer, first_line
+
+log = logging.getLogger(__name__)
+
+
+class BufferedMLFlowLogger(MLFlowLogger):
+    def __init__(self, *args: Any, retry_seconds: float = 30.0, flush_timeout: float = 120.0,
+                 unsent_path: Optional[str] = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.flush_timeout = float(flush_timeout)
+        self.buffer = MetricBuffer(lambda m, s: MLFlowLogger.log_metrics(self, m, s), where=self._tracking_uri,
+                                   retry_seconds=retry_seconds, unsent_path=unsent_path)
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
+        self.buffer.log(metrics, step)
+
+    @rank_zero_only
+    def finalize(self, status: str = "success") -> None:
+        """Send what is kept (waiting up to ``flush_timeout`` for the server), then end the run; a
+        run whose metrics could not all be sent stays as the server has it (running)."""
+        if not self.buffer.close(self.flush_timeout):
+            return
+        try:
+            super().finalize(status)
+        except Exception as exc:
+            log.warning("MLflow: could not mark run %s %s (%s); it shows as running until resumed", self._run_id,
+                        status, first_line(exc))
