@@ -25,7 +25,7 @@ SPARK_JAVA_OPTS ?= -XX:+UseParallelGC -Dlog4j2.configurationFile=conf/log4j2.pro
 PIPELINE_JOBS := clean_metadata build_vocab shard_dataset frequency_baselines
 PIPELINE_ARGS ?= paths.raw_dir=$(SAMPLE_DIR) shard.image_size=128 shard.rows_per_file=5000 shard.rows_per_row_group=250
 
-.PHONY: install demo test test-fast sample pipeline bench clean train-mcc train-mlc train-her report ui repeats search-index register serve browser \
+.PHONY: faults install demo test test-fast sample pipeline bench clean train-mcc train-mlc train-her report ui repeats search-index register serve browser \
 	worker-env dist cluster-up cluster-down img2dataset-env
 
 install: $(STAMP)
@@ -219,6 +219,13 @@ $(I2D_STAMP): $(STAMP) constraints-img2dataset.txt
 
 test: install worker-env img2dataset-env browser
 	$(PY) -m pytest
+
+# The fault tests alone (tests marked faults: SIGKILL of Spark jobs, of training and of a DDP
+# rank; a tracking server that goes away; corrupt files; fuzzed lines), ending with the fault
+# table, which also goes to outputs/faults.md. They run in make test too.
+faults: install worker-env
+	@mkdir -p outputs
+	FAULT_TABLE=outputs/faults.md $(PY) -m pytest -m faults -q
 
 # The web page's test drives headless Chromium: Debian's chromium and chromium-driver, installed
 # when missing (as root, as CI runs); without root that one test is skipped, saying why.

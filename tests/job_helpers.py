@@ -3,6 +3,7 @@ reruns, leftovers of staged publishing, and a conservation check that always ref
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from pipeline.config import PipelineError, load_config
@@ -19,6 +20,16 @@ def digests(path: str | Path) -> dict[str, str]:
     path = Path(path)
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     return {str(f.relative_to(path.parent)): hashlib.md5(f.read_bytes()).hexdigest() for f in files}
+
+
+def shard_digests(shards: str | Path) -> dict[str, str]:
+    """:func:`digests` of a shard directory, its manifest compared without the MLflow run that wrote
+    it (``extra.mlflow_run``, different in every run): equal for runs that wrote the same shards."""
+    out = {k: v for k, v in digests(shards).items() if not k.endswith("/manifest.json")}
+    manifest = json.loads((Path(shards) / "manifest.json").read_text())
+    assert manifest["extra"].pop("mlflow_run", {}) is not None
+    out["manifest.json"] = hashlib.md5(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    return out
 
 
 def hidden_entries(folder: str | Path) -> list[str]:

@@ -4,7 +4,6 @@ project), submitted with relative paths and the project's code shipped as a zip:
 and shard files with the same bytes, as in local mode. Tear-down leaves no daemon behind."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from job_helpers import shard_digests
 
 from pipeline.cluster import _running, package, start_cluster, stop_cluster
 
@@ -64,11 +64,6 @@ def rows(path: Path, run_folder: Path) -> list[dict]:
     return sorted(text)
 
 
-def digests(folder: Path) -> dict[str, str]:
-    return {str(f.relative_to(folder)): hashlib.md5(f.read_bytes()).hexdigest()
-            for f in sorted(folder.rglob("*")) if f.is_file()}
-
-
 def test_the_jobs_on_a_standalone_cluster_match_local_mode(cluster, world, tmp_path):
     code = package(tmp_path / "locsens-pipeline.zip")
     run_jobs(tmp_path / "local", world, ["--master", "local[2]", "--conf", f"spark.pyspark.python={sys.executable}"])
@@ -78,8 +73,8 @@ def test_the_jobs_on_a_standalone_cluster_match_local_mode(cluster, world, tmp_p
     for output in ("clean", "clean_rejects", "dataset", "dataset_rejects", "vocab.parquet", "place_names.parquet",
                    "shard_rejects", "image_urls"):
         assert rows(remote / output, tmp_path / "cluster") == rows(local / output, tmp_path / "local"), output
-    shards = digests(local / "shards")
-    assert len(shards) > 5 and digests(remote / "shards") == shards
+    shards = shard_digests(local / "shards")
+    assert len(shards) > 5 and shard_digests(remote / "shards") == shards
     assert pq.read_table(remote / "shard_rejects").num_rows == 0      # every image found by the workers
     assert json.loads((remote / "baselines" / "baselines.json").read_text()) == \
         json.loads((local / "baselines" / "baselines.json").read_text())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from embeddings_fixture import write_embeddings
+from faults import record
 from hydra import compose, initialize_config_dir
 from shard_fixture import make_shards
 
@@ -25,6 +27,7 @@ from training.data.shards import ShardDataModule
 from training.errors import SetupError
 from training.run import train
 
+pytestmark = pytest.mark.faults
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
 torch.set_num_threads(1)
@@ -64,8 +67,10 @@ def _other_schema(path: Path) -> None:
 def test_a_bad_shard_stops_the_run_naming_the_file(clean_shards, tmp_path, damage, message):
     shards, bad = _copy(clean_shards, tmp_path)
     damage(bad)
+    t0 = time.perf_counter()
     with pytest.raises(SetupError) as err:
         ShardDataModule(str(shards)).check_files()
+    checked = time.perf_counter() - t0
     text = str(err.value)
     assert text.startswith(f"{bad}: {message}") and "data.on_bad_file=skip" in text and "\n" not in text
     skipped = ShardDataModule(str(shards), on_bad_file="skip")
@@ -73,6 +78,9 @@ def test_a_bad_shard_stops_the_run_naming_the_file(clean_shards, tmp_path, damag
     second = read_manifest(shards).splits["train"].files[1].path
     assert [f.path for f in skipped.manifest.splits["train"].files] == [second]
     assert ShardDataModule(str(clean_shards)).check_files() == []
+    record(f"shard file: {message.split(' (')[0]}", "a listed training shard damaged before training",
+           "one-line error naming the file before training; data.on_bad_file=skip trains without it (counted)",
+           "0 (the run does not start), or that file's rows with skip", checked)
 
 
 def test_a_bad_setting_and_all_files_bad_are_refused(clean_shards, tmp_path):
@@ -100,6 +108,8 @@ def test_an_export_from_another_vocabulary_is_refused(clean_shards, tmp_path):
         LocSensDataModule(str(export)).check_files()
     dm = LocSensDataModule(str(export), on_bad_file="skip")
     assert len(dm.check_files()) == 1 and dm.split_arrays("test")["embedding"].shape[0] == 150
+    record("embeddings export from another vocabulary", "LocSens pointed at an export of other shards",
+           "one-line error naming the export and the vocabulary before training", "0 (the run does not start)", 0.0)
 
 
 def test_training_run_says_it_in_one_line_or_skips_and_counts(clean_shards, tmp_path):

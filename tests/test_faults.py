@@ -255,14 +255,10 @@ def test_training_outlives_a_tracking_server_that_goes_away(tmp_path):
     from servers import free_port
     from shard_fixture import make_shards
 
-    from training.run import train
-
     shards = tmp_path / "shards"
     make_shards(shards, rows={"train": 64, "val": 24, "test": 24}, row_group_size=8, files_per_split=2)
     args = [*MCC_ARGS, "trainer.max_epochs=6", "trainer.log_every_n_steps=1", "logger.mlflow.retry_seconds=2",
             "evaluate=false", "callbacks.embedding_writer=null"]
-    train(_compose([*args, *_paths(tmp_path / "reference", shards)]))
-
     server = MlflowServer(tmp_path, free_port())
     uri = server.uri
 
@@ -296,12 +292,9 @@ def test_training_outlives_a_tracking_server_that_goes_away(tmp_path):
         client = mlflow.MlflowClient(uri)
         run = client.search_runs([client.get_experiment_by_name("train").experiment_id])[0]
         assert run.info.status == "FINISHED"
-        ref = mlflow.MlflowClient(f"sqlite:///{tmp_path}/reference/m.db")
-        ref_run = ref.search_runs([ref.get_experiment_by_name("train").experiment_id])[0]
-        for key in ("train/loss", "val/loss", "epoch"):
-            got = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
-            want = [(m.step, m.value) for m in ref.get_metric_history(ref_run.info.run_id, key)]
-            assert [s for s, _ in got] == [s for s, _ in want] and len(got) >= 6, key
+        steps = {key: [m.step for m in client.get_metric_history(run.info.run_id, key)]
+                 for key in ("train/loss", "val/loss")}
+        assert steps["train/loss"] == list(range(6 * 4)) and steps["val/loss"] == [3, 7, 11, 15, 19, 23]  # all 6 epochs
     finally:
         training.kill()
         server.kill()

@@ -9,12 +9,13 @@ import re
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from faults import record
 from job_helpers import job_config
 from yfcc_factory import TOWNS, at
 
 from pipeline import clean
 
-pytestmark = pytest.mark.spark
+pytestmark = [pytest.mark.spark, pytest.mark.faults]
 
 FIELDS = 25
 TOWN_NAMES = ("nyc", "galway", "paris")
@@ -61,6 +62,18 @@ def hadoop_lines(data: bytes) -> int:
 
 
 REASONS = set(clean.REJECT_REASONS)
+TOTALS: dict = {"files": 0, "lines": 0, "kept": 0, "rejected": 0, "reasons": set()}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fault_row():
+    """One fault-table row for all the generated files."""
+    yield
+    if TOTALS["files"]:
+        record("fuzzed YFCC lines", f"{TOTALS['lines']} lines in {TOTALS['files']} files (random bytes, wrong field "
+               "counts, huge fields, broken escapes, NUL, lone CR) through clean_metadata",
+               f"{TOTALS['kept']} kept, {TOTALS['rejected']} rejected with {len(TOTALS['reasons'])} known reasons; "
+               "no crash", "0 lines", 0.0)
 
 
 @settings(max_examples=6, deadline=None, derandomize=True,
@@ -91,3 +104,8 @@ def test_every_fuzzed_line_is_kept_or_rejected_with_a_reason(spark, tmp_path_fac
     assert n_kept >= 1                                       # the real first line
     bad = kept.where("latitude < -90 or latitude > 90 or longitude < -180 or longitude > 180 or photo_id is null")
     assert bad.count() == 0
+    TOTALS["files"] += 1
+    TOTALS["lines"] += hadoop_lines(data)
+    TOTALS["kept"] += n_kept
+    TOTALS["rejected"] += n_rejected
+    TOTALS["reasons"] |= reasons

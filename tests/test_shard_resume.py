@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from job_helpers import digests, hidden_entries, job_config
+from faults import record
+from job_helpers import hidden_entries, job_config, shard_digests
 from pyspark.sql import functions as F
 
 from pipeline import shards
@@ -47,6 +48,7 @@ def _markers(partial: Path) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.faults
 def test_a_killed_shard_run_resumes_to_the_uninterrupted_result(spark, tmp_path, synth_world):
     from jobs.build_vocab import main as build_vocab
     from jobs.clean_metadata import main as clean_metadata
@@ -82,20 +84,23 @@ def test_a_killed_shard_run_resumes_to_the_uninterrupted_result(spark, tmp_path,
     assert done_before >= 10 and not Path(cfg.shard.output).exists()
 
     # The Python driver's log reaches spark-submit's stdout.
+    t0 = time.perf_counter()
     rerun = subprocess.run(submit, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            timeout=900)
+    recovery = time.perf_counter() - t0
     assert rerun.returncode == 0, rerun.stdout[-3000:]
     resumed = re.search(r"resumed: (\d+) of (\d+) shard files", rerun.stdout)
     assert resumed and int(resumed.group(1)) >= done_before, rerun.stdout[-2000:]
     assert int(resumed.group(1)) < int(resumed.group(2))
 
     out, ref = Path(cfg.shard.output), tmp_path / "reference"
-    assert (out / "manifest.json").read_text() == (ref / "manifest.json").read_text()
-    assert {k.split("/", 1)[1]: v for k, v in digests(out).items()} == \
-        {k.split("/", 1)[1]: v for k, v in digests(ref).items()}
+    assert shard_digests(out) == shard_digests(ref)      # shard bytes; the manifest but for its MLflow run
     assert sorted(map(str, pq.read_table(cfg.outputs.shard_rejects).to_pylist())) == \
         sorted(map(str, pq.read_table(tmp_path / "reference_rejects").to_pylist()))
     assert hidden_entries(out.parent) == [] and not (out / "_progress").exists()
+    record("shard_dataset killed mid-write", f"SIGKILL to spark-submit's process group after {done_before} of "
+           f"{resumed.group(2)} shard files", f"rerun resumed {resumed.group(1)} verified files; shard bytes equal "
+           "the uninterrupted run's", "0 rows", recovery)
 
 
 def test_a_marker_is_trusted_only_while_its_file_matches(tmp_path):
