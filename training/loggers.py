@@ -33,6 +33,15 @@ class BufferedMLFlowLogger(MLFlowLogger):
         self.buffer.log(metrics, step)
 
     @rank_zero_only
+    def log_hyperparams(self, params: Any) -> None:
+        """Parameters the server cannot take (unreachable, or a resumed run given other values:
+        MLflow keeps a parameter's first value) are reported, not fatal to the training."""
+        try:
+            super().log_hyperparams(params)
+        except Exception as exc:
+            log.warning("MLflow: parameters of run %s not logged (%s)", self._run_id, first_line(exc))
+
+    @rank_zero_only
     def finalize(self, status: str = "success") -> None:
         """Send what is kept (waiting up to ``flush_timeout`` for the server), then end the run; a
         run whose metrics could not all be sent stays as the server has it (running)."""
