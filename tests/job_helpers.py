@@ -25,7 +25,7 @@ def digests(path: str | Path) -> dict[str, str]:
 def shard_digests(shards: str | Path) -> dict[str, str]:
     """:func:`digests` of a shard directory, its manifest compared without the MLflow run that wrote
     it (``extra.mlflow_run``, different in every run): equal for runs that wrote the same shards."""
-    out = {k: v for k, v in digests(shards).items() if not k.endswith("/manifest.json")}
+    out = {k.split("/", 1)[1]: v for k, v in digests(shards).items() if not k.endswith("/manifest.json")}
     manifest = json.loads((Path(shards) / "manifest.json").read_text())
     assert manifest["extra"].pop("mlflow_run", {}) is not None
     out["manifest.json"] = hashlib.md5(json.dumps(manifest, sort_keys=True).encode()).hexdigest()

@@ -25,8 +25,12 @@ class BufferedMLFlowLogger(MLFlowLogger):
                  unsent_path: Optional[str] = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.flush_timeout = float(flush_timeout)
-        self.buffer = MetricBuffer(lambda m, s: MLFlowLogger.log_metrics(self, m, s), where=self._tracking_uri,
-                                   retry_seconds=retry_seconds, unsent_path=unsent_path)
+        self.buffer = MetricBuffer(self._send, where=self._tracking_uri, retry_seconds=retry_seconds,
+                                   unsent_path=unsent_path)
+
+    def _send(self, metrics: dict[str, float], step: Optional[int]) -> None:
+        """One batch to the server, as Lightning's logger sends it (a method: ddp_spawn pickles loggers)."""
+        MLFlowLogger.log_metrics(self, metrics, step)
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
