@@ -95,7 +95,8 @@ def test_the_mlflow_ui_opens_on_runs_linked_and_grouped(store, ui, tmp_path):
         # The chart view of the demo's evaluation runs: P@10 against distance is one chart.
         chart = driver.find_element(By.CSS_SELECTOR, "input[name='runs-view-mode'][value='CHART']")
         driver.execute_script("arguments[0].click()", chart)
-        search = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "input[placeholder='Search metric charts']"))
+        # The chart view's filter box: the input whose hint text reads "Search metric charts".
+        search = wait.until(lambda d: d.find_element(By.XPATH, "//input[@*='Search metric charts']"))
         search.send_keys("by_km")
         wait.until(lambda d: f"mcc_export ({M.P10_BY_KM})" in text(d) and f"mcc ({M.P10_BY_KM})" in text(d))
         driver.save_screenshot(str(tmp_path / "charts.png"))
