@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import pyarrow as pa
 
@@ -83,6 +83,9 @@ class Manifest:
     place_names_path: str = "place_names.parquet"
     version: int = MANIFEST_VERSION
     extra: dict = field(default_factory=dict)
+    #: The most vocabulary tags an image may have (build_vocab's ``vocab.max_tags``): the width
+    #: loaders pad tag lists to. None in manifests written before it was recorded.
+    max_tags: Optional[int] = None
 
     def work_units(self, split: str) -> list[tuple[str, int, int]]:
         """(file path, row group index, rows) for every row group of a split, in manifest order."""
@@ -104,7 +107,7 @@ class Manifest:
         return cls(vocab_size=d["vocab_size"], image_size=d["image_size"], splits=splits,
                    vocab_path=d.get("vocab_path", "vocab.parquet"),
                    place_names_path=d.get("place_names_path", "place_names.parquet"),
-                   version=d["version"], extra=d.get("extra", {}))
+                   version=d["version"], extra=d.get("extra", {}), max_tags=d.get("max_tags"))
 
 
 def write_manifest(directory: str | os.PathLike, manifest: Manifest) -> Path:

@@ -63,6 +63,11 @@ class EmbeddingsManifest:
     #: New at every export: evaluation runs record it, so that the report can tell the runs made on
     #: these embeddings from runs made on embeddings since overwritten ("" in older manifests).
     export_id: str = ""
+    #: The model family that exported them (training.models.family; "" in older manifests).
+    family: str = ""
+    #: The most tags an image has (the shards' ``max_tags``): the width LocSens's loader pads
+    #: ``tag_ids`` to (None in older manifests: then the loader measures it).
+    max_tags: Optional[int] = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

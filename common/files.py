@@ -1,5 +1,6 @@
 """Atomic file writes: a reader sees the old file or the whole new one, never half of it (a temp
-file in the same folder, then a rename). Used for every manifest, cache and marker file."""
+file in the same folder, then a rename). Used for every manifest, cache and marker file. And
+file stamps, which tell whether a file a record names has been rewritten since."""
 from __future__ import annotations
 
 import os
@@ -25,3 +26,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None] | str | by
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def file_stamp(path: str | os.PathLike) -> str:
+    """Size and modification time of a file, ``"<bytes>:<mtime ns>"`` ("" when it is missing): what
+    a record keeps to tell later whether the file it names has since been rewritten."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""
+    return f"{st.st_size}:{st.st_mtime_ns}"

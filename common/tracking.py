@@ -27,6 +27,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 
 import mlflow  # noqa: E402
+from mlflow.data.dataset_source_registry import resolve_dataset_source  # noqa: E402
+from mlflow.data.meta_dataset import MetaDataset  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +37,14 @@ log = logging.getLogger(__name__)
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 #: The experiment tag the UI shows as its description.
 DESCRIPTION_TAG = "mlflow.note.content"
+#: The project's experiments besides the pipeline jobs' (``pipeline/<job>``).
+TRAIN, EVALUATE, REPORT, SEARCH = "train", "evaluate", "report", "search"
 DESCRIPTIONS = {
-    "train": "Training runs (python -m training.run): MCC, MLC, HER, LocSens and the factorised model; "
-             "config, per-epoch losses, checkpoints.",
-    "evaluate": "Evaluation runs: the paper's tagging and retrieval metrics (docs/evaluation.md) per model, "
-                "sigma snapshot and frequency baseline; compare P@10 per granularity here.",
-    "report": "The report (python -m training.report): tables beside the paper's numbers, figures.",
-    "search": "Indexed galleries for python -m training.search: photos, index kind, the models that score them.",
+    TRAIN: "Training runs (python -m training.run): config, per-epoch losses, checkpoints.",
+    EVALUATE: "Evaluation runs: the paper's tagging and retrieval metrics (docs/evaluation.md) per model, "
+              "sigma snapshot and frequency baseline; compare P@10 per granularity here.",
+    REPORT: "The report (python -m training.report): tables beside the paper's numbers, figures.",
+    SEARCH: "Indexed galleries for python -m serving.search: photos, index kind, the models that score them.",
 }
 
 #: Runs started while this environment variable names a group (``make demo`` sets it to ``demo <time>``)
@@ -90,9 +93,10 @@ def describe(name: str) -> str:
     return f"Spark job {job} (spark-submit jobs/{job}.py): rows read, kept and rejected by reason, outputs."
 
 
-def get_or_create_experiment(name: str, artifact_root: Optional[str]) -> str:
+def get_or_create_experiment(name: str, artifact_root: Optional[str], description: Optional[str] = None) -> str:
     """Experiment id for ``name``, creating it with an artifact location under ``artifact_root``;
-    marked as a model-training experiment with its description (also on one made before)."""
+    marked as a model-training experiment with its description (``description``, else
+    :func:`describe`'s; also on one made before)."""
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
         location = None
@@ -105,7 +109,7 @@ def get_or_create_experiment(name: str, artifact_root: Optional[str]) -> str:
         exp = mlflow.get_experiment_by_name(name)
         if exp is None:
             raise RuntimeError(f"mlflow: could not create experiment {name!r}")
-    wanted = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, DESCRIPTION_TAG: describe(name)}
+    wanted = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, DESCRIPTION_TAG: description or describe(name)}
     client = mlflow.MlflowClient()
     for key, value in wanted.items():
         if exp.tags.get(key) != value:
@@ -213,6 +217,13 @@ def latest_finished_run(experiment: str) -> Optional[Any]:
     runs = mlflow.search_runs(experiment_names=[experiment], max_results=20, order_by=["attributes.start_time DESC"],
                               filter_string="attributes.status = 'FINISHED'", output_format="list")
     return next((r for r in runs if not is_group_parent(r)), None)
+
+
+def log_dataset(directory: str | os.PathLike, name: str, digest: str, context: str) -> None:
+    """Record in the active run, by MLflow's dataset tracking, that it read the dataset in
+    ``directory`` (shards, an embeddings export), identified by ``digest``."""
+    source = resolve_dataset_source(Path(directory).resolve().as_uri())
+    mlflow.log_input(MetaDataset(source, name=name, digest=(digest or "unknown")[:32]), context=context)
 
 
 def producer() -> dict[str, str]:

@@ -102,11 +102,14 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
         raise PipelineError(f"setting shard.jpeg_quality={quality}: expected 1..100")
     spark = start_spark(cfg, "shard_dataset")
     out = cfg.outputs
-    io.require_build_vocab_outputs(spark, out)
+    io.require_outputs(spark, out, "dataset", "vocab", "place_names")
 
     with stage(cfg, "shard_dataset") as st:
         dataset = spark.read.parquet(out.dataset)
-        split_rows = {r["split"]: r["count"] for r in dataset.groupBy("split").count().collect()}
+        counts = dataset.groupBy("split").agg(F.count(F.lit(1)).alias("count"),
+                                              F.max(F.size("tag_ids")).alias("max_tags")).collect()
+        split_rows = {r["split"]: r["count"] for r in counts}
+        max_tags = max((int(r["max_tags"]) for r in counts), default=0)   # loaders pad tag lists to it
         n_input = sum(split_rows.values())
         n_files = shards.files_per_split(split_rows, rows_per_file)
         df, image_root = image_source(spark, cfg, dataset)
@@ -133,6 +136,7 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
             staged.write_parquet(rejects.repartition("photo_id"), out.shard_rejects, sort_by=["photo_id"])
             vocab_size = write_small_tables(spark, cfg, tmp)
             manifest = Manifest(vocab_size=vocab_size, image_size=size, splits=shards.splits_from_records(files),
+                                max_tags=max_tags,
                                 extra={"image_source": str(s.image_source), "seed": seed,
                                        "rows_per_file": rows_per_file, "rows_per_row_group": rows_per_group,
                                        "jpeg_quality": quality, "mlflow_run": producer()})

@@ -13,17 +13,17 @@ import logging
 from typing import Any, Mapping, Optional
 
 from pytorch_lightning.loggers import MLFlowLogger
-from pytorch_lightning.utilities import rank_zero_only
 
-from common.tracking import MetricBuffer, first_line
+from common.tracking import TRAIN, MetricBuffer, first_line
+from training.ranks import is_rank_zero
 
 log = logging.getLogger(__name__)
 
 
 class BufferedMLFlowLogger(MLFlowLogger):
-    def __init__(self, *args: Any, retry_seconds: float = 30.0, flush_timeout: float = 120.0,
-                 unsent_path: Optional[str] = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def __init__(self, experiment_name: str = TRAIN, *args: Any, retry_seconds: float = 30.0,
+                 flush_timeout: float = 120.0, unsent_path: Optional[str] = None, **kwargs: Any):
+        super().__init__(experiment_name, *args, **kwargs)
         self.flush_timeout = float(flush_timeout)
         self.buffer = MetricBuffer(self._send, where=self._tracking_uri, retry_seconds=retry_seconds,
                                    unsent_path=unsent_path)
@@ -32,24 +32,24 @@ class BufferedMLFlowLogger(MLFlowLogger):
         """One batch to the server, as Lightning's logger sends it (a method: ddp_spawn pickles loggers)."""
         MLFlowLogger.log_metrics(self, metrics, step)
 
-    @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
-        self.buffer.log(metrics, step)
+        if is_rank_zero():
+            self.buffer.log(metrics, step)
 
-    @rank_zero_only
     def log_hyperparams(self, params: Any) -> None:
         """Parameters the server cannot take (unreachable, or a resumed run given other values:
         MLflow keeps a parameter's first value) are reported, not fatal to the training."""
+        if not is_rank_zero():
+            return
         try:
             super().log_hyperparams(params)
         except Exception as exc:
             log.warning("MLflow: parameters of run %s not logged (%s)", self._run_id, first_line(exc))
 
-    @rank_zero_only
     def finalize(self, status: str = "success") -> None:
         """Send what is kept (waiting up to ``flush_timeout`` for the server), then end the run; a
         run whose metrics could not all be sent stays as the server has it (running)."""
-        if not self.buffer.close(self.flush_timeout):
+        if not is_rank_zero() or not self.buffer.close(self.flush_timeout):
             return
         try:
             super().finalize(status)

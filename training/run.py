@@ -1,7 +1,8 @@
-"""Training entry point: ``python -m training.run +experiment=mcc`` (or mlc, her).
+"""Training entry point: ``python -m training.run +experiment=mcc`` (or any of conf/experiment/).
 
 :func:`train` is pure of Hydra's machinery (tests call it with a composed config): it fits,
-exports embeddings with the best checkpoint and evaluates them, and returns the metrics.
+exports or scores as the model's family says, evaluates, and returns the metrics. The MLflow
+record of the run is :mod:`training.tracking`'s.
 
 Lightning's ``ddp`` strategy re-runs this command once per GPU: everything here runs on every
 rank, except the side effects guarded for rank 0 (the MLflow runs, evaluation).
@@ -25,15 +26,18 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
-from pytorch_lightning.utilities import rank_zero_only
 
 from common import failpoints
 from common.files import atomic_write
-from common.tracking import check_uri, flatten, get_or_create_experiment, group_tags, link_runs, run_record
+from training.callbacks.export import EmbeddingWriter
 from training.callbacks.failpoint import TrainBatchFailpoint
 from training.errors import SetupError
 from training.evaluate.after_fit import evaluate_after_fit
-from training.evaluate.embeddings import embeddings_tags, evaluate_embeddings, log_evaluation
+from training.evaluate.embeddings import evaluate_embeddings
+from training.evaluate.runs import embeddings_tags, log_evaluation, model_tags
+from training.models.family import EMBEDDINGS
+from training.ranks import is_rank_zero
+from training.tracking import continued_run, log_bad_files, record_training, start_training_run
 
 log = logging.getLogger(__name__)
 
@@ -53,63 +57,6 @@ def _instantiate_group(group: Optional[DictConfig]) -> list[Any]:
     if not group:
         return []
     return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
-
-
-#: In a run dir: the MLflow run its training made, so that ``resume=true`` continues that run.
-RUN_FILE = "mlflow_run.json"
-
-
-def _continued_run(cfg: DictConfig) -> Optional[str]:
-    """With ``resume=true`` and a checkpoint to resume from: the id of the MLflow run the
-    interrupted training made (``run_dir/mlflow_run.json``), when it is in this tracking store."""
-    path = Path(cfg.run_dir) / RUN_FILE
-    last = Path(cfg.run_dir) / "checkpoints" / "last.ckpt"
-    if not (cfg.get("resume") and path.exists() and last.exists()) or rank_zero_only.rank != 0:
-        return None
-    saved = json.loads(path.read_text())
-    if saved.get("tracking_uri") != cfg.paths.mlflow_tracking_uri:
-        log.warning("resume: %s names a run in %s, not in %s; starting a new MLflow run", path,
-                    saved.get("tracking_uri"), cfg.paths.mlflow_tracking_uri)
-        return None
-    try:
-        mlflow.MlflowClient(check_uri(cfg.paths.mlflow_tracking_uri)).get_run(saved["run_id"])
-    except Exception:
-        log.warning("resume: MLflow run %s (%s) is gone; starting a new one", saved.get("run_id"), path)
-        return None
-    log.info("resume: continuing MLflow run %s", saved["run_id"])
-    return saved["run_id"]
-
-
-def _prepare_mlflow(cfg: DictConfig, loggers: list, model: pl.LightningModule,
-                    continued: bool = False) -> Optional[MLFlowLogger]:
-    """Create the training run on rank 0 (experiment made through common.tracking, so its
-    artifacts sit with the other stages'), with the flattened config, config.yaml and the weights
-    the backbone actually started from; or, ``continued``, note the resumption in the run it goes
-    on with (its params stay those it started with: MLflow keeps a param's first value)."""
-    mlf = next((lg for lg in loggers if isinstance(lg, MLFlowLogger)), None)
-    if mlf is None or rank_zero_only.rank != 0:
-        return mlf
-
-    mlflow.set_tracking_uri(check_uri(cfg.paths.mlflow_tracking_uri))
-    name = next(c.experiment_name for c in cfg.logger.values() if c._target_.endswith("MLFlowLogger"))
-    get_or_create_experiment(name, cfg.paths.get("mlflow_artifact_root"))  # the logger finds it by name
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    if continued:
-        run = mlf.experiment.get_run(mlf.run_id)
-        times = int(run.data.tags.get("resumed", "0")) + 1
-        mlf.experiment.set_tag(mlf.run_id, "resumed", str(times))
-        mlf.experiment.log_dict(mlf.run_id, resolved, f"config_resumed_{times}.yaml")
-        return mlf
-    mlf.log_hyperparams(flatten(resolved))
-    mlf.experiment.log_dict(mlf.run_id, resolved, "config.yaml")
-    atomic_write(Path(cfg.run_dir) / RUN_FILE, json.dumps({"run_id": mlf.run_id, "experiment_id": mlf.experiment_id,
-                                                          "tracking_uri": cfg.paths.mlflow_tracking_uri}))
-    mlf.experiment.set_tag(mlf.run_id, "run_dir", str(Path(cfg.run_dir).resolve()))
-    for key, value in group_tags(mlf.experiment_id).items():      # nested under the demo's parent run
-        mlf.experiment.set_tag(mlf.run_id, key, value)
-    if getattr(model, "backbone_weights", None):
-        mlf.experiment.set_tag(mlf.run_id, "backbone_weights", model.backbone_weights)
-    return mlf
 
 
 def _resume_path(cfg: DictConfig, checkpoint: Optional[ModelCheckpoint]) -> Optional[str]:
@@ -146,8 +93,10 @@ def evaluation_export_dir(run_dir: str | Path, checkpoint: str) -> Path:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, export and evaluate one model as configured; returns the metrics (rank 0 has them all).
 
-    ``train=false`` evaluates ``ckpt_path`` instead of fitting (its embeddings, for MCC, MLC and
-    HER, go to :func:`evaluation_export_dir`)."""
+    What follows the fit is the model family's (:class:`~training.models.family.Family`): an
+    image model's embeddings are exported and evaluated from the export; a location model scores
+    the split itself on every rank. ``train=false`` evaluates ``ckpt_path`` instead of fitting
+    (an image model's embeddings then go to :func:`evaluation_export_dir`)."""
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     if cfg.get("torch_threads"):
@@ -160,10 +109,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = _build(cfg, "data")
     bad_files = datamodule.check_files()         # a bad input file stops the run here, or is left out
     model = _build(cfg, "model", num_tags=datamodule.num_tags)
+    family = model.family
     callbacks = _instantiate_group(cfg.get("callbacks"))
     if os.environ.get(failpoints.ENV):               # fault tests only (common/failpoints.py)
         callbacks.append(TrainBatchFailpoint())
-    continued = _continued_run(cfg) if fitting else None
+    continued = continued_run(cfg) if fitting else None
     if continued:                                    # resume=true: the interrupted run goes on
         with open_dict(cfg):
             for c in cfg.logger.values():
@@ -171,11 +121,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
                     c.run_id = continued
     loggers = _instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    mlf = _prepare_mlflow(cfg, loggers, model, continued=bool(continued))
-    if mlf is not None and trainer.is_global_zero:
-        mlf.log_metrics({"data/bad_files": float(len(bad_files))})
-        if bad_files:
-            mlf.experiment.log_dict(mlf.run_id, {b.path: b.problem for b in bad_files}, "data/bad_files.json")
+    mlf = start_training_run(cfg, loggers, model, continued=bool(continued))
+    if mlf is not None and is_rank_zero():
+        log_bad_files(mlf, bad_files)
     checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
 
     metrics: dict[str, float] = {}
@@ -186,85 +134,62 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if fitting and best and checkpoint.best_model_score is not None:  # (ddp_spawn brings back the path only)
         metrics["best_val_loss"] = float(checkpoint.best_model_score)
 
-    writer = next((c for c in callbacks if hasattr(c, "write_manifest")), None)
     embeddings_dir = None
-    if cfg.get("export", True) and writer is not None:
-        if not fitting:
-            writer.output_dir = evaluation_export_dir(cfg.run_dir, evaluated)
-        writer.extra = {"checkpoint": str(Path(best).resolve()) if best else None,
-                        "task_name": cfg.task_name}
-        if mlf is not None and trainer.is_global_zero:      # the runs that read the export link back
-            writer.extra["mlflow_run"] = {"run_id": mlf.run_id, "experiment_id": mlf.experiment_id,
-                                          "run_name": cfg.task_name}
-        trainer.predict(model, datamodule=datamodule, ckpt_path=best or None, return_predictions=False,
-                        weights_only=True)
-        embeddings_dir = str(writer.output_dir.resolve())
+    writer = next((c for c in callbacks if isinstance(c, EmbeddingWriter)), None)
+    if family.exports == EMBEDDINGS and cfg.get("export", True):
+        if writer is None:
+            log.info("no export: callbacks.embedding_writer is not configured")
+        else:
+            embeddings_dir = _export(cfg, trainer, model, datamodule, writer, best, evaluated, mlf)
 
-    zero = trainer.is_global_zero
-    if cfg.get("evaluate", True) and getattr(model, "evaluates_after_fit", False):
-        # LocSens scores triplets itself (best checkpoint, or every sigma-stage snapshot), on every
-        # rank: each scores its share of the queries, rank 0 logs.
-        metrics.update(evaluate_after_fit(cfg, model, datamodule, callbacks, mlf.run_id if mlf and zero else None,
-                                          checkpoint=evaluated, device=trainer.strategy.root_device,
-                                          log_runs=zero))
+    zero = is_rank_zero()
+    train_run_id = mlf.run_id if mlf is not None and zero else None
+    if cfg.get("evaluate", True) and family.evaluator:
+        # A location model scores triplets itself (best checkpoint, or every sigma-stage snapshot), on
+        # every rank: each scores its share of the queries, rank 0 logs.
+        metrics.update(evaluate_after_fit(cfg, model, datamodule, callbacks, train_run_id, checkpoint=evaluated,
+                                          device=trainer.strategy.root_device, log_runs=train_run_id is not None))
     if not zero:
         return metrics
-    if mlf is not None:
-        if best:
-            mlf.experiment.set_tag(mlf.run_id, "best_checkpoint", str(Path(best).resolve()))
-        if embeddings_dir:
-            mlf.experiment.set_tag(mlf.run_id, "embeddings_dir", embeddings_dir)
     if cfg.get("evaluate", True) and embeddings_dir:
-        results = evaluate_embeddings(embeddings_dir, shards_dir=datamodule.shards_dir, **cfg.evaluation)
-        metrics.update(results)
-        for k, v in results.items():
-            log.info("%s = %.3f", k, v)
-        if mlf is not None:
-            eval_id = log_evaluation(
-                results, {"evaluation": OmegaConf.to_container(cfg.evaluation, resolve=True),
-                          "embeddings_dir": embeddings_dir, "model": cfg.model._target_,
-                          "task_name": cfg.task_name},
-                tracking_uri=cfg.paths.mlflow_tracking_uri,
-                artifact_root=cfg.paths.get("mlflow_artifact_root"), run_name=cfg.task_name,
-                tags={"train_run_id": mlf.run_id, **embeddings_tags(embeddings_dir)})
-            mlf.experiment.set_tag(mlf.run_id, "eval_run_id", eval_id)
+        metrics.update(_evaluate_export(cfg, model, datamodule, embeddings_dir, train_run_id))
     if mlf is not None:
-        _log_model_and_inputs(cfg, model, datamodule, mlf.run_id, best, embeddings_dir)
+        record_training(mlf, model, datamodule, best, embeddings_dir)
         mlf.finalize("success")
     _write_metrics(Path(cfg.run_dir), metrics)
     return metrics
 
 
-def _log_model_and_inputs(cfg: DictConfig, model: pl.LightningModule, datamodule, run_id: str,
-                          best: Optional[str], embeddings_dir: Optional[str]) -> None:
-    """The training run's dataset and, with ``log_model``, its model as an MLflow Model
-    (training/serving/pyfunc.py): MCC with its vocabulary; LocSens or the factorised model with the
-    MCC it reads, so one model takes an image and a location."""
-    from training.serving import pyfunc
+def _export(cfg: DictConfig, trainer: pl.Trainer, model, datamodule, writer: EmbeddingWriter, best: Optional[str],
+            evaluated: Optional[str], mlf: Optional[MLFlowLogger]) -> str:
+    """Export the image and tag embeddings with the best (or evaluated) checkpoint, on every rank;
+    the export's folder."""
+    if evaluated:
+        writer.output_dir = evaluation_export_dir(cfg.run_dir, evaluated)
+    writer.extra = {"checkpoint": str(Path(best).resolve()) if best else None, "task_name": cfg.task_name}
+    if mlf is not None and is_rank_zero():      # the runs that read the export link back
+        writer.extra["mlflow_run"] = {"run_id": mlf.run_id, "experiment_id": mlf.experiment_id,
+                                      "run_name": cfg.task_name}
+    trainer.predict(model, datamodule=datamodule, ckpt_path=best or None, return_predictions=False,
+                    weights_only=True)
+    return str(writer.output_dir.resolve())
 
-    with mlflow.start_run(run_id=run_id) as run:
-        pyfunc.log_inputs(datamodule)
-        upstream = datamodule.manifest.extra.get("mlflow_run") or {}
-        what = "embeddings" if getattr(datamodule, "embeddings_dir", None) else "shards"
-        link_runs(mlflow.MlflowClient(), upstream=upstream, downstream=run_record(run.info), what=what)
-        if not (cfg.get("log_model", True) and best):
-            return
-        if type(model).__name__ == "MCC" and embeddings_dir:
-            uri = pyfunc.log_model("mcc", mcc_checkpoint=best, vocabulary=str(Path(embeddings_dir) / "tags.parquet"),
-                                   shards_dir=datamodule.shards_dir)
-        elif getattr(model, "evaluates_after_fit", False):
-            manifest = datamodule.manifest
-            mcc = manifest.extra.get("checkpoint")
-            if not mcc or not Path(mcc).is_file():
-                log.warning("no model logged: the MCC checkpoint %s the embeddings came from is gone", mcc)
-                return
-            uri = pyfunc.log_model("location", mcc_checkpoint=mcc, tagger_checkpoint=best,
-                                   vocabulary=str(Path(datamodule.embeddings_dir) / manifest.tags_path),
-                                   shards_dir=datamodule.shards_dir)
-        else:
-            return                       # MLC and HER: their export is their usable form
-        mlflow.set_tag("model_uri", uri)
-        log.info("logged the model: %s", uri)
+
+def _evaluate_export(cfg: DictConfig, model, datamodule, embeddings_dir: str,
+                     train_run_id: Optional[str]) -> dict[str, float]:
+    """Evaluate an image model's export (rank 0) and, with an MLflow training run, log it."""
+    results = evaluate_embeddings(embeddings_dir, shards_dir=datamodule.shards_dir, **cfg.evaluation)
+    for k, v in results.items():
+        log.info("%s = %.3f", k, v)
+    if train_run_id is not None:
+        eval_run_id = log_evaluation(
+            results, {"evaluation": OmegaConf.to_container(cfg.evaluation, resolve=True),
+                      "embeddings_dir": embeddings_dir, "model": cfg.model._target_, "task_name": cfg.task_name},
+            tracking_uri=cfg.paths.mlflow_tracking_uri, artifact_root=cfg.paths.get("mlflow_artifact_root"),
+            run_name=cfg.task_name, tags={"train_run_id": train_run_id, **embeddings_tags(embeddings_dir),
+                                          **model_tags(model.family, model.tasks, model.variant)})
+        mlflow.MlflowClient().set_tag(train_run_id, "eval_run_id", eval_run_id)
+    return results
 
 
 def _write_metrics(run_dir: Path, metrics: dict[str, float]) -> None:

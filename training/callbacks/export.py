@@ -16,6 +16,7 @@ from common.embeddings import (IMAGES_DIR, MANIFEST_NAME, TAGS_FILE, EmbeddingsM
                                image_schema, tag_schema)
 from common.files import atomic_write
 from training.data.shards import read_vocab
+from training.ranks import is_rank_zero
 
 
 class EmbeddingWriter(BasePredictionWriter):
@@ -84,7 +85,7 @@ class EmbeddingWriter(BasePredictionWriter):
             writer.close()
         self._writers = {}
         trainer.strategy.barrier("embeddings-written")
-        if trainer.is_global_zero:
+        if is_rank_zero():
             self.write_manifest(trainer, pl_module)
         trainer.strategy.barrier("embeddings-manifest")
 
@@ -110,7 +111,7 @@ class EmbeddingWriter(BasePredictionWriter):
         manifest = EmbeddingsManifest(
             model=type(pl_module).__name__, score=pl_module.score, dim=dim, num_tags=tags.shape[0],
             splits=splits, extra={"shards_dir": str(Path(dm.shards_dir).resolve()), **self.extra},
-            export_id=uuid.uuid4().hex)
+            export_id=uuid.uuid4().hex, family=pl_module.family.name, max_tags=dm.manifest.max_tags)
         self._remove_stale(splits)
         atomic_write(self.output_dir / MANIFEST_NAME, manifest.to_json())
         return manifest

@@ -13,7 +13,7 @@ from typing import Optional
 
 import pytorch_lightning as pl
 
-from training.models.sigma import snapshot_name
+from training.models.schedules import snapshot_name
 
 
 class LocationSchedule(pl.Callback):

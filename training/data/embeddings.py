@@ -21,6 +21,7 @@ from typing import Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytorch_lightning as pl
 import torch
@@ -39,15 +40,31 @@ COLUMNS = ["photo_id", "embedding", "latitude", "longitude", "tag_ids"]
 
 
 def pad_tags(tag_lists: pa.Array | pa.ChunkedArray, width: Optional[int] = None) -> np.ndarray:
-    """(N, T) int64 tag matrix from a list<int> column, -1 after each row's tags (vectorised)."""
+    """(N, T) int64 tag matrix from a list<int> column, -1 after each row's tags (vectorised);
+    ``width``: T (None: the longest row's). A row longer than ``width`` is an error, never cut."""
     ts = TagSets.from_arrow(tag_lists)
     counts = ts.counts
-    width = int(width or max(1, counts.max(initial=1)))
+    longest = int(counts.max(initial=1))
+    width = int(width or max(1, longest))
+    if longest > width:
+        raise ValueError(f"an image has {longest} tags, more than the {width} its manifest's max_tags allows")
     out = np.full((len(ts), width), -1, dtype=np.int64)
     cols = np.arange(ts.values.size) - np.repeat(ts.offsets[:-1], counts)
-    keep = cols < width
-    out[ts.rows()[keep], cols[keep]] = ts.values[keep]
+    out[ts.rows(), cols] = ts.values
     return out
+
+
+def max_tags_of(embeddings_dir: Path, manifest: EmbeddingsManifest) -> int:
+    """The width tag lists are padded to: the export's ``max_tags``, or, in an export that does not
+    record it, the longest tag list of its files (their ``tag_ids`` column only)."""
+    if manifest.max_tags:
+        return int(manifest.max_tags)
+    longest = 1
+    for info in manifest.splits.values():
+        for f in info["files"]:
+            column = pq.read_table(embeddings_dir / f["path"], columns=["tag_ids"]).column("tag_ids")
+            longest = max(longest, int(pc.max(pc.list_value_length(column)).as_py() or 1))
+    return longest
 
 
 def to_tensors(table: pa.Table, max_tags: int) -> dict[str, torch.Tensor]:
@@ -70,7 +87,7 @@ class EmbeddingStream(PlannedStream):
     """One split of an embeddings export as a stream of batches for one rank (see the module doc)."""
 
     def __init__(self, embeddings_dir: str | Path, split: str, *, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, world_size: int = 1, rank: int = 0, max_tags: int = 15,
+                 seed: int = 0, world_size: int = 1, rank: int = 0, max_tags: Optional[int] = None,
                  shuffle_rows: int = 262_144, negative_pool: int = 0,
                  manifest: Optional[EmbeddingsManifest] = None):
         self.dir = Path(embeddings_dir)
@@ -84,7 +101,7 @@ class EmbeddingStream(PlannedStream):
                       if meta.row_group(g).num_rows > 0]
         super().__init__(self.dir, units, COLUMNS, batch_size=batch_size, shuffle=shuffle, seed=seed,
                          world_size=world_size, rank=rank)
-        self.max_tags = max_tags
+        self.max_tags = max_tags or max_tags_of(self.dir, manifest)
         self.window = max(1, -(-int(shuffle_rows) // batch_size))   # batches shuffled together
         self.pool = int(negative_pool)
         self.varies_by_epoch = shuffle
@@ -145,7 +162,7 @@ class LocSensDataModule(pl.LightningDataModule):
 
     def __init__(self, embeddings_dir: str, shards_dir: Optional[str] = None, batch_size: int = 1024,
                  eval_batch_size: Optional[int] = None, num_workers: int = 0, seed: int = 0,
-                 max_tags: int = 15, persistent_workers: bool = False, shuffle_rows: int = 262_144,
+                 persistent_workers: bool = False, shuffle_rows: int = 262_144,
                  negative_pool: int = 1024, on_bad_file: str = "error"):
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -153,6 +170,7 @@ class LocSensDataModule(pl.LightningDataModule):
         self.shards_dir = Path(shards_dir) if shards_dir else None
         self._manifest: Optional[EmbeddingsManifest] = None
         self._tags: Optional[np.ndarray] = None
+        self._max_tags: Optional[int] = None
 
     @property
     def manifest(self) -> EmbeddingsManifest:
@@ -163,6 +181,13 @@ class LocSensDataModule(pl.LightningDataModule):
     @property
     def num_tags(self) -> int:
         return int(self.manifest.num_tags)
+
+    @property
+    def max_tags(self) -> int:
+        """The width of every batch's ``tag_ids`` (from the export's manifest)."""
+        if self._max_tags is None:
+            self._max_tags = max_tags_of(self.embeddings_dir, self.manifest)
+        return self._max_tags
 
     def check_files(self) -> list[BadFile]:
         """Check the export's files (training/data/check.py) and that its tags are the vocabulary of
@@ -214,7 +239,7 @@ class LocSensDataModule(pl.LightningDataModule):
         h = self.hparams
         return EmbeddingStream(self.embeddings_dir, split,
                                batch_size=self.per_rank_batch(world) if train else (h.eval_batch_size or h.batch_size),
-                               shuffle=train, seed=h.seed, world_size=world, rank=rank, max_tags=h.max_tags,
+                               shuffle=train, seed=h.seed, world_size=world, rank=rank, max_tags=self.max_tags,
                                shuffle_rows=h.shuffle_rows, negative_pool=h.negative_pool, manifest=self.manifest)
 
     def _loader(self, stream: EmbeddingStream) -> DataLoader:

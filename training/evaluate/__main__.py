@@ -7,7 +7,11 @@ import logging
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from training.evaluate.embeddings import embeddings_tags, evaluate_embeddings, log_evaluation
+from common.embeddings import EmbeddingsManifest
+from training.evaluate.embeddings import evaluate_embeddings
+from training.evaluate.runs import embeddings_tags, log_evaluation, model_tags
+from training.models import family_named
+from training.models.family import TASKS
 
 log = logging.getLogger("training.evaluate")
 
@@ -18,10 +22,12 @@ def main(cfg: DictConfig) -> dict[str, float]:
     for k, v in metrics.items():
         log.info("%s = %.3f", k, v)
     if cfg.get("mlflow", True):
+        manifest = EmbeddingsManifest.read(cfg.embeddings_dir)
+        model = model_tags(family_named(manifest.family), TASKS) if manifest.family else {}
         log_evaluation(metrics, OmegaConf.to_container(cfg, resolve=True),
                        tracking_uri=cfg.paths.mlflow_tracking_uri,
                        artifact_root=cfg.paths.mlflow_artifact_root,
-                       run_name=cfg.task_name, tags=embeddings_tags(cfg.embeddings_dir))
+                       run_name=cfg.task_name, tags={**embeddings_tags(cfg.embeddings_dir, manifest), **model})
     return metrics
 
 

@@ -8,7 +8,6 @@ their best checkpoint by validation loss. Evaluation runs are named ``<task>`` o
 from __future__ import annotations
 
 import copy
-import importlib
 import logging
 import time
 from pathlib import Path
@@ -22,23 +21,29 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from common import metrics as M
 from training.callbacks.sigma_snapshots import LocationSchedule
 from training.data.shards import place_mask
-from training.evaluate.embeddings import embeddings_tags, log_evaluation
-from training.evaluate.ranks import Ranks
+from training.evaluate.factorised import evaluate_factorised
+from training.evaluate.locsens import evaluate_locsens
 from training.evaluate.rerank import PlacePrior
-from training.models.locsens import LocSens
-from training.models.sigma import snapshot_name
+from training.evaluate.runs import embeddings_tags, log_evaluation, model_tags
+from training.models.schedules import snapshot_name
+from training.models.streamed import StreamedModule
+from training.ranks import Ranks
+
+#: ``Family.evaluator`` -> the function that scores a split with the family's network.
+EVALUATORS: dict[str, Callable[..., dict[str, float]]] = {"locsens": evaluate_locsens,
+                                                           "factorised": evaluate_factorised}
 
 log = logging.getLogger(__name__)
 
 
-def models_to_evaluate(cfg: DictConfig, model: LocSens, callbacks: list,
+def models_to_evaluate(cfg: DictConfig, model: StreamedModule, callbacks: list,
                        checkpoint: Optional[str] = None) -> dict[str, tuple[Optional[str], Optional[float]]]:
     """Run name -> (checkpoint path or None for the weights in memory, the snapshot's sigma or None);
     ``checkpoint``: evaluate that one (``train=false``)."""
     if checkpoint:
         return {cfg.task_name: (checkpoint, None)}
     schedule = next((c for c in callbacks if isinstance(c, LocationSchedule)), None)
-    sampling = getattr(model, "location", None) == "sampling"
+    sampling = model.variant == "sampling"
     if sampling and cfg.evaluation.get("snapshots", True) and schedule and schedule.saved:
         named = [(snapshot_name(v), v) for v, _ in model.sigma_schedule.stages]
         return {f"{cfg.task_name}_{name}": (schedule.saved[name], v) for name, v in named if name in schedule.saved}
@@ -46,15 +51,7 @@ def models_to_evaluate(cfg: DictConfig, model: LocSens, callbacks: list,
     return {cfg.task_name: (best or None, None)}
 
 
-def evaluator(model) -> Callable[..., dict[str, float]]:
-    """The function that scores a split with this model's network: the model's ``evaluator``
-    (``"module:function"``, named rather than imported so that models never import evaluation),
-    LocSens's triplet scoring by default."""
-    module, _, name = getattr(model, "evaluator", "training.evaluate.locsens:evaluate_locsens").partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def load_net(model: LocSens, checkpoint: Optional[str]) -> torch.nn.Module:
+def load_net(model: StreamedModule, checkpoint: Optional[str]) -> torch.nn.Module:
     """A copy of the model's network with a checkpoint's weights."""
     net = copy.deepcopy(model.net)
     if checkpoint:
@@ -63,15 +60,16 @@ def load_net(model: LocSens, checkpoint: Optional[str]) -> torch.nn.Module:
     return net
 
 
-def evaluate_after_fit(cfg: DictConfig, model: LocSens, datamodule, callbacks: list,
+def evaluate_after_fit(cfg: DictConfig, model: StreamedModule, datamodule, callbacks: list,
                        train_run_id: Optional[str] = None, checkpoint: Optional[str] = None,
                        device: Optional[torch.device] = None, log_runs: bool = True) -> dict[str, float]:
     """Evaluate on ``cfg.evaluation.split``; returns metrics, prefixed by run name for snapshots.
     ``checkpoint``: evaluate that checkpoint only (``train=false``).
 
     Call it on every rank of a DDP run (``device``: the rank's own): each rank scores its share of
-    the queries (:mod:`training.evaluate.ranks`) and rank 0 gets the metrics and, with
-    ``log_runs``, logs the MLflow runs. The split is read once for every snapshot."""
+    the queries (:mod:`training.ranks`) and rank 0 gets the metrics and, with ``log_runs``
+    (rank 0 of a run with an MLflow logger), logs the MLflow runs. The split is read once for every
+    snapshot."""
     ev = cfg.evaluation
     ranks = Ranks.current()
     split = datamodule.split_arrays(ev.split)
@@ -81,7 +79,7 @@ def evaluate_after_fit(cfg: DictConfig, model: LocSens, datamodule, callbacks: l
     device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
     targets = models_to_evaluate(cfg, model, callbacks, checkpoint)
     export = embeddings_tags(datamodule.embeddings_dir, datamodule.manifest)   # one read for every snapshot
-    score = evaluator(model)
+    score = EVALUATORS[model.family.evaluator]
     prior = None
     if ev.get("mode", "exact") == "rerank" and (ev.get("rerank") or {}).get("place_tags"):
         train = datamodule.split_arrays("train")       # the places' tags, from the photos trained on
@@ -95,7 +93,7 @@ def evaluate_after_fit(cfg: DictConfig, model: LocSens, datamodule, callbacks: l
         started = time.perf_counter()
         metrics = score(
             load_net(model, checkpoint).to(device), split, tag_table, place_mask=places,
-            zero_location=getattr(model, "location", None) == "zeroed", ks=list(ev.ks), min_images=ev.min_images,
+            zero_location=model.variant == "zeroed", ks=list(ev.ks), min_images=ev.min_images,
             seed=ev.seed, max_queries=ev.get("max_queries"), pairs=int(ev.get("pairs", 1 << 20)), device=device,
             tagging=bool(ev.get("tagging", True)) and (last or bool(ev.get("snapshot_tagging", True))),
             mode=ev.get("mode", "exact"), rerank=ev.get("rerank"), precision=str(ev.get("precision", "32")),
@@ -105,16 +103,15 @@ def evaluate_after_fit(cfg: DictConfig, model: LocSens, datamodule, callbacks: l
         metrics["eval/seconds"] = time.perf_counter() - started
         metrics["eval/ranks"] = float(ranks.world)
         config: dict[str, Any] = {"evaluation": OmegaConf.to_container(ev, resolve=True), "model": type(model).__name__,
-                                  "location": getattr(model, "location", None),
+                                  "location": model.variant,
                                   "negatives_mode": model.hparams.get("negatives_mode"), "task_name": cfg.task_name,
                                   "checkpoint": checkpoint, "embeddings_dir": str(datamodule.embeddings_dir),
                                   **({"sigma": sigma} if sigma is not None else {})}
-        if log_runs and cfg.get("logger") and any("MLFlowLogger" in str(c.get("_target_", ""))
-                                                  for c in cfg.logger.values()):
+        if log_runs:
             links = {k: v for k, v in {"train_run_id": train_run_id, "checkpoint": checkpoint}.items() if v}
             log_evaluation(metrics, config, tracking_uri=cfg.paths.mlflow_tracking_uri,
                            artifact_root=cfg.paths.get("mlflow_artifact_root"), run_name=name,
-                           tags={**export, **links})
+                           tags={**export, **links, **model_tags(model.family, model.tasks, model.variant)})
         out.update({(k if last else f"{name}/{k}"): float(v) for k, v in metrics.items() if np.isfinite(v)})
         for k in (M.accuracy_metric_name(1), M.accuracy_metric_name(10), M.location_metric_name("25km"),
                   M.location_metric_name("agnostic")):

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
-import mlflow
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -21,7 +20,6 @@ import torch.nn.functional as F
 from common import metrics as M
 from common.embeddings import (EmbeddingsManifest, arrow_to_embeddings, read_image_embeddings,
                                read_tag_embeddings)
-from common.tracking import link_runs, producer, run_record, stage_run
 from training.data.shards import place_mask
 from training.evaluate.topk import top_k
 
@@ -87,61 +85,3 @@ def evaluate_embeddings(embeddings_dir: str | Path, *, shards_dir: Optional[str 
         ub = M.upper_bound_p_at_10_by_distance(q_tags, lat[q_rows], lon[q_rows], truth, lat, lon, num_tags)
         out.update({f"upper_bound/P@10_{g}": v for g, v in ub.items()})
     return out
-
-
-def embeddings_tags(embeddings_dir: str | Path, manifest: Optional[EmbeddingsManifest] = None) -> dict[str, str]:
-    """Tags that tie an evaluation run to the export it scored (see ``EmbeddingsManifest.export_id``);
-    ``manifest``: the directory's manifest when the caller has already read it."""
-    manifest = manifest or EmbeddingsManifest.read(embeddings_dir)
-    return {"embeddings_dir": str(Path(embeddings_dir).resolve()), "embeddings_export_id": manifest.export_id}
-
-
-def log_evaluation(metrics: Mapping[str, float], config: Mapping[str, Any], *, tracking_uri: str,
-                   artifact_root: Optional[str], run_name: str,
-                   tags: Optional[Mapping[str, str]] = None, experiment: str = "evaluate") -> str:
-    """One MLflow run holding an evaluation's config and metrics (call on rank 0); its run id."""
-    with stage_run(experiment, run_name, config, tracking_uri=tracking_uri, artifact_root=artifact_root,
-                   tags=tags) as run:
-        if tags and tags.get("embeddings_dir"):      # the export it scored, in MLflow's dataset tracking
-            from mlflow.data.dataset_source_registry import resolve_dataset_source
-            from mlflow.data.meta_dataset import MetaDataset
-
-            source = resolve_dataset_source(Path(tags["embeddings_dir"]).resolve().as_uri())
-            mlflow.log_input(MetaDataset(source, name="mcc-embeddings",
-                                         digest=(tags.get("embeddings_export_id") or "unknown")[:32]),
-                             context="evaluation")
-        mlflow.log_metrics(M.mlflow_metrics(metrics))
-        for name, points in M.p10_by_km_series(metrics).items():
-            for km, value in points:
-                mlflow.log_metric(name, value, step=km)
-        mlflow.log_dict(dict(metrics), "metrics.json")
-        _link_upstream(tags or {})
-        return run.info.run_id
-
-
-def _link_upstream(tags: Mapping[str, str]) -> None:
-    """Link the active evaluation run to the training run whose model it scored, or else to the run
-    that exported the embeddings it scored (both ways, in the runs' descriptions)."""
-    client = mlflow.MlflowClient()
-    if tags.get("train_run_id"):
-        try:
-            upstream = run_record(client.get_run(tags["train_run_id"]).info)
-        except Exception:
-            return
-        link_runs(client, upstream=upstream, downstream=producer(), what="model")
-    elif tags.get("embeddings_dir"):
-        try:
-            upstream = EmbeddingsManifest.read(tags["embeddings_dir"]).extra.get("mlflow_run") or {}
-        except (OSError, ValueError, TypeError):
-            return
-        link_runs(client, upstream=upstream, downstream=producer(), what="embeddings")
-
-
-def format_table(rows: Mapping[str, Mapping[str, float]], names: Sequence[str]) -> str:
-    """A plain-text table of models x metrics (for logs and notes)."""
-    width = max(len(n) for n in names) + 2
-    head = "model".ljust(10) + "".join(n.rjust(width) for n in names)
-    lines = [head]
-    for model, m in rows.items():
-        lines.append(model.ljust(10) + "".join(f"{m.get(n, float('nan')):{width}.2f}" for n in names))
-    return "\n".join(lines)

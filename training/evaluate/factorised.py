@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from training.evaluate.protocol import evaluate_protocol
-from training.evaluate.ranks import Ranks
+from training.ranks import Ranks
 from training.evaluate.topk import chunked_top_k, top_k
 from training.models.factorised import FactorisedNet
-from training.models.sigma import normalise_location
+from training.models.locations import normalise_location
 
 
 def _as(x, device, dtype) -> torch.Tensor:

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from training.evaluate.protocol import evaluate_protocol
-from training.evaluate.ranks import Ranks
+from training.ranks import Ranks
 from training.evaluate.rerank import (PlacePrior, RerankSettings, build_gallery_indexes, rank_candidates,
                                       retrieval_candidates, shortlist_tags)
 from training.evaluate.topk import chunked_top_k
 from training.models.locsens import LocSensNet
-from training.models.sigma import normalise_location
+from training.models.locations import normalise_location
 
 
 def _rank(net: LocSensNet, query_part: torch.Tensor, key_part: torch.Tensor, k: int, pairs: int,

@@ -4,7 +4,7 @@ every location-sensitive model (LocSens exact or reranked, the factorised model)
 A model supplies how it ranks tags for a block of test images (once per tag mask: all tags, and
 place names removed) and how it ranks the gallery for a block of retrieval queries; the protocol
 chooses the queries, splits the work over the ranks of a process group
-(:mod:`training.evaluate.ranks`), and computes the metrics under their stable names on rank 0.
+(:mod:`training.ranks`), and computes the metrics under their stable names on rank 0.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from common import metrics as M
-from training.evaluate.ranks import Ranks
+from training.ranks import Ranks
 
 #: (rows of the test split, k, masks: None or bool over tags removed) -> one (n, <=k) ranking per mask.
 TagRanker = Callable[[slice, int, Sequence[Optional[np.ndarray]]], Sequence[np.ndarray]]

@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.models.sigma import normalise_location
+from training.models.locations import normalise_location
+from training.models.family import SERVES_LOCATION, Family
 from training.models.streamed import StreamedModule
 
 #: Fourier frequencies of the location features (multiples of pi on [-1, 1]): 1 is Mac Aodha et
@@ -114,6 +115,11 @@ class FactorisedNet(nn.Module):
         weight = self._tag_weight(u)
         fit = fit.sum(-1) if weight is None else (fit * weight).sum(-1)
         return self.scale * (e * u).sum(-1) + (f * self.tag_location[tag]).sum(-1) + self.tag_bias[tag] + fit
+
+    def score_tag_ids(self, image: torch.Tensor, tag_ids: torch.Tensor, loc: torch.Tensor, tag_table: torch.Tensor,
+                      location_weight: Optional[float] = None) -> torch.Tensor:
+        """:meth:`forward` (the interface every location model's network shares, see LocSensNet)."""
+        return self(image, tag_ids, loc, tag_table=tag_table, location_weight=location_weight)
 
     def set_tag_table(self, table: torch.Tensor) -> None:
         """The vocabulary's (MCC) embeddings that :meth:`forward` looks tags up in; not in checkpoints."""
@@ -198,9 +204,11 @@ def retrieval_loss(logits: torch.Tensor, carries: torch.Tensor, target: torch.Te
 class Factorised(StreamedModule):
     """The factorised model trained on precomputed MCC embeddings (see the module doc)."""
 
-    #: training.run evaluates it after fit (training.evaluate.after_fit), with its own evaluator.
-    evaluates_after_fit = True
-    evaluator = "training.evaluate.factorised:evaluate_factorised"
+    family = Family(
+        name="factorised", label="Factorised (image-tag + location-tag)", order=50, evaluator="factorised",
+        serves=SERVES_LOCATION, registered={"tagging": "factorised", "retrieval": "factorised-retrieval"},
+        description="The factorised location-sensitive model on MCC's embeddings (one model for both tasks): "
+                    "a JPEG and a location in, top tags out; or a tag and a location, photos out.")
 
     def __init__(self, num_tags: int, optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: Optional[Callable[..., Any]] = None, input_dim: int = 300, location_dim: int = 64,
@@ -211,8 +219,6 @@ class Factorised(StreamedModule):
         self.net = FactorisedNet(num_tags, input_dim, location_dim, hidden, frequencies, scale, interaction)
         self.num_tags = num_tags
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        #: after_fit reads it: not a LocSens location variant (no zeroing, no sampling schedule).
-        self.location = "factorised"
 
     def set_tag_embeddings(self, table: torch.Tensor) -> None:
         """MCC's tag embeddings (V, 300), L2-normalised; not stored in checkpoints (they are an input)."""

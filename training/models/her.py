@@ -14,9 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.models.base import TagModel
+from training.models.family import EMBEDDINGS, Family
 
 
 class HER(TagModel):
+    family = Family(name="her", label="HER", order=30, exports=EMBEDDINGS,
+                    description="HER: an image model regressing the mean word vector of the image's tags.")
     score = "cosine"
 
     def __init__(self, num_tags: int, word_vectors: Optional[torch.Tensor] = None,

@@ -17,7 +17,7 @@ and normalisation), as the paper describes: ``raw`` true locations; ``zeroed`` t
 times 0; ``dropout`` progressive fusion (the representation scaled by a fusion weight alpha that
 rises 0 -> 1 over training, and zeroed with probability ``location_dropout`` per positive and its
 negatives); ``sampling`` Gaussian location sampling with the sigma schedule
-(:mod:`training.models.sigma`), one draw per triplet, the positive and each negative on its own,
+(:mod:`training.models.schedules`), one draw per triplet, the positive and each negative on its own,
 as the authors train. Validation always uses true locations (zeroed for the ``zeroed`` variant,
 whose model never sees one).
 
@@ -36,10 +36,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.models.negatives import draw_positive_tags, sample_negatives
-from training.models.sigma import PAPER_SIGMA_SCHEDULE, StageSchedule, normalise_location, sample_locations
+from training.models.locations import normalise_location, sample_locations
+from training.models.schedules import PAPER_SIGMA_SCHEDULE, StageSchedule
+from training.models.family import SERVES_LOCATION, TASKS, Family
 from training.models.streamed import StreamedModule
 
-LOCATION_MODES = ("raw", "zeroed", "dropout", "sampling")
 PAPER_HIDDEN = (2048, 2048, 2048, 1024, 512)
 #: GroupNorm's eps in the authors' released model (PyTorch's default is 1e-5).
 AUTHORS_NORM_EPS = 1e-3
@@ -111,6 +112,12 @@ class LocSensNet(nn.Module):
         return self.score_projected(self.project_image(image), self.project_tag(tag),
                                     self.project_location(loc, location_weight))
 
+    def score_tag_ids(self, image: torch.Tensor, tag_ids: torch.Tensor, loc: torch.Tensor, tag_table: torch.Tensor,
+                      location_weight: Optional[torch.Tensor | float] = None) -> torch.Tensor:
+        """Raw scores with tags given as vocabulary indices into ``tag_table`` (V, 300) (the
+        interface every location model's network shares, see FactorisedNet)."""
+        return self(image, tag_table[tag_ids], loc, location_weight)
+
 
 def draw_generator(seed: int, rank: int, epoch: int) -> torch.Generator:
     """The generator of one rank's training draws in one epoch (tags, negatives, location noise):
@@ -133,8 +140,13 @@ def margin_ranking_loss(pos: torch.Tensor, neg: torch.Tensor, valid: Optional[to
 class LocSens(StreamedModule):
     """LocSens trained on precomputed MCC embeddings (see the module doc)."""
 
-    #: training.run evaluates it with training.evaluate.after_fit instead of exporting embeddings.
-    evaluates_after_fit = True
+    family = Family(
+        name="locsens", label="LocSens", order=40, evaluator="locsens", serves=SERVES_LOCATION,
+        registered={"tagging": "locsens-tagging", "retrieval": "locsens-retrieval"},
+        variants={"zeroed": "zeroed locations", "raw": "raw locations", "dropout": "dropout",
+                  "sampling": "location sampling"},
+        description="LocSens on MCC's embeddings, trained for one task: a JPEG and a location in, top tags out "
+                    "(tagging); a tag and a location in, photos out (retrieval, over a search gallery).")
 
     def __init__(self, num_tags: int, optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: Optional[Callable[..., Any]] = None, input_dim: int = 300,
@@ -146,8 +158,11 @@ class LocSens(StreamedModule):
                  sigma_schedule: Sequence[Sequence[float]] = PAPER_SIGMA_SCHEDULE,
                  sigma_interpolate: bool = False, seed: int = 0):
         super().__init__()
-        if location not in LOCATION_MODES:
-            raise ValueError(f"model.location must be one of {LOCATION_MODES}, got {location!r}")
+        if location not in self.family.variants:
+            raise ValueError(f"model.location must be one of {tuple(self.family.variants)}, got {location!r}")
+        if negatives_mode not in TASKS:
+            raise ValueError(f"model.negatives_mode must be one of {TASKS} (the task it trains for), "
+                             f"got {negatives_mode!r}")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         self.net = LocSensNet(input_dim, modality_dim, hidden, groups, norm_eps)
         self.num_tags = num_tags
@@ -160,6 +175,15 @@ class LocSens(StreamedModule):
         self.fusion = 0.0 if location == "dropout" else 1.0
         self.register_buffer("tag_table", torch.zeros(num_tags, input_dim), persistent=False)
         self._train_generator: Optional[torch.Generator] = None
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The one task it was trained for: its negatives say which (``negatives_mode``)."""
+        return (self.hparams.negatives_mode,)
+
+    @property
+    def variant(self) -> str:
+        return self.location
 
     def set_tag_embeddings(self, table: torch.Tensor) -> None:
         """MCC's tag embeddings (V, 300), L2-normalised; not stored in checkpoints (they are an input)."""

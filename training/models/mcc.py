@@ -11,9 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.models.base import TagModel
+from training.models.family import EMBEDDINGS, SERVES_IMAGE, Family
 
 
 class MCC(TagModel):
+    family = Family(
+        name="mcc", label="MCC", order=20, exports=EMBEDDINGS, serves=SERVES_IMAGE, registered={"tagging": "mcc"},
+        description="MCC: an image model with a softmax over the vocabulary (one of the image's tags drawn each "
+                    "time); its image and tag embeddings are LocSens's input. A JPEG in, its top tags by cosine out.")
     score = "cosine"
 
     def __init__(self, num_tags: int, embedding_dim: int = 300, **kwargs):

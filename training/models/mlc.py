@@ -16,9 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.models.base import TagModel, multi_hot
+from training.models.family import EMBEDDINGS, Family
 
 
 class MLC(TagModel):
+    family = Family(name="mlc", label="MLC", order=10, exports=EMBEDDINGS,
+                    description="MLC: an image model with a sigmoid per vocabulary tag over all the image's tags.")
     score = "dot"
 
     def __init__(self, num_tags: int, reduction: str = "sum", **kwargs):

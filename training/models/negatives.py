@@ -20,7 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
-MODES = ("tagging", "retrieval")
+from training.models.family import TASKS
+
+#: Negatives are drawn for the task the model trains for.
+MODES = TASKS
 
 
 @dataclass

@@ -1,5 +1,9 @@
-"""Evaluation split over the processes of a run: each rank ranks its share of the queries, rank 0
-gathers the rankings and computes the metrics.
+"""Which process this is among a run's ranks, spelled once: :func:`is_rank_zero` for side effects
+that happen once per run (MLflow runs, files, logs), and :class:`Ranks` for work split over the
+processes of a run.
+
+Evaluation is split that way: each rank ranks its share of the queries, rank 0 gathers the
+rankings and computes the metrics.
 
 The split is by query (images to tag, retrieval queries): every rank holds the whole gallery and
 vocabulary (500k x 300 floats is 600 MB), so no scores cross processes, only each query's top-k
@@ -17,6 +21,21 @@ from typing import Optional
 
 import numpy as np
 import torch.distributed as dist
+from pytorch_lightning.utilities import rank_zero_only
+
+
+def global_rank() -> int:
+    """This process's rank in the run: the process group's once it exists, before that the rank its
+    launcher gave it (Lightning reads ``RANK``, ``LOCAL_RANK``, ``SLURM_PROCID`` at import and sets
+    it again when the trainer starts), 0 for a process on its own."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
+def is_rank_zero() -> bool:
+    """Whether this process does a run's once-only work (MLflow runs, files written once, logs)."""
+    return global_rank() == 0
 
 
 @dataclass(frozen=True)
