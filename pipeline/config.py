@@ -12,12 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from common.config import CONF_DIR, ConfigError, compose_config
+
 log = logging.getLogger("pipeline")
 
 
@@ -28,17 +26,10 @@ class PipelineError(RuntimeError):
 def load_config(argv: Sequence[str], config_name: str = "pipeline",
                 conf_dir: Path | str = CONF_DIR) -> DictConfig:
     """Compose ``conf/<config_name>.yaml`` with ``key=value`` overrides; resolved and read-only."""
-    bad = [a for a in argv if "=" not in a]
-    if bad:
-        raise PipelineError(f"arguments must be key=value overrides, got {bad!r}")
     try:
-        with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
-            cfg = compose(config_name=config_name, overrides=list(argv))
-        OmegaConf.resolve(cfg)
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise PipelineError(f"config {config_name!r} with overrides {list(argv)!r}: {exc}") from None
-    OmegaConf.set_readonly(cfg, True)
-    return cfg
+        return compose_config(config_name, argv, conf_dir)
+    except ConfigError as exc:
+        raise PipelineError(str(exc)) from None
 
 
 def job_conf_dir() -> Path:

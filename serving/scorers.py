@@ -1,19 +1,28 @@
 """Checkpoints loaded once to answer requests: an image model (MCC) that embeds a JPEG, and a
 location-sensitive model (LocSens or factorised) that scores (image, tag, location) triplets.
 
-Shared by ``python -m training.search`` and the MLflow Models (:mod:`training.serving.pyfunc`).
+Shared by ``python -m serving.search`` and the MLflow Models (:mod:`serving.pyfunc`). A checkpoint
+names its model family (:func:`training.models.family_of_checkpoint`), which says the class.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+from PIL import UnidentifiedImageError
 
+from training.data.images import decode_image
 from training.index.ann import normalised
-from training.models.sigma import normalise_location
+from training.models import family_of_checkpoint, model_class
+from training.models.family import SERVES_IMAGE, SERVES_LOCATION
+from training.models.locations import normalise_location
 
 
 class NotAnImage(ValueError):
     """Bytes that do not decode as an image."""
+
+
+class NotAModel(ValueError):
+    """A checkpoint that is not of the kind of model asked for (or names no model family)."""
 
 
 class ImageEmbedder:
@@ -21,12 +30,11 @@ class ImageEmbedder:
     shards (resize, centre crop from the checkpoint's data settings)."""
 
     def __init__(self, checkpoint: str):
-        from training.models.mcc import MCC
-
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        cls = _model_class(state, checkpoint, SERVES_IMAGE)
         hp, dm = dict(state["hyper_parameters"]), dict(state.get("datamodule_hyper_parameters") or {})
         hp["backbone"] = {**hp["backbone"], "pretrained": False}        # the checkpoint holds the weights
-        self.model = MCC(**hp, optimizer=None)
+        self.model = cls(**hp, optimizer=None)
         self.model.load_state_dict(state["state_dict"])
         self.model.eval()
         self.resize, self.crop = dm.get("resize"), int(dm.get("crop", 224))
@@ -34,10 +42,6 @@ class ImageEmbedder:
     @torch.no_grad()
     def __call__(self, jpeg: bytes) -> np.ndarray:
         """(1, d) embedding; :class:`NotAnImage` when the bytes are no image."""
-        from PIL import UnidentifiedImageError
-
-        from training.data.images import decode_image
-
         try:
             pixels = decode_image(jpeg, self.resize, self.crop, train=False, gen=None)
         except (UnidentifiedImageError, OSError, ValueError) as exc:
@@ -51,14 +55,12 @@ class Scorer:
 
     def __init__(self, checkpoint: str):
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if "net.first.weight" in state["state_dict"]:
-            from training.models.locsens import LocSens as cls
-        else:
-            from training.models.factorised import Factorised as cls
+        cls = _model_class(state, checkpoint, SERVES_LOCATION)
         model = cls.load_from_checkpoint(checkpoint, map_location="cpu", optimizer=None, weights_only=True)
         self.net = model.net.eval()
+        self.family = cls.family
         self.kind = cls.__name__
-        self.weight = 0.0 if getattr(model, "location", None) == "zeroed" else None
+        self.weight = 0.0 if model.variant == "zeroed" else None
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray, tag_ids: np.ndarray, tag_table: np.ndarray, lat: float,
@@ -70,11 +72,7 @@ class Scorer:
         n = max(images.shape[0], tag_ids.shape[0])
         loc = normalise_location(torch.tensor([lat], dtype=torch.float32), torch.tensor([lon], dtype=torch.float32))
         images, tag_ids, loc = images.expand(n, -1), tag_ids.expand(n), loc.expand(n, -1)
-        if self.kind == "LocSens":
-            out = self.net(images, table[tag_ids], loc, self.weight)
-        else:   # the factorised model looks tags up by index (its per-tag location vectors)
-            out = self.net(images, tag_ids, loc, tag_table=table, location_weight=self.weight)
-        return out.float().numpy()
+        return self.net.score_tag_ids(images, tag_ids, loc, table, self.weight).float().numpy()
 
     def top_tags(self, image: np.ndarray, tag_table: np.ndarray, lat: float, lon: float, k: int,
                  shortlist: int | None = 500, unit_tags: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -91,3 +89,14 @@ class Scorer:
         scores = self(image, candidates, tag_table, lat, lon)
         order = np.argsort(-scores, kind="stable")[:k]
         return candidates[order], scores[order]
+
+
+def _model_class(state: dict, checkpoint: str, serves: str) -> type:
+    """The model class a checkpoint was saved by, which must serve as ``serves`` says."""
+    try:
+        family = family_of_checkpoint(state, checkpoint)
+    except ValueError as exc:
+        raise NotAModel(str(exc)) from None
+    if family.serves != serves:
+        raise NotAModel(f"{checkpoint}: a {family.label} checkpoint, not a model that serves {serves!r}")
+    return model_class(family.name)

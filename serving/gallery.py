@@ -1,6 +1,6 @@
 """An indexed gallery on disk: the photos search returns, with the indexes that shortlist them.
 
-Layout of a gallery directory (built by ``python -m training.search build``)::
+Layout of a gallery directory (built by ``python -m serving.search build``)::
 
     manifest.json      what is here and what made it (GalleryManifest), written last
     gallery.parquet    photo_id, latitude, longitude, tag_ids, embedding: one row per photo, in index order
@@ -59,7 +59,7 @@ class GalleryManifest:
         path = Path(directory) / MANIFEST
         if not path.exists():
             raise GalleryError(f"no search index at {Path(directory)} (no {MANIFEST}): build one with "
-                               f"`python -m training.search build --out {directory}`")
+                               f"`python -m serving.search build gallery.dir={directory}`")
         return cls(**json.loads(path.read_text()))
 
 
@@ -145,7 +145,7 @@ class Gallery:
     def photos(self, scorer, tag: int, lat: float, lon: float, k: int,
                shortlist: Optional[tuple[int, int]] = (500, 200)) -> tuple[list[dict[str, Any]], int]:
         """The ``k`` best photos for vocabulary tag ``tag`` near (lat, lon) by ``scorer``
-        (:class:`training.serving.scorers.Scorer`), and how many were scored: the ``shortlist``
+        (:class:`serving.scorers.Scorer`), and how many were scored: the ``shortlist``
         (photos near the tag in embedding space, photos near the place) or, with None, every photo.
         Each photo: rank, photo_id, latitude, longitude, km (WGS-84), score, tagged (carries the tag)."""
         if shortlist is None:

@@ -1,13 +1,14 @@
 """Trained models as MLflow Models: loadable with ``mlflow.pyfunc.load_model`` and servable with
-``mlflow models serve``, each with a signature and an input example.
+``mlflow models serve``, each with a signature and an input example. The registry step
+(:mod:`serving.register`) logs them into the runs that made the models.
 
-- :class:`MCCTagger` (an MCC run): a JPEG in, its top tags by MCC's image-tag cosine out. Artifacts:
-  the checkpoint and the vocabulary with its tag embeddings (``tags.parquet`` of the export).
+- :class:`MCCTagger` (an image-model run, MCC): a JPEG in, its top tags by MCC's image-tag cosine
+  out. Artifacts: the checkpoint and the vocabulary with its tag embeddings (the export's ``tags.parquet``).
 - :class:`LocationTagger` (a LocSens or factorised run): a JPEG and a location in, the top tags at
   that location out. Artifacts: the MCC checkpoint and vocabulary it depends on, and its own
   checkpoint, so one model takes an image and a location.
-- :class:`PhotoRetriever` (a search-index build with a retrieval model): a tag and a location in,
-  the indexed gallery's best photos out (ids, coordinates, km, scores). Artifacts: the gallery and the checkpoint.
+- :class:`PhotoRetriever` (a search gallery built with a retrieval model): a tag and a location in,
+  the gallery's best photos out (ids, coordinates, km, scores). Artifacts: the gallery and the checkpoint.
 
 Input: a DataFrame with ``image`` (JPEG bytes; base64 text over REST) and, for the location model,
 ``latitude`` and ``longitude``. Output: one row per input with ``tags`` and ``scores`` (best
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import io
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,9 +27,15 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+from mlflow.models import infer_signature
+from PIL import Image
 
 from common.embeddings import arrow_to_embeddings
+from serving.gallery import Gallery
+from serving.scorers import ImageEmbedder, Scorer
 from training.index.ann import normalised
+from training.index.spatial import check_coordinates
+from training.models.family import SERVES_IMAGE, SERVES_LOCATION
 
 #: The name every run logs its model under; the run's ``model_uri`` tag holds its ``models:/`` URI.
 MODEL_NAME = "model"
@@ -62,8 +70,6 @@ class MCCTagger(mlflow.pyfunc.PythonModel):
     """MCC: an image's top tags by the cosine of its embedding with every tag embedding."""
 
     def load_context(self, context) -> None:
-        from training.serving.scorers import ImageEmbedder
-
         self.embedder = ImageEmbedder(context.artifacts["mcc_checkpoint"])
         self.tag_names, tag_vectors = _read_vocabulary(context.artifacts["vocabulary"])
         self.unit_tags = normalised(tag_vectors)
@@ -83,16 +89,12 @@ class LocationTagger(mlflow.pyfunc.PythonModel):
     """LocSens (or the factorised model) with the MCC it reads: an image's top tags at a location."""
 
     def load_context(self, context) -> None:
-        from training.serving.scorers import ImageEmbedder, Scorer
-
         self.embedder = ImageEmbedder(context.artifacts["mcc_checkpoint"])
         self.scorer = Scorer(context.artifacts["tagger_checkpoint"])
         self.tag_names, self.tag_vectors = _read_vocabulary(context.artifacts["vocabulary"])
         self.unit_tags = normalised(self.tag_vectors)        # once, not per request
 
     def predict(self, context, model_input: pd.DataFrame, params: Optional[dict[str, Any]] = None) -> pd.DataFrame:
-        from training.index.spatial import check_coordinates
-
         k = min(_k(params), len(self.tag_names))
         check_coordinates(model_input["latitude"].to_numpy(), model_input["longitude"].to_numpy())
         tags, scores = [], []
@@ -106,18 +108,13 @@ class LocationTagger(mlflow.pyfunc.PythonModel):
 
 class PhotoRetriever(mlflow.pyfunc.PythonModel):
     """LocSens (or the factorised model) over an indexed gallery: a tag and a location in, the
-    gallery's best photos for them out (shortlist and rerank, as ``python -m training.search photos``)."""
+    gallery's best photos for them out (shortlist and rerank, as ``python -m serving.search photos``)."""
 
     def load_context(self, context) -> None:
-        from training.index.gallery import Gallery
-        from training.serving.scorers import Scorer
-
         self.gallery = Gallery(context.artifacts["gallery"])
         self.scorer = Scorer(context.artifacts["retriever_checkpoint"])
 
     def predict(self, context, model_input: pd.DataFrame, params: Optional[dict[str, Any]] = None) -> pd.DataFrame:
-        from training.index.spatial import check_coordinates
-
         k = min(_k(params), len(self.gallery))
         check_coordinates(model_input["latitude"].to_numpy(), model_input["longitude"].to_numpy())
         out: dict[str, list] = {"photo_ids": [], "latitudes": [], "longitudes": [], "km": [], "scores": []}
@@ -140,40 +137,48 @@ def example_jpeg(shards_dir: Optional[str | Path]) -> tuple[bytes, float, float]
         if pf.metadata.num_rows:
             row = pf.read_row_group(0, columns=["image", "latitude", "longitude"]).slice(0, 1).to_pylist()[0]
             return row["image"], float(row["latitude"]), float(row["longitude"])
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.new("RGB", (64, 64), (128, 128, 128)).save(buf, format="JPEG")
     return buf.getvalue(), 0.0, 0.0
 
 
-def log_model(kind: str, *, mcc_checkpoint: Optional[str] = None, vocabulary: Optional[str] = None,
-              tagger_checkpoint: Optional[str] = None, shards_dir: Optional[str | Path] = None,
-              gallery: Optional[str | Path] = None, retriever_checkpoint: Optional[str] = None,
-              example_tag: Optional[str] = None, example_place: tuple[float, float] = (0.0, 0.0)) -> str:
-    """Log the active run's model (``kind``: ``mcc``, ``location`` or ``retrieval``) with its
-    signature and input example (predicted once here, which also proves it loads); its ``models:/`` URI."""
-    from mlflow.models import infer_signature
+#: A gallery's retrieval model (:class:`PhotoRetriever`), beside the families' ``serves`` kinds.
+RETRIEVAL = "retrieval"
+#: How a model is served (``Family.serves``, or :data:`RETRIEVAL`) -> its MLflow Model class.
+MODELS: dict[str, type[mlflow.pyfunc.PythonModel]] = {
+    SERVES_IMAGE: MCCTagger, SERVES_LOCATION: LocationTagger, RETRIEVAL: PhotoRetriever}
 
-    if kind == "retrieval":
-        artifacts = {"gallery": str(gallery), "retriever_checkpoint": str(retriever_checkpoint)}
-        example = pd.DataFrame({"tag": [example_tag], "latitude": [example_place[0]],
-                                "longitude": [example_place[1]]})
-        model: mlflow.pyfunc.PythonModel = PhotoRetriever()
-    else:
-        jpeg, lat, lon = example_jpeg(shards_dir)
-        artifacts = {"mcc_checkpoint": str(mcc_checkpoint), "vocabulary": str(vocabulary)}
-        example = pd.DataFrame({"image": [jpeg]})
-        if kind == "location":
-            artifacts["tagger_checkpoint"] = str(tagger_checkpoint)
-            example = example.assign(latitude=[lat], longitude=[lon])
-            model = LocationTagger()
-        elif kind == "mcc":
-            model = MCCTagger()
-        else:
-            raise ValueError(f"model kind must be mcc, location or retrieval, got {kind!r}")
-    loaded = type(model)()          # the logged instance stays empty: weights travel as artifacts
+
+def tagger_inputs(kind: str, *, image_model: str, vocabulary: str, checkpoint: str,
+                  shards_dir: Optional[str | Path]) -> tuple[dict[str, str], pd.DataFrame]:
+    """Artifacts and input example of a tagging model: an image model (``kind`` image) or a
+    location model (``location``, with the image model it reads)."""
+    jpeg, lat, lon = example_jpeg(shards_dir)
+    if kind == SERVES_IMAGE:
+        return {"mcc_checkpoint": image_model, "vocabulary": vocabulary}, pd.DataFrame({"image": [jpeg]})
+    return ({"mcc_checkpoint": image_model, "vocabulary": vocabulary, "tagger_checkpoint": checkpoint},
+            pd.DataFrame({"image": [jpeg], "latitude": [lat], "longitude": [lon]}))
+
+
+def retriever_inputs(gallery_dir: str | Path, checkpoint: str) -> tuple[dict[str, str], pd.DataFrame]:
+    """Artifacts and input example of a gallery's retrieval model: a tag of its first photo at
+    that photo's place."""
+    gallery = Gallery(gallery_dir)
+    first = gallery.truth.row(0)
+    tag = gallery.tag_names[int(first[0])] if first.size else gallery.tag_names[0]
+    example = pd.DataFrame({"tag": [tag], "latitude": [float(gallery.latitude[0])],
+                            "longitude": [float(gallery.longitude[0])]})
+    return {"gallery": str(gallery_dir), "retriever_checkpoint": checkpoint}, example
+
+
+def log_model(kind: str, artifacts: dict[str, str], example: pd.DataFrame) -> str:
+    """Log the active run's model (``kind``: a key of :data:`MODELS`) with its signature and input
+    example (predicted once here, which also proves it loads); its ``models:/`` URI."""
+    if kind not in MODELS:
+        raise ValueError(f"model kind must be one of {sorted(MODELS)}, got {kind!r}")
+    model = MODELS[kind]()          # the logged instance stays empty: weights travel as artifacts
     context = mlflow.pyfunc.PythonModelContext(artifacts=artifacts, model_config={})
+    loaded = MODELS[kind]()
     loaded.load_context(context)
     output = loaded.predict(context, example, {"k": DEFAULT_K})
     signature = infer_signature(example, output, params={"k": DEFAULT_K})
@@ -186,8 +191,6 @@ def requirements() -> list[str]:
     """What loading the model imports, pinned to this environment's versions (stated rather than
     inferred: MLflow's inference loads the model in a subprocess). The project itself must be
     installed too (``pip install -e .`` from its repository)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     out = []
     for name in ("mlflow", "torch", "torchvision", "pytorch-lightning", "numpy", "pandas", "pyarrow", "pillow",
                  "scikit-learn", "faiss-cpu", "geographiclib"):
@@ -196,24 +199,3 @@ def requirements() -> list[str]:
         except PackageNotFoundError:
             out.append(name)
     return out
-
-
-def log_inputs(datamodule) -> None:
-    """Record in the active run the dataset a training run read, by MLflow's dataset tracking: the
-    embeddings export (LocSens, factorised; digest = its export id) or the shards (image models;
-    digest = a hash of their manifest)."""
-    import hashlib
-
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-
-    from common.contract import MANIFEST_NAME
-
-    embeddings = getattr(datamodule, "embeddings_dir", None)
-    if embeddings is not None:
-        path, name, digest = Path(embeddings) / MANIFEST_NAME, "mcc-embeddings", datamodule.manifest.export_id
-    else:
-        path, name = Path(datamodule.shards_dir) / MANIFEST_NAME, "shards"
-        digest = hashlib.sha1(path.read_bytes()).hexdigest() if path.exists() else ""
-    source = resolve_dataset_source(path.resolve().parent.as_uri())
-    mlflow.log_input(MetaDataset(source, name=name, digest=(digest or "unknown")[:32]), context="training")

