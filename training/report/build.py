@@ -21,16 +21,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from common.markdown import write_block
 from common.metrics import NOPLACES, location_metric_name
-from common.tracking import latest_finished_run, stage_run
+from common.tracking import REPORT, latest_finished_run, stage_run
 from training.data.embeddings import LocSensDataModule
 from training.data.shards import read_split_images, read_vocab
 from training.evaluate.locsens import retrieve_images, tag_images
+from training.models.locations import normalise_location
 from training.models.locsens import LocSens
-from training.models.sigma import normalise_location
-from training.report.tables import (DISTANCE_COLUMNS, Results, agnostic_retrieval_table, collect_results,
-                                    label, location_table, noplaces_table, queries_note, retrieval_results,
-                                    rows, sigma_rows, tagging_table)
+from training.report.results import DISTANCE_COLUMNS, UPPER_BOUND, Results, collect_results, ordered
+from training.report.tables import (agnostic_retrieval_table, location_table, noplaces_table, queries_note,
+                                    summary_table, tagging_table)
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +81,15 @@ def _plt():
 
 
 def plot_granularities(results: Results, path: Path) -> Optional[Path]:
+    """P@10 per granularity of every retrieval row."""
     plt = _plt()
-    results = retrieval_results(results)
-    models = [n for n in rows(results) if all(location_metric_name(g) in results[n] for g in DISTANCE_COLUMNS)]
+    models = [(k, r) for k, r in ordered(results) if all(location_metric_name(g) in r.mean for g in DISTANCE_COLUMNS)]
     if not models:
         return None
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for n in models:
-        ax.plot(range(len(DISTANCE_COLUMNS)), [results[n][location_metric_name(g)] for g in DISTANCE_COLUMNS],
-                marker="o", label=label(results, n), linestyle="--" if n == "upper_bound" else "-")
+    for key, r in models:
+        ax.plot(range(len(DISTANCE_COLUMNS)), [r.mean[location_metric_name(g)] for g in DISTANCE_COLUMNS],
+                marker="o", label=r.label, linestyle="--" if key == UPPER_BOUND else "-")
     ax.set_xticks(range(len(DISTANCE_COLUMNS)), ["agnostic", "2500 km", "750 km", "200 km", "25 km", "1 km"])
     ax.set_ylabel("P@10 (%)")
     ax.set_title("Location-sensitive retrieval: P@10 per granularity")
@@ -100,22 +101,21 @@ def plot_granularities(results: Results, path: Path) -> Optional[Path]:
 
 
 def plot_sigma(results: Results, path: Path) -> Optional[Path]:
+    """P@10 per granularity against sigma, over the sigma snapshots' rows (error bars: repeats)."""
     plt = _plt()
-    present = sigma_rows(results)
-    if len(present) < 2:
+    stats = [r for _, r in ordered(results) if r.sigma is not None]
+    if len(stats) < 2:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    x = np.arange(len(present))
-    stats = [results[n] for n in present]
+    x = np.arange(len(stats))
     for g in DISTANCE_COLUMNS:
         key = location_metric_name(g)
-        sd = [r.get(f"{key}_sd", 0.0) for r in stats]   # error bars: spread over repeats
-        ax.errorbar(x, [r.get(key, np.nan) for r in stats], yerr=sd if any(sd) else None, marker="o",
+        sd = [r.sd.get(key, 0.0) for r in stats]   # error bars: spread over repeats
+        ax.errorbar(x, [r.mean.get(key, np.nan) for r in stats], yerr=sd if any(sd) else None, marker="o",
                     capsize=3, label=g)
-    runs = int(stats[0].get("repeats", 1))
-    if runs > 1:
-        ax.set_xlabel(f"mean and standard deviation over {runs} runs")
-    ax.set_xticks(x, [f"sigma={r['sigma']:g}" for r in stats])
+    if stats[0].runs > 1:
+        ax.set_xlabel(f"mean and standard deviation over {stats[0].runs} runs")
+    ax.set_xticks(x, [f"sigma={r.sigma:g}" for r in stats])
     ax.set_ylabel("P@10 (%)")
     ax.set_title("LocSens with location sampling: P@10 against sigma")
     ax.legend(fontsize=8)
@@ -219,7 +219,7 @@ class Figures:
 # --- the report -------------------------------------------------------------------------------
 
 def registry_section(uri: str, alias: str = "champion") -> str:
-    """The registered models (python -m training.register) and the version each alias names, with
+    """The registered models (python -m serving.register) and the version each alias names, with
     the run it came from: which trained models a reader of this report can load and serve."""
     client = mlflow.MlflowClient(uri, registry_uri=uri)
     try:
@@ -227,7 +227,7 @@ def registry_section(uri: str, alias: str = "champion") -> str:
     except mlflow.exceptions.MlflowException:
         registered = []
     if not registered:
-        return "None yet (`python -m training.register`, a stage of `make demo`)."
+        return "None yet (`python -m serving.register`, a stage of `make demo`)."
     lines = [f"| Model | versions | {alias} | its run | URI |", "|---|---|---|---|---|"]
     for m in registered:
         versions = client.search_model_versions(f"name = '{m.name}'")
@@ -246,15 +246,15 @@ def build_report(cfg: DictConfig) -> Path:
     out = Path(cfg.report.output)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     uri = cfg.paths.mlflow_tracking_uri
-    results = collect_results(uri)
+    tables = collect_results(uri)
     stats = pipeline_stats(uri)
     figs: dict[str, Optional[Path]] = {
-        "P@10 per granularity": plot_granularities(results, out / "figures" / "p10_by_granularity.png"),
-        "P@10 against sigma": plot_sigma(results, out / "figures" / "p10_vs_sigma.png"),
+        "P@10 per granularity": plot_granularities(tables.retrieval, out / "figures" / "p10_by_granularity.png"),
+        "P@10 against sigma": plot_sigma(tables.retrieval, out / "figures" / "p10_vs_sigma.png"),
     }
     locations = {k: list(v) for k, v in cfg.report.locations.items()}
-    data = FigureData(Path(cfg.report.mcc_embeddings), Path(cfg.paths.shards_dir)) \
-        if Path(cfg.report.mcc_embeddings, "manifest.json").exists() else None
+    data = FigureData(Path(cfg.paths.mcc_embeddings), Path(cfg.paths.shards_dir)) \
+        if Path(cfg.paths.mcc_embeddings, "manifest.json").exists() else None
     f = _figures(cfg, "retrieval_checkpoints", data)
     if f is not None:
         figs["Retrieval grid"] = f.retrieval_grid(list(cfg.report.grid_tags), locations, cfg.report.grid_top,
@@ -267,14 +267,16 @@ def build_report(cfg: DictConfig) -> Path:
     parts = [f"# {cfg.report.title}", "",
              "Ours (paper) in every cell: the paper's numbers are on full YFCC100M (docs/evaluation.md); ours on "
              f"the data this run used ({cfg.paths.raw_dir}).", "",
-             "## Image tagging", "", tagging_table(results), "",
-             "## Image tagging, place names omitted", "", noplaces_table(results), "",
-             "## Location-agnostic retrieval", "", agnostic_retrieval_table(results), "",
-             "## Location-sensitive retrieval (P@10)", "", location_table(results), "", queries_note(results), "",
+             "## Summary", "", summary_table(tables), "",
+             "## Image tagging", "", tagging_table(tables.tagging), "",
+             "## Image tagging, place names omitted", "", noplaces_table(tables.tagging), "",
+             "## Location-agnostic retrieval", "", agnostic_retrieval_table(tables.retrieval), "",
+             "## Location-sensitive retrieval (P@10)", "", location_table(tables.retrieval), "",
+             queries_note(tables.retrieval), "",
              "## Location-sensitive retrieval, place-name queries omitted (P@10)", "",
              "Ours only: the paper reports no such table. For a place-name query the location is the tag; "
              "the other queries show how a model trades a concept against the place.", "",
-             location_table(results, NOPLACES), "", queries_note(results, NOPLACES), "",
+             location_table(tables.retrieval, NOPLACES), "", queries_note(tables.retrieval, NOPLACES), "",
              "## Figures", ""]
     for title, path in figs.items():
         if path is not None:
@@ -283,7 +285,9 @@ def build_report(cfg: DictConfig) -> Path:
     parts += ["## Pipeline", "", stats_section(stats), ""]
     report = out / "report.md"
     report.write_text("\n".join(parts))
-    (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+    (out / "results.json").write_text(json.dumps(tables.to_json(), indent=2))
+    if cfg.report.get("readme"):     # make readme-results: the summary into the README, by this command
+        write_block(cfg.report.readme, "results", summary_table(tables), "make readme-results")
     _log_report(cfg, out)
     log.info("report: %s", report.resolve())
     return report
@@ -314,6 +318,6 @@ def _example_rows(data: FigureData, tags: list[str]) -> list[int]:
 
 
 def _log_report(cfg: DictConfig, out: Path) -> None:
-    with stage_run("report", cfg.report.run_name, OmegaConf.to_container(cfg, resolve=True),
+    with stage_run(REPORT, cfg.report.run_name, OmegaConf.to_container(cfg, resolve=True),
                    tracking_uri=cfg.paths.mlflow_tracking_uri, artifact_root=cfg.paths.get("mlflow_artifact_root")):
         mlflow.log_artifacts(str(out))
