@@ -31,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common.markdown import write_block  # noqa: E402
 from training.evaluate.locsens import reranked_images, reranked_tags, retrieve_images, tag_images_masked  # noqa: E402
 from training.evaluate.rerank import RerankSettings, build_gallery_indexes, retrieval_candidates  # noqa: E402
 from training.evaluate.topk import top_k  # noqa: E402
@@ -73,6 +74,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=1 << 16, help="triplets per LocSens chunk")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=3.0, help="minimum measuring time per figure")
+    ap.add_argument("--doc", type=Path, help="also write the table into this Markdown page's block eval-scale")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
@@ -134,18 +136,23 @@ def main() -> None:
         "factorised": (n / r["factorised tagging images/s"], q / r["factorised retrieval queries/s"], build),
     }
     exact_total = sum(rows["exact"])
-    print(f"\nProjected evaluation at the paper's scale on this machine ({n:,} test images, {t:,} tags, "
-          f"{q:,} retrieval queries):\n")
-    print("| mode | tagging | retrieval | index build | one model | sigma run (5 snapshots) | speed-up |")
-    print("|---|---|---|---|---|---|---|")
+    lines = [f"Measured on {args.threads} threads: {v:,} tags, a gallery of {args.gallery:,} images; "
+             + "; ".join(f"{name} {value:,.1f}" for name, value in r.items()) + ".", "",
+             f"Projected to the paper's scale on this machine ({n:,} test images, {t:,} tags, {q:,} retrieval "
+             "queries):", "",
+             "| mode | tagging | retrieval | index build | one model | sigma run (5 snapshots) | speed-up |",
+             "|---|---|---|---|---|---|---|"]
     for mode, (tag_s, ret_s, build_s) in rows.items():
         total = tag_s + ret_s + build_s
         sigma = (tag_s + ret_s) * PAPER["snapshots"] + build_s     # the index is built once
-        print(f"| {mode} | {hours(tag_s)} | {hours(ret_s)} | {hours(build_s) if build_s else '-'} | {hours(total)} | "
-              f"{hours(sigma)} | {exact_total / total:,.0f}x |")
+        lines.append(f"| {mode} | {hours(tag_s)} | {hours(ret_s)} | {hours(build_s) if build_s else '-'} | "
+                     f"{hours(total)} | {hours(sigma)} | {exact_total / total:,.0f}x |")
     if v != t:
-        print(f"\n(the tagging rates were measured with {v:,} tags; rerank and factorised tagging cost grows with "
-              f"the vocabulary only through the cosine / matrix product)")
+        lines += ["", f"(the tagging rates were measured with {v:,} tags; rerank and factorised tagging cost grows "
+                      "with the vocabulary only through the cosine / matrix product)"]
+    print("\n" + "\n".join(lines))
+    if args.doc:
+        write_block(args.doc, "eval-scale", "\n".join(lines), "python bench/eval_scale.py --doc " + str(args.doc))
 
 
 if __name__ == "__main__":

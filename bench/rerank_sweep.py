@@ -6,10 +6,11 @@ at every granularity (retrieval), and the speed-up over exact, all measured in o
 models and queries. Rerank times (the median of 3 runs) include making the shortlists (the MCC
 cosine top-K, the place tags; building the FAISS and ball-tree indexes and searching them).
 
-    python bench/rerank_sweep.py [--tagging outputs/locsens_raw/checkpoints/best.ckpt]
-        [--retrieval outputs/locsens_raw_retrieval/checkpoints/best.ckpt] [--embeddings outputs/mcc/embeddings]
-        [--shards data/work/shards] [--tags 50 75 100 200] [--place-tags 25]
-        [--images 40:20 50:25 100:50 200:100] [--index auto]
+    python bench/rerank_sweep.py [--tags 50 75 100 200] [--place-tags 25]
+        [--images 40:20 50:25 100:50 200:100] [--index auto] [key=value ...]
+
+The models and data are the search gallery's (conf/serving.yaml: ``gallery.tagger``,
+``gallery.retriever``, ``gallery.embeddings_dir``, ``paths.shards_dir``; the demo's by default).
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common import metrics as M  # noqa: E402
+from common.config import compose_config  # noqa: E402
+from common.markdown import table, write_block  # noqa: E402
 from training.data.embeddings import LocSensDataModule  # noqa: E402
 from training.data.shards import place_mask  # noqa: E402
 from training.evaluate.locsens import (reranked_images, reranked_tags, retrieve_images,  # noqa: E402
@@ -31,7 +34,7 @@ from training.evaluate.locsens import (reranked_images, reranked_tags, retrieve_
 from training.evaluate.rerank import (PlacePrior, RerankSettings, build_gallery_indexes,  # noqa: E402
                                       recall_of, retrieval_candidates)
 from training.models.locsens import LocSens  # noqa: E402
-from training.models.sigma import normalise_location  # noqa: E402
+from training.models.locations import normalise_location  # noqa: E402
 
 KS = [1, 10, 50]
 
@@ -114,17 +117,10 @@ def retrieval_rows(net, weight, split, tags, places, settings: list[tuple[int, i
     return rows
 
 
-def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tagging", type=Path, default=ROOT / "outputs/locsens_raw/checkpoints/best.ckpt")
-    ap.add_argument("--retrieval", type=Path, default=ROOT / "outputs/locsens_raw_retrieval/checkpoints/best.ckpt")
-    ap.add_argument("--embeddings", type=Path, default=ROOT / "outputs/mcc/embeddings")
-    ap.add_argument("--shards", type=Path, default=ROOT / "data/work/shards")
+    ap.add_argument("--doc", type=Path, help="also write the tables into this Markdown page's block rerank-sweep")
+    ap.add_argument("overrides", nargs="*", help="key=value settings of conf/serving.yaml")
     ap.add_argument("--tags", type=int, nargs="+", default=[50, 75, 100, 200])
     ap.add_argument("--images", nargs="+", default=["40:20", "50:25", "100:50", "200:100"],
                     help="retrieval candidates as IMAGES:NEARBY")
@@ -136,29 +132,35 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    for path in (args.tagging, args.retrieval, args.embeddings):
+    cfg = compose_config("serving", args.overrides)
+    tagging, retrieval = Path(cfg.gallery.tagger), Path(cfg.gallery.retriever)
+    for key, path in (("gallery.tagger", tagging), ("gallery.retriever", retrieval),
+                      ("gallery.embeddings_dir", Path(cfg.gallery.embeddings_dir))):
         if not path.exists():
-            sys.exit(f"{path}: missing; run `make demo` first (or pass --tagging/--retrieval/--embeddings)")
-    dm = LocSensDataModule(str(args.embeddings))
+            sys.exit(f"{key}={path}: missing; run `make demo` first (or set {key}=...)")
+    dm = LocSensDataModule(str(cfg.gallery.embeddings_dir))
     split = dm.split_arrays("test")
     tags = torch.tensor(dm.tag_embeddings())
-    places = place_mask(args.shards)
-    print(f"demo test split: {len(split['truth'])} images, {tags.shape[0]} tags, {int(places.sum())} place names\n")
-
-    net, weight = load(args.tagging)
+    places = place_mask(cfg.paths.shards_dir)
+    lines = [f"On the test split ({len(split['truth'])} images, {tags.shape[0]} tags, {int(places.sum())} place names); "
+             "exact rows show absolute metrics, rerank rows the change from exact; times are medians of 3 and "
+             "include the shortlists and the indexes.", ""]
+    net, weight = load(tagging)
     head = ["mode", "K", "recall@10 %"] + [f"dA@{k}{s}" for s in ("", " np") for k in KS] + ["seconds", "speed-up"]
-    print(f"Tagging ({args.tagging.parent.parent.name}): K tags shortlisted by MCC cosine, reranked by LocSens")
+    lines += [f"Tagging ({tagging.parent.parent.name}): K tags shortlisted by MCC cosine, reranked by LocSens", ""]
     train = dm.split_arrays("train")
     prior = PlacePrior(train["latitude"], train["longitude"], train["truth"], tags.shape[0])
-    print(table(head, tagging_rows(net, weight, split, tags, places, args.tags, args.pairs, prior, args.place_tags)))
-
-    net, weight = load(args.retrieval)
+    lines += [table(head, tagging_rows(net, weight, split, tags, places, args.tags, args.pairs, prior,
+                                       args.place_tags)), ""]
+    net, weight = load(retrieval)
     settings = [tuple(int(x) for x in s.split(":")) for s in args.images]
     head = ["candidates (tag+near)", "C", "recall@10 %"] + [f"dP@10 {g}" for g in [*M.GRANULARITIES_KM, "agn"]] \
         + ["seconds", "speed-up"]
-    print(f"\nRetrieval ({args.retrieval.parent.parent.name}): {args.index} index + ball tree, reranked by LocSens")
-    print(table(head, retrieval_rows(net, weight, split, tags, places, settings, args.index, args.pairs, args.seed)))
-    print("\n(exact rows show absolute metrics; rerank rows the change from exact)")
+    lines += [f"Retrieval ({retrieval.parent.parent.name}): {args.index} index + ball tree, reranked by LocSens", "",
+              table(head, retrieval_rows(net, weight, split, tags, places, settings, args.index, args.pairs, args.seed))]
+    print("\n".join(lines))
+    if args.doc:
+        write_block(args.doc, "rerank-sweep", "\n".join(lines), "python bench/rerank_sweep.py --doc " + str(args.doc))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Load on the REST service (``python -m training.serve``): requests/s and p50/p99 latency of
+"""Load on the REST service (``python -m serving.serve``): requests/s and p50/p99 latency of
 ``POST /tag`` and ``GET /photos`` at 1, 4 and 16 concurrent clients, and the failed requests.
 
 Starts the service as its own process over the registered models of the tracking store (run
@@ -7,7 +7,7 @@ runs the clients (threads, each a keep-alive-free urllib loop) for ``--seconds``
 The ``/tag`` requests cycle over the sample photos, each sent as JPEG bytes at a place that
 cycles too; ``/photos`` cycles over tags of the vocabulary and places.
 
-    python bench/serve_load.py [--clients 1 4 16] [--seconds 10] [--tracking-uri sqlite:///mlruns.db]
+    python bench/serve_load.py [--clients 1 4 16] [--seconds 10] [key=value settings of conf/serving.yaml]
 """
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from common.markdown import table, write_block  # noqa: E402
 PLACES = [(41.39, 2.17), (48.85, 2.35), (-33.87, 151.21), (40.71, -74.0), (35.68, 139.69), (-22.9, -43.2)]
 TAGS = ["beach", "sunset", "food", "city", "paris", "street", "water", "car"]
 
@@ -80,13 +83,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlruns.db"))
-    ap.add_argument("--shards", default="data/work/shards")
+    ap.add_argument("--doc", type=Path, help="also write the table into this Markdown page's block serve-load")
+    ap.add_argument("overrides", nargs="*", help="key=value settings of the service (conf/serving.yaml)")
     args = ap.parse_args()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "training.serve", "--tracking-uri", args.tracking_uri,
-                             "--shards", args.shards, "--port", str(port)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "serving.serve", *args.overrides, f"serve.port={port}"], cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
@@ -110,13 +112,19 @@ def main() -> None:
             return call(f"{base}/photos?tag={TAGS[i % len(TAGS)]}&lat={lat}&lon={lon}&k=10")
 
         print(f"service: {json.loads(urllib.request.urlopen(f'{base}/health').read())}")
-        print(f"{'endpoint':<12}{'clients':>8}{'requests':>10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'failed':>8}")
+        rows = []
         for name, fn in (("POST /tag", tag), ("GET /photos", photos)):
             load(fn, 1, 1.0)                                        # warm-up
             for c in args.clients:
                 r = load(fn, c, args.seconds)
-                print(f"{name:<12}{c:>8}{r['requests']:>10}{r['rps']:>9.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
-                      f"{r['failed']:>8}")
+                rows.append([name, str(c), str(r["requests"]), f"{r['rps']:.1f}", f"{r['p50_ms']:.1f}",
+                             f"{r['p99_ms']:.1f}", str(r["failed"])])
+                print(" | ".join(rows[-1]), flush=True)
+        text = (f"One service process and its clients on the same machine, {args.seconds:g} s per row after a "
+                "warm-up:\n\n" + table(["endpoint", "clients", "requests", "req/s", "p50 ms", "p99 ms", "failed"], rows))
+        print(text)
+        if args.doc:
+            write_block(args.doc, "serve-load", text, "python bench/serve_load.py --doc " + str(args.doc))
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -36,8 +36,7 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
     seed = require_int(cfg, "splits.seed")
     spark = start_spark(cfg, "build_vocab")
     out = cfg.outputs
-    io.require_input(spark, out.clean, "outputs.clean", "jobs/clean_metadata.py")
-    io.require_input(spark, out.place_names, "outputs.place_names", "jobs/clean_metadata.py")
+    io.require_outputs(spark, out, "clean", "place_names")
 
     with stage(cfg, "build_vocab") as st, io.staged_outputs(spark) as staged:
         clean = spark.read.parquet(out.clean)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from pyspark.sql import functions as F
 
 from common.metrics import NOPLACES, accuracy_metric_name, mlflow_metrics
-from common.tracking import stage_run
+from common.tracking import EVALUATE, stage_run
 from pipeline import baselines, io, place_names
 from pipeline.config import PipelineError, run_job
 from pipeline.stage import ConservationCheck, check_conservation, markdown_table, stage, start_spark
@@ -40,7 +40,7 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
         raise PipelineError(f"setting baselines.k={ks!r}: expected a list of positive integers")
     spark = start_spark(cfg, "frequency_baselines")
     out = cfg.outputs
-    io.require_build_vocab_outputs(spark, out)
+    io.require_outputs(spark, out, "dataset", "vocab", "place_names")
 
     with stage(cfg, "frequency_baselines") as st, io.staged_outputs(spark) as staged:
         dataset = spark.read.parquet(out.dataset)
@@ -86,7 +86,7 @@ def log_comparable_runs(cfg: DictConfig, result: list[dict], ks: list[int]) -> N
     compare view puts the baselines beside MCC and LocSens."""
     for level in baselines.LEVELS:
         metrics = {accuracy_metric_name(r["k"], _suffix(r)): r["accuracy"] for r in result if r["level"] == level}
-        with stage_run("evaluate", f"{level}_frequency", {"model": f"{level} frequency baseline", "ks": ks},
+        with stage_run(EVALUATE, f"{level}_frequency", {"model": f"{level} frequency baseline", "ks": ks},
                        tracking_uri=cfg.paths.mlflow_tracking_uri,
                        artifact_root=cfg.paths.get("mlflow_artifact_root"), tags={"stage": "frequency_baselines"}):
             mlflow.log_metrics(mlflow_metrics(metrics))

@@ -29,7 +29,7 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
     size = require_int(cfg, "shard.image_size", minimum=8)
     spark = start_spark(cfg, "image_urls")
     out = cfg.outputs
-    io.require_input(spark, out.dataset, "outputs.dataset", "jobs/build_vocab.py")
+    io.require_outputs(spark, out, "dataset")
 
     with stage(cfg, "image_urls") as st:
         dataset = spark.read.parquet(out.dataset)

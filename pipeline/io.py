@@ -108,17 +108,19 @@ def require_input(spark: SparkSession, path: str, setting: str, produced_by: str
     return path
 
 
-#: The inputs of the jobs after build_vocab, and the job that writes each.
-BUILD_VOCAB_INPUTS: dict[str, str] = {
-    "dataset": "jobs/build_vocab.py", "vocab": "jobs/build_vocab.py", "place_names": "jobs/clean_metadata.py",
+#: The job that writes each of conf/pipeline.yaml's ``outputs``: a job that reads one names it when
+#: it is missing.
+PRODUCED_BY: dict[str, str] = {
+    "clean": "clean_metadata", "clean_rejects": "clean_metadata", "place_names": "clean_metadata",
+    "dataset": "build_vocab", "dataset_rejects": "build_vocab", "vocab": "build_vocab", "stats": "build_vocab",
+    "shard_rejects": "shard_dataset", "image_urls": "image_urls", "baselines": "frequency_baselines",
 }
 
 
-def require_build_vocab_outputs(spark: SparkSession, outputs) -> None:
-    """The dataset and vocabulary (build_vocab) and place names (clean_metadata) that
-    shard_dataset and frequency_baselines read."""
-    for key, job in BUILD_VOCAB_INPUTS.items():
-        require_input(spark, outputs[key], f"outputs.{key}", job)
+def require_outputs(spark: SparkSession, outputs, *keys: str) -> None:
+    """The earlier jobs' outputs (``outputs.<key>``) a job reads, which must exist."""
+    for key in keys:
+        require_input(spark, outputs[key], f"outputs.{key}", f"jobs/{PRODUCED_BY[key]}.py")
 
 
 def remove(spark: SparkSession, path: str) -> None:

@@ -22,6 +22,7 @@ from typing import Callable, Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pyspark import TaskContext
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -204,8 +205,6 @@ def shard_writer(settings: ShardSettings) -> Callable[[Iterator[pa.RecordBatch]]
     """The ``mapInArrow`` function: one partition of :func:`spread` in, its records out."""
 
     def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from pyspark import TaskContext
-
         batches = list(batches)   # narrow metadata only: a shard's rows, without image bytes
         if not batches:
             return

@@ -11,6 +11,7 @@ import mlflow
 from omegaconf import DictConfig
 from pyspark.sql import SparkSession
 
+from common.markdown import table
 from common.tracking import MetricBuffer, first_line, stage_run
 from pipeline.config import PipelineError, to_dict
 from pipeline.spark import spark_session
@@ -110,9 +111,8 @@ ConservationCheck = Callable[[str, int, Mapping[str, int]], None]
 
 
 def markdown_table(rows: list[Mapping[str, Any]], columns: list[str]) -> str:
+    """A table of records, floats to two decimals."""
     def fmt(v: Any) -> str:
         return f"{v:.2f}" if isinstance(v, float) else str(v)
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
+    return table(columns, [[fmt(r.get(c, "")) for c in columns] for r in rows])
