@@ -1,9 +1,16 @@
-"""Shared fixtures: paths to the real sample lines, and one local SparkSession per test run."""
+"""Shared fixtures: paths to the real sample lines, one local SparkSession per test run, a small
+synthetic world, and the composed training config."""
 from __future__ import annotations
 
+import functools
+import os
 from pathlib import Path
 
 import pytest
+from helpers import faults
+from helpers.config import train_config
+
+from common.markdown import write_block
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Real lines and the authors' vocabulary, carried by the repository (tests/data/README.md).
@@ -47,14 +54,19 @@ def synth_world(tmp_path_factory) -> Path:
 
 
 def pytest_terminal_summary(terminalreporter):
-    """The fault table (tests/faults.py), when fault tests ran."""
-    import os
-
-    import faults
-
+    """The fault table (tests/helpers/faults.py), when fault tests ran."""
     if not faults.ROWS:
         return
     terminalreporter.section("fault table")
     terminalreporter.write_line(faults.table())
     if os.environ.get("FAULT_TABLE"):
         Path(os.environ["FAULT_TABLE"]).write_text(faults.table() + "\n")
+    if os.environ.get("FAULT_DOC"):      # make faults: the table into docs/faults.md
+        write_block(os.environ["FAULT_DOC"], "faults", faults.table(), "make faults")
+
+
+@pytest.fixture
+def train_cfg(tmp_path):
+    """conf/train.yaml composed for a CPU run under the test's folder (outputs and MLflow store there):
+    ``train_cfg("+experiment=mcc", *TINY_IMAGE, shards=shards)`` (tests/helpers/config.py)."""
+    return functools.partial(train_config, tmp_path)

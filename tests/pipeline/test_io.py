@@ -1,0 +1,130 @@
+"""pipeline.io: a job's outputs are staged, checked and published together, or not at all."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import ROOT
+from helpers.spark_jobs import digests, hidden_entries
+
+from pipeline import io
+from pipeline.config import PipelineError, load_config
+from pipeline.stage import check_conservation
+
+pytestmark = pytest.mark.spark
+
+
+def _write_set(staged: io.OutputSet, work: Path, ids: list[int], rejected: int) -> None:
+    """Stage a table, its rejects and a stats file, as a job does."""
+    spark = staged.spark
+    staged.write_parquet(spark.createDataFrame([(i,) for i in ids], "photo_id long"), str(work / "kept"),
+                         partitions=1, sort_by=["photo_id"])
+    staged.write_parquet(spark.createDataFrame([(i, "bad") for i in range(rejected)], "photo_id long, reason string"),
+                         str(work / "rejects"), partitions=1)
+    staged.write_text(str(work / "stats" / "job.json"), f'{{"kept": {len(ids)}}}')
+
+
+def _outputs(work: Path) -> list[dict[str, str]]:
+    return [digests(work / "kept"), digests(work / "rejects"), digests(work / "stats" / "job.json")]
+
+
+def _publish(spark, work: Path, ids: list[int], rejected: int) -> list[dict[str, str]]:
+    """A set of outputs published without a check, and their digests."""
+    with io.staged_outputs(spark) as staged:
+        _write_set(staged, work, ids, rejected)
+    return _outputs(work)
+
+
+def _assert_no_leftovers(work: Path) -> None:
+    assert hidden_entries(work) == [] and hidden_entries(work / "stats") == []
+
+
+def test_outputs_appear_together_after_the_check(spark, tmp_path):
+    work = tmp_path / "work"
+    with io.staged_outputs(spark) as staged:
+        staged.write_parquet(spark.createDataFrame([(1,), (2,)], "photo_id long"), str(work / "kept"))
+        staged.write_parquet(spark.createDataFrame([(3, "bad")], "photo_id long, reason string"), str(work / "rejects"))
+        staged.write_text(str(work / "stats" / "job.json"), "{}")
+        # Nothing is visible while the job counts its temps and checks them.
+        assert not (work / "kept").exists() and not (work / "rejects").exists()
+        assert not (work / "stats" / "job.json").exists()
+        n_kept = staged.read_parquet(str(work / "kept")).count()
+        n_rejected = staged.read_parquet(str(work / "rejects")).count()
+        check_conservation("test", 3, {"kept": n_kept, "rejected": n_rejected})
+    assert sorted(r["photo_id"] for r in spark.read.parquet(str(work / "kept")).collect()) == [1, 2]
+    assert (work / "stats" / "job.json").read_text() == "{}"
+    _assert_no_leftovers(work)
+
+
+def test_failed_check_keeps_the_previous_outputs(spark, tmp_path):
+    work = tmp_path / "work"
+    before = _publish(spark, work, [1, 2], 1)
+    with pytest.raises(PipelineError, match="3 input rows but kept 3 \\+ rejected 2 = 5"):
+        with io.staged_outputs(spark) as staged:
+            _write_set(staged, work, [4, 5, 6], 2)
+            check_conservation("test", 3, {"kept": 3, "rejected": 2})
+    assert _outputs(work) == before
+    _assert_no_leftovers(work)
+    after = _publish(spark, work, [4, 5, 6], 2)     # a passing check replaces all of them
+    assert all(a != b for a, b in zip(after, before))
+    _assert_no_leftovers(work)
+
+
+def test_a_failed_rename_puts_every_previous_output_back(spark, tmp_path):
+    """Publishing is all or nothing: when one output cannot be renamed, those already renamed
+    go back and the previous ones return."""
+    work = tmp_path / "work"
+    before = _publish(spark, work, [1, 2], 1)
+    with pytest.raises(PipelineError, match="cannot rename"):
+        with io.staged_outputs(spark) as staged:
+            _write_set(staged, work, [4, 5, 6], 2)
+            io.remove(spark, staged.temp(str(work / "stats" / "job.json")))    # lost: its rename fails
+    assert _outputs(work) == before
+    _assert_no_leftovers(work)
+
+
+def test_single_existing_refuses_two_candidates(spark, tmp_path):
+    plain, packed = tmp_path / "yfcc100m_dataset", tmp_path / "yfcc100m_dataset.bz2"
+    with pytest.raises(PipelineError, match="none of"):
+        io.single_existing(spark, [str(plain), str(packed)], "clean.dataset")
+    packed.write_bytes(b"")
+    assert io.single_existing(spark, [str(plain), str(packed)], "clean.dataset") == str(packed)
+    plain.write_text("")
+    with pytest.raises(PipelineError) as err:
+        io.single_existing(spark, [str(plain), str(packed)], "clean.dataset")
+    assert str(plain) in str(err.value) and str(packed) in str(err.value)
+    assert "clean.dataset=<path>" in str(err.value)
+    assert io.single_existing(spark, str(plain), "clean.dataset") == str(plain)   # one explicit path
+
+
+def test_a_path_qualifies_to_one_spelling_whatever_its_form(spark, tmp_path):
+    """Relative (to the driver's folder), absolute and file: forms of one folder give the same URI,
+    spelled as Hadoop lists the files below it, so executor-side URIs compare equal."""
+    import os
+
+    folder = tmp_path / "x"
+    (folder / "a").mkdir(parents=True)
+    (folder / "a" / "f.parquet").write_bytes(b"x")
+    forms = [str(folder), os.path.relpath(folder, os.getcwd()), f"file:{folder}", f"file://{folder}"]
+    assert {io.qualify(spark, p) for p in forms} == {f"file://{folder}"}
+    assert io.list_files(spark, os.path.relpath(folder, os.getcwd())) == [f"file://{folder}/a/f.parquet"]
+
+
+def test_head_lines_of_plain_and_bz2_files(spark, tmp_path):
+    """The first lines of a file, decompressed when it is .bz2, with any line end; fewer when short."""
+    import bz2
+
+    text = "a\tb\nc\r\nd\re\n"
+    (tmp_path / "plain").write_text(text, newline="")
+    (tmp_path / "packed.bz2").write_bytes(bz2.compress(text.encode()))
+    for name in ("plain", "packed.bz2"):
+        assert io.head_lines(spark, str(tmp_path / name), 3) == ["a\tb", "c", "d"]
+        assert io.head_lines(spark, str(tmp_path / name), 10) == ["a\tb", "c", "d", "e"]
+
+
+def test_every_output_names_the_job_that_writes_it(tmp_path):
+    """A job whose input is missing names the job to run first: every output of conf/pipeline.yaml
+    has its writer in pipeline.io.PRODUCED_BY, and each named job exists."""
+    outputs = set(load_config([f"paths.root_dir={tmp_path}"]).outputs)
+    assert set(io.PRODUCED_BY) == outputs
+    assert all((ROOT / "jobs" / f"{job}.py").is_file() for job in io.PRODUCED_BY.values())

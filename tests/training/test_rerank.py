@@ -1,0 +1,149 @@
+"""Shortlist and rerank (evaluation.mode=rerank) against exact LocSens scoring on small inputs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers.embeddings import DIM, N, V, place_names_mask, tiny_net, tiny_split
+
+from common import metrics as M
+from training.evaluate.locsens import (autocast, evaluate_locsens, reranked_images, reranked_tags, retrieve_images,
+                                       tag_images_masked)
+from training.evaluate.rerank import PlacePrior, RerankSettings, dedupe, recall_of, retrieval_candidates
+from training.index.ann import AnnIndex, AnnSettings, normalised
+from training.index.spatial import SpatialIndex
+
+
+def test_rerank_with_everything_shortlisted_equals_exact(tmp_path):
+    split, tags = tiny_split(tmp_path)
+    net = tiny_net()
+    common = dict(place_mask=place_names_mask(), min_images=3, seed=4, ks=(1, 10, 20), pairs=500)
+    exact = evaluate_locsens(net, split, tags, **common)
+    everything = {"tags": V, "images": N, "nearby": 0, "index": "flat"}
+    rerank = evaluate_locsens(net, split, tags, mode="rerank", rerank=everything, **common)
+    assert rerank.keys() == exact.keys()
+    for name, value in exact.items():
+        assert rerank[name] == pytest.approx(value, nan_ok=True), name
+
+
+def test_reranked_rankings_equal_exact_rankings_when_nothing_is_cut():
+    net = tiny_net(1)
+    images, tag_table, loc = torch.randn(30, DIM), torch.randn(V, DIM), torch.rand(30, 2)
+    masks = [None, torch.as_tensor(place_names_mask())]
+    exact = tag_images_masked(net, images, loc, tag_table, 10, 200, masks)
+    reranked = reranked_tags(net, images, loc, tag_table, 10, 200, masks, shortlist=V)
+    for e, r in zip(exact, reranked):
+        assert np.array_equal(e, r)
+    q_tags, q_loc = torch.tensor([0, 5, 5, 17]), torch.rand(4, 2)
+    exact = retrieve_images(net, images, q_tags, q_loc, tag_table, 10, 100)
+    everything = np.tile(np.arange(30), (4, 1))[:, ::-1].copy()      # any order
+    assert np.array_equal(reranked_images(net, images, q_tags, q_loc, tag_table, everything, 10, 100), exact)
+
+
+def test_a_shortlist_ranks_only_its_candidates_and_finds_their_best():
+    net = tiny_net(2)
+    images, tag_table, loc = torch.randn(20, DIM), torch.randn(V, DIM), torch.rand(20, 2)
+    got = reranked_tags(net, images, loc, tag_table, 5, 1000, [None], shortlist=8)[0]
+    cos = normalised(images.numpy()) @ normalised(tag_table.numpy()).T
+    shortlist = np.argsort(-cos, axis=1)[:, :8]
+    with torch.no_grad():
+        full = torch.stack([net(images[i].expand(V, -1), tag_table, loc[i].expand(V, -1)) for i in range(20)]).numpy()
+    best = np.take_along_axis(shortlist, np.argsort(-np.take_along_axis(full, shortlist, 1), axis=1)[:, :5], 1)
+    assert np.array_equal(got, best)
+
+
+def test_one_scoring_of_the_united_shortlists_serves_both_tag_masks():
+    net = tiny_net(4)
+    images, tag_table, loc = torch.randn(20, DIM), torch.randn(V, DIM), torch.rand(20, 2)
+    places = place_names_mask()
+    ranked = reranked_tags(net, images, loc, tag_table, 5, 1000, [None, torch.as_tensor(places)], shortlist=5)
+    cos = normalised(images.numpy()) @ normalised(tag_table.numpy()).T
+    with torch.no_grad():
+        full = torch.stack([net(images[i].expand(V, -1), tag_table, loc[i].expand(V, -1)) for i in range(20)]).numpy()
+    for i in range(20):
+        top_all = np.argsort(-cos[i])[:5]
+        top_other = np.argsort(-np.where(places, -np.inf, cos[i]))[:5]
+        union = np.union1d(top_all, top_other)
+        best = union[np.argsort(-full[i, union])]
+        assert ranked[0][i].tolist() == best[:5].tolist()
+        assert ranked[1][i].tolist() == best[~places[best]][:5].tolist()
+
+
+def test_place_prior_ranks_the_tags_of_the_nearest_photos():
+    from collections import Counter
+
+    rng = np.random.default_rng(5)
+    lat, lon = rng.uniform(-60, 60, 300), rng.uniform(-170, 170, 300)
+    truth = M.TagSets.from_lists([rng.choice(V, rng.integers(0, 4), replace=False) for _ in range(300)])
+    prior = PlacePrior(lat, lon, truth, V)
+    q_lat, q_lon = rng.uniform(-60, 60, 7), rng.uniform(-170, 170, 7)
+    for exclude in (None, place_names_mask()):
+        got = prior.top_tags(q_lat, q_lon, photos=12, k=6, exclude=exclude, chunk=3)
+        for i in range(7):
+            near = np.argsort(M.haversine_km(q_lat[i], q_lon[i], lat, lon))[:12]
+            counts = Counter(t for r in near for t in truth.row(r) if exclude is None or not exclude[t])
+            ranked = sorted(counts, key=lambda t: (-counts[t], t))[:6]
+            assert got[i].tolist() == ranked + [-1] * (6 - len(ranked))
+
+
+def test_rerank_with_place_tags_adds_the_places_candidates(tmp_path):
+    split, tags = tiny_split(tmp_path)
+    net = tiny_net(6)
+    prior = PlacePrior(split["latitude"], split["longitude"], split["truth"], V)
+    common = dict(place_mask=place_names_mask(), min_images=3, seed=4, ks=(1, 5), pairs=500, mode="rerank")
+    with pytest.raises(ValueError, match="place_tags needs"):
+        evaluate_locsens(net, split, tags, rerank={"tags": 5, "place_tags": 3}, **common)
+    plain = evaluate_locsens(net, split, tags, rerank={"tags": 5, "index": "flat"}, **common)
+    placed = evaluate_locsens(net, split, tags, rerank={"tags": 5, "place_tags": V, "place_photos": N, "index": "flat"},
+                              place_prior=prior, **common)
+    # Every tag some test photo carries is a candidate now: the same as exact when all tags occur.
+    exact = evaluate_locsens(net, split, tags, **{k: v for k, v in common.items() if k != "mode"})
+    assert np.unique(split["truth"].values).size == V
+    assert {k: placed[k] for k in exact if k.startswith("tagging/")} == \
+        pytest.approx({k: exact[k] for k in exact if k.startswith("tagging/")})
+    assert plain.keys() == placed.keys()
+
+
+def test_retrieval_candidates_unite_tag_and_place_without_duplicates():
+    rng = np.random.default_rng(0)
+    gallery = normalised(rng.normal(size=(50, DIM)))
+    lat, lon = rng.uniform(-60, 60, 50), rng.uniform(-170, 170, 50)
+    ann, spatial = AnnIndex.build(gallery, AnnSettings(kind="flat")), SpatialIndex(lat, lon)
+    tag_vectors = rng.normal(size=(V, DIM)).astype(np.float32)
+    q_tags, q_lat, q_lon = np.array([3, 3, 7]), lat[[0, 1, 2]], lon[[0, 1, 2]]
+    cand = retrieval_candidates(ann, spatial, tag_vectors, q_tags, q_lat, q_lon,
+                                RerankSettings(images=10, nearby=10, index="flat"))
+    assert cand.shape == (3, 20)
+    for row, t, la, lo in zip(cand, q_tags, q_lat, q_lon):
+        kept = row[row >= 0]
+        assert len(set(kept)) == kept.size
+        by_tag = set(np.argsort(-(gallery @ normalised(tag_vectors[t:t + 1])[0]))[:10])
+        by_place = set(np.argsort(M.haversine_km(la, lo, lat, lon))[:10])
+        assert set(kept) == by_tag | by_place
+
+
+def test_dedupe_and_recall():
+    assert dedupe(np.array([[3, 1, 3, 2, 1]])).tolist() == [[3, 1, -1, 2, -1]]
+    assert recall_of(np.array([[1, 2], [3, 4]]), np.array([[2, 9], [3, 4]]), k=2) == pytest.approx(75.0)
+
+
+def test_bad_settings_say_which():
+    with pytest.raises(ValueError, match="unknown setting.*shortlist"):
+        RerankSettings.from_config({"shortlist": 5})
+    with pytest.raises(ValueError, match="index kind"):
+        AnnSettings(kind="annoy")
+    with pytest.raises(ValueError, match="float16 needs a GPU"):
+        autocast(torch.device("cpu"), "16-mixed")
+    with pytest.raises(ValueError, match="evaluation.precision"):
+        autocast(torch.device("cpu"), "8")
+
+
+def test_bf16_scoring_runs_and_mostly_agrees(tmp_path):
+    split, tags = tiny_split(tmp_path)
+    net = tiny_net(3)
+    full = evaluate_locsens(net, split, tags, min_images=3, ks=(1, 10), precision="32")
+    half = evaluate_locsens(net, split, tags, min_images=3, ks=(1, 10), precision="bf16")
+    assert half.keys() == full.keys()
+    assert abs(half["tagging/A@10"] - full["tagging/A@10"]) <= 20.0
+
+
