@@ -25,7 +25,7 @@ SPARK_JAVA_OPTS ?= -XX:+UseParallelGC -Dlog4j2.configurationFile=conf/log4j2.pro
 PIPELINE_JOBS := clean_metadata build_vocab shard_dataset frequency_baselines
 PIPELINE_ARGS ?= paths.raw_dir=$(SAMPLE_DIR) shard.image_size=128 shard.rows_per_file=5000 shard.rows_per_row_group=250
 
-.PHONY: faults install demo test test-fast sample pipeline bench clean train-mcc train-mlc train-her report ui repeats search-index register serve browser \
+.PHONY: faults install demo test test-fast sample pipeline bench clean train-mcc train-mlc train-her report readme-results ui repeats search-index register serve browser \
 	worker-env dist cluster-up cluster-down img2dataset-env
 
 install: $(STAMP)
@@ -130,14 +130,15 @@ $(MODEL_MARKERS): outputs/%/metrics.json: $(PIPELINE_MARKER)
 $(LOCSENS_MARKERS): outputs/%/metrics.json: outputs/mcc/metrics.json
 	$(call demo_stage,$*,$(PY) -m training.run $(call on_sample,$*) $(DEMO_TRAIN_ARGS),outputs/logs/$*.log)
 
-# The search index over the test gallery, with the demo's LocSens models (python -m training.search).
+# The search gallery over the test split, with the demo's LocSens models (python -m serving.search,
+# settings in conf/serving.yaml).
 $(SEARCH_MARKER): $(LOCSENS_MARKERS)
-	$(call demo_stage,search,$(PY) -m training.search build --out outputs/search)
+	$(call demo_stage,search,$(PY) -m serving.search build)
 
 # The Model Registry: mcc, locsens-tagging, factorised, locsens-retrieval, each best version
-# aliased champion (python -m training.register); what it registered goes to the marker.
+# aliased champion (python -m serving.register); what it registered goes to the marker.
 $(REGISTER_MARKER): $(MODEL_MARKERS) $(LOCSENS_MARKERS) $(SEARCH_MARKER)
-	$(call demo_stage,register,$(PY) -m training.register > $(REGISTER_MARKER).tmp && mv $(REGISTER_MARKER).tmp $(REGISTER_MARKER) && cat $(REGISTER_MARKER))
+	$(call demo_stage,register,$(PY) -m serving.register > $(REGISTER_MARKER).tmp && mv $(REGISTER_MARKER).tmp $(REGISTER_MARKER) && cat $(REGISTER_MARKER))
 
 $(REPORT_MARKER): $(MODEL_MARKERS) $(LOCSENS_MARKERS) $(SEARCH_MARKER) $(REGISTER_MARKER)
 	$(call demo_stage,report,$(PY) -m training.report > /dev/null)
@@ -145,18 +146,22 @@ $(REPORT_MARKER): $(MODEL_MARKERS) $(LOCSENS_MARKERS) $(SEARCH_MARKER) $(REGISTE
 report: install
 	$(PY) -m training.report
 
-# Rebuild the search index over the demo's test gallery (after make demo).
+# The README's results table: the summary of the report, rewritten from MLflow (after make demo).
+readme-results: install
+	$(PY) -m training.report report.readme=README.md > /dev/null
+
+# Rebuild the search gallery over the demo's test split (after make demo).
 search-index: install
-	$(PY) -m training.search build --out outputs/search
+	$(PY) -m serving.search build
 
 # The REST service over the registered models (after make demo), on loopback: POST /tag, GET /photos.
 SERVE_PORT ?= 8000
 serve: install
-	$(PY) -m training.serve --port $(SERVE_PORT)
+	$(PY) -m serving.serve serve.port=$(SERVE_PORT)
 
 # Register the trained models (after make demo or more training runs); the best of each -> champion.
 register: install
-	$(PY) -m training.register
+	$(PY) -m serving.register
 
 # Repeats: train experiments again with other seeds on the same inputs (after `make demo`), then
 # report. The report averages an experiment's repeats (same name, same settings but the seed) and
@@ -222,10 +227,10 @@ test: install worker-env img2dataset-env browser
 
 # The fault tests alone (tests marked faults: SIGKILL of Spark jobs, of training and of a DDP
 # rank; a tracking server that goes away; corrupt files; fuzzed lines), ending with the fault
-# table, which also goes to outputs/faults.md. They run in make test too.
+# table, which also goes to outputs/faults.md and into docs/faults.md. They run in make test too.
 faults: install worker-env
 	@mkdir -p outputs
-	FAULT_TABLE=outputs/faults.md $(PY) -m pytest -m faults -q
+	FAULT_TABLE=outputs/faults.md FAULT_DOC=docs/faults.md $(PY) -m pytest -m faults -q
 
 # The web page's test drives headless Chromium: Debian's chromium and chromium-driver, installed
 # when missing (as root, as CI runs); without root that one test is skipped, saying why.
@@ -237,8 +242,9 @@ browser:
 	else echo "make test: no chromium/chromedriver and not root: the browser test will be skipped" \
 		"(apt-get install chromium chromium-driver)"; fi
 
+# The tests that need no whole training, cluster, browser or killed process (a few minutes).
 test-fast: install
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow and not faults"
 
 bench: install
 	$(PY) bench/synth_throughput.py
