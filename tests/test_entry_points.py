@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow          # each command starts its own Python
 ROOT = Path(__file__).resolve().parents[1]
 
 

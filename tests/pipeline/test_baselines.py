@@ -104,9 +104,10 @@ def test_unscored_images_match_brute_force(spark):
     assert got["all"] == 1 and got["no_places"] > 1
 
 
+@pytest.mark.slow
 def test_baselines_job_checks_every_test_image_before_publishing(spark, tmp_path):
     """Every test image is scored or has no tag left to score; a failed check publishes nothing."""
-    from test_clean import digests, hidden_entries, job_config, refuse
+    from helpers.spark_jobs import digests, hidden_entries, job_config, refuse
     from helpers.yfcc import TOWNS, at, write_raw
 
     from jobs.build_vocab import main as build_vocab

@@ -70,6 +70,7 @@ def test_crafted_lines_and_reasons(spark, tmp_path):
     assert long_reject["file"].endswith("yfcc100m_dataset")
 
 
+@pytest.mark.slow
 def test_23_column_layout_bz2_with_hash_file(spark, tmp_path):
     lines = [at("nyc", i, layout=23) for i in (1, 2, 3)]
     hashes = {1: "abc123", 2: "def456"}
@@ -80,6 +81,7 @@ def test_23_column_layout_bz2_with_hash_file(spark, tmp_path):
     assert [r["reason"] for r in rej.collect()] == ["no_photo_hash"]
 
 
+@pytest.mark.slow
 def test_rerun_gives_the_same_output(spark, tmp_path):
     raw = write_raw(tmp_path / "raw", [l for l, _ in CASES], PLACES)
     _, kept1, rej1 = _run_clean(spark, tmp_path, raw)
@@ -90,6 +92,7 @@ def test_rerun_gives_the_same_output(spark, tmp_path):
     assert leftovers == []
 
 
+@pytest.mark.slow
 def test_dictionary_filter(spark, tmp_path):
     lines = [at("nyc", 1, tags="cat,dog,new+york"), at("nyc", 2, tags="zebra")]
     raw = write_raw(tmp_path / "raw", lines, {1: TOWNS["nyc"], 2: TOWNS["nyc"]})
@@ -122,6 +125,7 @@ def test_real_lines_all_accounted_for(spark, tmp_path, real_head_path):
     assert reasons.get("no_places", 0) > 0 and reasons.get("no_geo", 0) > 0
 
 
+@pytest.mark.slow
 def test_an_input_that_keeps_nothing_stops_in_clean_metadata(spark, tmp_path, real_head_path):
     """Real lines without their places file keep no row: the job stops with the reasons and
     publishes nothing, instead of build_vocab failing on an empty table."""
@@ -137,6 +141,7 @@ def test_an_input_that_keeps_nothing_stops_in_clean_metadata(spark, tmp_path, re
     assert not (tmp_path / "data" / "work" / "clean").exists()
 
 
+@pytest.mark.slow
 def test_bytes_that_are_not_utf8_are_rejected_never_repaired(spark, tmp_path):
     """A line with undecodable bytes (here in its title) is rejected as invalid_utf8, whole; a valid
     non-ASCII line beside it is kept as it is; a places line with bad bytes is bad_places."""
@@ -158,6 +163,7 @@ def test_bytes_that_are_not_utf8_are_rejected_never_repaired(spark, tmp_path):
     assert "\ufffd" in bad["line"] and bad["line"].startswith(data[0][:5].decode())
 
 
+@pytest.mark.slow
 def test_folder_of_parts_plain_and_bz2(spark, tmp_path):
     import bz2
 
@@ -172,6 +178,7 @@ def test_folder_of_parts_plain_and_bz2(spark, tmp_path):
     assert sorted(r["photo_id"] for r in kept.collect()) == list(range(1, 7)) and rej.count() == 0
 
 
+@pytest.mark.slow
 def test_place_names_from_every_places_record(spark, tmp_path):
     """Every continent, country, region (County too) and town of yfcc100m_places is listed, whether
     or not its photo is kept: England and the United Kingdom of a UK record, Galway (a County),
@@ -196,6 +203,7 @@ def test_place_names_from_every_places_record(spark, tmp_path):
     ("yfcc100m_places", "clean.places", 25),
     ("yfcc100m_hash", "clean.hash", 23),
 ])
+@pytest.mark.slow
 def test_two_candidate_inputs_stop_the_job(spark, tmp_path, name, setting, layout):
     """A plain file next to its .bz2 is ambiguous: the job names both and how to choose."""
     from jobs.clean_metadata import main
@@ -213,6 +221,7 @@ def test_two_candidate_inputs_stop_the_job(spark, tmp_path, name, setting, layou
     assert [r["photo_id"] for r in kept.collect()] == [1] and rej.count() == 0
 
 
+@pytest.mark.slow
 def test_failed_check_publishes_nothing(spark, tmp_path):
     """A failed conservation check leaves the previous clean, rejects and place names as they were."""
     from jobs.clean_metadata import main

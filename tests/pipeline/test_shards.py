@@ -87,6 +87,7 @@ def _pipeline(spark, tmp_path, raw, *extra):
     return cfg
 
 
+@pytest.mark.slow
 def test_shard_job_writes_contract_shards(spark, tmp_path):
     raw = _world(tmp_path)
     cfg = _pipeline(spark, tmp_path, raw)
@@ -155,6 +156,7 @@ I2D_REJECTS = [(7, "download_failed"), (8, "download_failed"), (9, "undecodable_
                (11, "undecodable_image")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("join", ["photo_id", "url"])
 def test_img2dataset_source(spark, tmp_path, join):
     raw = _world(tmp_path)
@@ -178,6 +180,7 @@ def test_img2dataset_source(spark, tmp_path, join):
     ("shard.img2dataset_join=photo_id", r"^setting shard.img2dataset_join=photo_id: the img2dataset output in .* "
                                         r"has no photo_id column .*--save_additional_columns"),
 ])
+@pytest.mark.slow
 def test_bad_img2dataset_join_is_one_line_naming_the_setting(spark, tmp_path, setting, message):
     from jobs.shard_dataset import main as shard_dataset
 

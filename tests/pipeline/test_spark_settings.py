@@ -15,7 +15,7 @@ from helpers.yfcc import TOWNS, at, write_raw
 
 SPARK_SUBMIT = Path(sys.executable).parent / "spark-submit"
 
-pytestmark = pytest.mark.spark
+pytestmark = [pytest.mark.spark, pytest.mark.slow]   # spark-submit in subprocesses
 
 
 def submit_clean(tmp_path: Path, *spark_args: str, env: dict[str, str] | None = None) -> dict[str, str]:

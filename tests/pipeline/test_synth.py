@@ -254,6 +254,7 @@ def test_camera_tags_name_the_camera_that_took_the_photo(records):
     assert seen > 50
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     a, b, c = (generate(SynthParams(out=tmp_path / n, photos=400, seed=s, images=False), progress=None)
                for n, s in (("a", 5), ("b", 5), ("c", 6)))
@@ -264,6 +265,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     assert a == {**b, "seconds": a["seconds"]}
 
 
+@pytest.mark.slow
 def test_layout_23_with_hash_file_and_bz2(tmp_path):
     plain = tmp_path / "plain"
     packed = tmp_path / "packed"

@@ -85,6 +85,7 @@ def test_place_names_normalised_like_tags(spark):
                         ("nowhereland", "country")}
 
 
+@pytest.mark.slow
 def test_build_vocab_job_conserves_and_writes_contract_tables(spark, tmp_path):
     from jobs.build_vocab import main as build_vocab
     from jobs.clean_metadata import main as clean_metadata
@@ -117,6 +118,7 @@ def test_build_vocab_job_conserves_and_writes_contract_tables(spark, tmp_path):
         build_vocab(job_config(tmp_path, raw, "vocab.max_tags=0"))
 
 
+@pytest.mark.slow
 def test_build_vocab_failed_check_publishes_nothing(spark, tmp_path):
     """A failed check leaves vocabulary, dataset, rejects and stats file as they were; no temps."""
     from jobs.build_vocab import main as build_vocab

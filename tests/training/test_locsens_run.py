@@ -78,6 +78,7 @@ def test_sigma_schedule_run_evaluates_every_snapshot(tmp_path, embeddings, locse
 
 
 
+@pytest.mark.slow
 def test_the_report_follows_a_changed_sigma_schedule(tmp_path, locsens_cfg):
     """The schedule lives in the config alone: snapshot names, evaluation runs and the report's rows
     all follow it (three stages at 1, 0.3 and 0 here, not the paper's five)."""
@@ -95,6 +96,7 @@ def test_the_report_follows_a_changed_sigma_schedule(tmp_path, locsens_cfg):
     assert labels == [f"LocSens - location sampling, sigma={s}" for s in ("1", "0.3", "0")]
     assert "(40.60)" in table and "sigma=0.3 | " in table and "(40.03)" not in table   # paper values where it has them
 
+@pytest.mark.slow
 def test_raw_run_resumes_from_last_checkpoint(tmp_path, locsens_cfg):
     cfg = locsens_cfg("+experiment=locsens_raw", "trainer.max_epochs=1", "evaluate=false")
     train(cfg)

@@ -44,6 +44,7 @@ def _evaluate_model(mode: str, dm: LocSensDataModule, kwargs: dict) -> dict:
     return evaluate_locsens(tiny_net(), dm.split_arrays("test"), dm.tag_embeddings(), **kwargs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["exact", "rerank", "factorised"])
 def test_two_ranks_give_the_metrics_of_one(tmp_path, mode):
     directory = write_embeddings(tmp_path / "emb", dim=DIM, num_tags=V, rows=(("test", 101),))   # uneven shares

@@ -68,6 +68,7 @@ def test_fast_dev_run(tmp_path, image_cfg, experiment):
     assert m.model == experiment.upper()
 
 
+@pytest.mark.slow
 def test_train_export_evaluate_and_resume(tmp_path, shards, image_cfg):
     cfg = image_cfg("+experiment=mcc", "trainer.max_epochs=2")
     metrics = train(cfg)
