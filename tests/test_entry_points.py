@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow          # each command starts its own Python
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,6 +21,7 @@ def _run(*argv: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.slow              # each command starts its own Python
 @pytest.mark.parametrize("command, expect", [
     (["training.run", "+experiment=locsens_raw", "+sample=locsens"], "task_name: locsens_raw"),
     (["training.evaluate", "embeddings_dir=outputs/mcc/embeddings"], "embeddings_dir: outputs/mcc/embeddings"),
@@ -33,13 +33,18 @@ def test_hydra_app_composes_its_config(command, expect):
     assert expect in proc.stdout
 
 
-def test_serving_commands_compose_conf(tmp_path):
-    """A setting given on the command line reaches each serving command (paths from conf/paths)."""
-    search = _run("serving.search", "photos", "--tag", "beach", "--near", "1,2", f"paths.root_dir={tmp_path}")
-    assert search.returncode == 2 and f"no search index at {tmp_path}/outputs/search" in search.stderr
-    register = _run("serving.register", f"paths.root_dir={tmp_path}")
-    assert register.returncode == 2 and f"no run in sqlite:///{tmp_path}/mlruns.db" in register.stderr
-    serve = _run("serving.serve", f"paths.root_dir={tmp_path}", "serve.tagging=models:/nothing@champion")
-    assert serve.returncode == 2 and "cannot load the models (models:/nothing@champion" in serve.stderr
-    bad = _run("serving.register", "register.nope=1")
-    assert bad.returncode == 2 and "register.nope" in bad.stderr and "Traceback" not in bad.stderr
+def test_serving_commands_compose_conf(tmp_path, monkeypatch, capsys):
+    """A setting given on the command line reaches each serving command (paths from conf/paths; no
+    tracking store named by the environment, as for a user). In this process: their ``main``."""
+    from serving import register, search, serve
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert search.main(["photos", "--tag", "beach", "--near", "1,2", f"paths.root_dir={tmp_path}"]) == 2
+    assert f"no search index at {tmp_path}/outputs/search" in capsys.readouterr().err
+    assert register.main([f"paths.root_dir={tmp_path}"]) == 2
+    assert f"no run in sqlite:///{tmp_path}/mlruns.db" in capsys.readouterr().err
+    assert serve.main([f"paths.root_dir={tmp_path}", "serve.tagging=models:/nothing@champion"]) == 2
+    assert "cannot load the models (models:/nothing@champion" in capsys.readouterr().err
+    assert register.main(["register.nope=1"]) == 2
+    err = capsys.readouterr().err
+    assert "register.nope" in err and "Traceback" not in err
