@@ -151,12 +151,13 @@ def contains(keys: np.ndarray, rows: np.ndarray, tags: np.ndarray, num_tags: int
 # --- tagging -----------------------------------------------------------------------------------------
 
 def tagging_hits(topk: np.ndarray, truth: TagSets, num_tags: int) -> np.ndarray:
-    """(n, k) booleans: is the j-th ranked tag of image i one of its ground-truth tags."""
+    """(n, k) booleans: is the j-th ranked tag of image i one of its ground-truth tags (-1, a slot a
+    short ranking leaves empty, never is)."""
     topk = np.asarray(topk, dtype=np.int64)
     if topk.shape[0] != len(truth):
         raise ValueError(f"{topk.shape[0]} ranked rows for {len(truth)} images")
     rows = np.arange(topk.shape[0], dtype=np.int64)[:, None]
-    return contains(truth.keys(num_tags), rows, topk, num_tags)
+    return contains(truth.keys(num_tags), rows, np.maximum(topk, 0), num_tags) & (topk >= 0)
 
 
 def accuracy_at_k(topk: np.ndarray, truth: TagSets, num_tags: int,

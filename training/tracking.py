@@ -93,7 +93,8 @@ def start_training_run(cfg: DictConfig, loggers: list, model: StreamedModule,
     client.log_dict(mlf.run_id, resolved, "config.yaml")
     atomic_write(Path(cfg.run_dir) / RUN_FILE, json.dumps({"run_id": mlf.run_id, "experiment_id": mlf.experiment_id,
                                                           "tracking_uri": cfg.paths.mlflow_tracking_uri}))
-    tags = {"run_dir": str(Path(cfg.run_dir).resolve()), **model_tags(model.family, model.tasks, model.variant),
+    tags = {"run_dir": str(Path(cfg.run_dir).resolve()), "output_dir": str(Path(cfg.paths.output_dir).resolve()),
+            **model_tags(model.family, model.tasks, model.variant),
             **group_tags(mlf.experiment_id)}         # nested under the demo's parent run
     if getattr(model, "backbone_weights", None):
         tags["backbone_weights"] = model.backbone_weights

@@ -242,3 +242,12 @@ def test_every_metric_an_evaluation_computes_is_named_in_one_place():
     names = set(M.evaluation_metric_names())
     assert set(located) <= names and set(tagged) <= names
     assert {M.AGNOSTIC_P10, M.QUERIES + M.NOPLACES, "tagging/A@50_noplaces"} <= names
+
+
+def test_an_empty_slot_of_a_short_ranking_is_never_a_hit():
+    """-1 pads a ranking with fewer candidates than k; it must not read as the previous image's
+    last vocabulary tag (row * V - 1)."""
+    truth = M.TagSets.from_lists([[4], [1]])            # image 0 carries tag 4 = V - 1
+    ranked = np.array([[0, 1], [-1, -1]])
+    assert M.tagging_hits(ranked, truth, 5).tolist() == [[False, False], [False, False]]
+    assert M.accuracy_at_k(np.array([[4, -1], [1, -1]]), truth, 5, [1]) == {1: 100.0}

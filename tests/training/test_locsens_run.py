@@ -43,7 +43,7 @@ def test_experiments_compose(tmp_path, locsens_cfg, experiment, location, negati
     cpu = "locsens_sigma" if experiment == "locsens" else "locsens"
     sample = compose("train", f"+experiment={experiment}", f"+sample={cpu}")
     assert sample.task_name == experiment and sample.model.negatives_mode == negatives
-    assert sample.model.hidden == [256, 256, 128] and sample.trainer.max_epochs == (45 if cpu == "locsens_sigma" else 25)
+    assert sample.model.hidden == [256, 256, 128] and sample.trainer.max_epochs == (40 if cpu == "locsens_sigma" else 25)
     assert cfg.model._target_ == "training.models.locsens.LocSens"
     assert cfg.data._target_ == "training.data.embeddings.LocSensDataModule"
     assert "location_schedule" in cfg.callbacks and "embedding_writer" not in cfg.callbacks
@@ -98,10 +98,17 @@ def test_the_report_follows_a_changed_sigma_schedule(tmp_path, locsens_cfg):
 
 @pytest.mark.slow
 def test_raw_run_resumes_from_last_checkpoint(tmp_path, locsens_cfg):
-    cfg = locsens_cfg("+experiment=locsens_raw", "trainer.max_epochs=1", "evaluate=false")
+    cfg = locsens_cfg("+experiment=locsens_raw", "trainer.max_epochs=1", "evaluate=false",
+                      "callbacks.val_tagging.images=16")
     train(cfg)
     last = tmp_path / "outputs" / "locsens_raw" / "checkpoints" / "last.ckpt"
     assert last.exists() and (last.parent / "best.ckpt").exists()
+    # The learning curve: tagging accuracy on 16 validation images after the epoch, as MCC logs it.
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
+    run_id = json.loads((last.parents[1] / "mlflow_run.json").read_text())["run_id"]
+    for key in ("val/A_at_1", "val/A_at_10"):
+        history = client.get_metric_history(run_id, key)
+        assert len(history) == 1 and 0 <= history[0].value <= 100 and history[0].value * 16 % 100 < 1e-6
     cfg2 = locsens_cfg("+experiment=locsens_raw", "trainer.max_epochs=2", "resume=true")
     with open_dict(cfg2):
         cfg2.callbacks.count = {"_target_": "helpers.callbacks.CountEpochs", "out": str(tmp_path / "epochs.txt")}

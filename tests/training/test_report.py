@@ -38,10 +38,10 @@ def test_tables_put_the_paper_beside_ours():
     results = {**dict([family_row("mcc", None, None, [mcc])]),
                **baseline_results({"baselines/town/A_at_1": 50.0})}
     tagging = tagging_table(results)
-    assert "| MCC | 12.35 (20.32) | 40.00 (47.64) | - (68.05) |" in tagging
+    assert "| MCC (1 run, single seed) | 12.35 (20.32) | 40.00 (47.64) | - (68.05) |" in tagging
     assert tagging.index("Town frequency") < tagging.index("MCC")         # the paper's row order
-    assert "| MCC | - (15.15) | 20.00 (36.75) | - (51.80) |" in noplaces_table(results)
-    assert "| MCC | 10.00 (42.18) | 10.00 (29.23) |" in location_table(results)
+    assert "| MCC (1 run, single seed) | - (15.15) | 20.00 (36.75) | - (51.80) |" in noplaces_table(results)
+    assert "| MCC (1 run, single seed) | 10.00 (42.18) | 10.00 (29.23) |" in location_table(results)
 
 
 def test_each_table_reports_the_model_trained_for_its_task():
@@ -58,13 +58,13 @@ def test_each_table_reports_the_model_trained_for_its_task():
               ("locsens_raw", "retrieval"): (retrieval_raw[1], frozenset({"retrieval"})),
               ("locsens_sigma_0", "retrieval"): (sigma[1], frozenset({"retrieval"}))}
     tables = assign(groups)
-    assert "| LocSens - raw locations | 30.00 (28.10) |" in tagging_table(tables.tagging)
-    assert "| LocSens - raw locations | 20.00 (17.34) |" in noplaces_table(tables.tagging)
+    assert "| LocSens - raw locations (1 run, single seed) | 30.00 (28.10) |" in tagging_table(tables.tagging)
+    assert "| LocSens - raw locations (1 run, single seed) | 20.00 (17.34) |" in noplaces_table(tables.tagging)
     assert "sigma" not in tagging_table(tables.tagging) and "sigma" not in noplaces_table(tables.tagging)
     location = location_table(tables.retrieval)
-    assert "| LocSens - raw locations | 22.00 (32.74) |" in location and "sigma=0 | 33.00 (35.95)" in location
+    assert "| LocSens - raw locations (1 run, single seed) | 22.00 (32.74) |" in location and "sigma=0 (1 run, single seed) | 33.00 (35.95)" in location
     del groups[("locsens_raw", "retrieval")]
-    assert "| LocSens - raw locations | 11.00 (32.74) |" in location_table(assign(groups).retrieval)
+    assert "| LocSens - raw locations (1 run, single seed) | 11.00 (32.74) |" in location_table(assign(groups).retrieval)
 
 
 def test_the_report_says_how_many_queries_and_flags_rows_that_differ():
@@ -92,7 +92,7 @@ def test_report_reads_mlflow_and_draws_figures(tmp_path):
     cfg = compose("report", f"paths.root_dir={tmp_path}", f"paths.mlflow_tracking_uri={uri}")
     report = build_report(cfg)
     text = report.read_text()
-    assert "| MCC | - (20.32) | 30.00 (47.64) |" in text and "sigma=0 |" in text
+    assert "| MCC (1 run, single seed) | - (20.32) | 30.00 (47.64) |" in text and "sigma=0 (1 run, single seed) |" in text
     assert (report.parent / "figures" / "p10_by_granularity.png").stat().st_size > 1000
     assert (report.parent / "figures" / "p10_vs_sigma.png").exists()
     runs = mlflow.search_runs(experiment_names=["report"], output_format="list")
@@ -112,6 +112,8 @@ def test_repeats_are_averaged_with_their_spread():
                                                        {"retrieval/P@10_agnostic": 22.0}])
     assert row.runs == 2
     assert "| LocSens - location sampling, sigma=1 (2 runs) | 21.00 ± 1.41 (40.60) |" in location_table({key: row})
+    key, row = family_row("locsens", "sampling", 1.0, [{"retrieval/P@10_agnostic": 20.0}])
+    assert "| LocSens - location sampling, sigma=1 (1 run, single seed) | 20.00 (40.60) |" in location_table({key: row})
 
 
 def _write_manifest(directory: Path, export_id: str) -> None:

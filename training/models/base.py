@@ -91,11 +91,12 @@ class TagModel(StreamedModule, abc.ABC):
     def validation_step(self, batch, batch_idx):
         loss, emb = self.compute_loss(batch)
         n = batch["image"].shape[0]
-        top1 = score(emb, self.tag_embeddings(), self.score).argmax(dim=1)
+        ranked = score(emb, self.tag_embeddings(), self.score).topk(min(10, self.num_tags), dim=1).indices
         truth = multi_hot(batch["tag_values"], batch["tag_offsets"], self.num_tags, torch.bool)
-        hit = truth.gather(1, top1[:, None]).float().mean()
+        hits = truth.gather(1, ranked)                         # (n, 10): is the i-th best tag one of the image's
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=n)
-        self.log("val/A_at_1", 100.0 * hit, sync_dist=True, batch_size=n)
+        self.log("val/A_at_1", 100.0 * hits[:, 0].float().mean(), sync_dist=True, batch_size=n)
+        self.log("val/A_at_10", 100.0 * hits.any(dim=1).float().mean(), sync_dist=True, batch_size=n)
 
     def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
         return {"photo_id": batch["photo_id"], "embedding": self.embed(batch["image"]).float(),

@@ -52,10 +52,13 @@ class Row:
     runs: int = 1
     family: Optional[str] = None
     sigma: Optional[float] = None
+    #: Each run's metrics by the training seed of its chain (the findings compare rows seed by seed).
+    by_seed: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"label": self.label, "runs": self.runs, "mean": self.mean, "sd": self.sd,
-                **({"sigma": self.sigma} if self.sigma is not None else {})}
+                **({"sigma": self.sigma} if self.sigma is not None else {}),
+                **({"by_seed": self.by_seed} if self.by_seed else {})}
 
 
 #: Row key -> row, in no particular order (:func:`ordered` sorts).
@@ -106,13 +109,15 @@ def baseline_results(metrics: Mapping[str, float]) -> Results:
 
 
 def family_row(family_name: str, variant: Optional[str], sigma: Optional[float],
-               metrics: Sequence[Mapping[str, float]]) -> tuple[str, Row]:
-    """The row (key, Row) of one model's runs, labelled and placed by its family's record."""
+               metrics: Sequence[Mapping[str, float]], seeds: Optional[Sequence[str]] = None) -> tuple[str, Row]:
+    """The row (key, Row) of one model's runs, labelled and placed by its family's record;
+    ``seeds``: each run's training seed, in the order of ``metrics``."""
     family = family_named(family_name)
     mean, sd = summarise(metrics)
     order = (1 + family.order, family.variant_order(variant), -(sigma if sigma is not None else 1.0))
+    by_seed = {s: dict(m) for s, m in zip(seeds, metrics)} if seeds else {}
     return family.row_key(variant, sigma), Row(family.row_label(variant, sigma), order, mean, sd, len(metrics),
-                                               family.name, sigma)
+                                               family.name, sigma, by_seed)
 
 
 def assign(groups: Mapping[tuple[str, str], tuple[Row, frozenset]]) -> Tables:
@@ -174,7 +179,8 @@ def collect_results(tracking_uri: str) -> Tables:
         tags, params = group[0].data.tags, group[0].data.params
         sigma = float(params["sigma"]) if "sigma" in params else None
         metrics = [{wanted[k]: v for k, v in r.data.metrics.items() if k in wanted} for r in repeats]
-        rows[(key, tasks)] = (family_row(tags[FAMILY_TAG], tags.get(VARIANT_TAG), sigma, metrics)[1],
+        seeds = [settings.seed_of(r) for r in repeats]
+        rows[(key, tasks)] = (family_row(tags[FAMILY_TAG], tags.get(VARIANT_TAG), sigma, metrics, seeds)[1],
                               frozenset(t for t in tasks.split(",") if t))
         if not upper:     # the upper bound, measured by the latest evaluation of an image model's export
             upper = {location_metric_name(g): v for k, v in group[0].data.metrics.items()
@@ -219,21 +225,23 @@ class _CurrentExports:
 
 #: Settings that may differ between repeats of one experiment: seeds, how a run was resumed, where
 #: it wrote, and how many CPU threads it used.
-_REPEAT_FREE = frozenset({"seed", "resume", "ckpt_path", "run_dir", "torch_threads"})
+_REPEAT_FREE = frozenset({"seed", "resume", "ckpt_path", "run_dir", "output_dir", "torch_threads"})
 
 
 class _Settings:
     """An evaluation run's settings, for telling repeats apart from changed experiments: its own
     parameters and its training run's, without the seeds, and with paths inside the training run's
-    own directory written relative to it (a repeat may train into a directory of its own, as MCC's
-    repeats do, since LocSens reads the demo's MCC export)."""
+    own directory, or inside the output folder of its seed's chain, written relative to them (a
+    repeat trains into a directory of its own, and the demo's seeds each train MCC and the LocSens
+    models that read its export under an output folder of their own)."""
 
     def __init__(self, client):
         self._client = client
-        self._train: dict[str, tuple[dict[str, str], list[str]]] = {}
+        self._train: dict[str, tuple[dict[str, str], list[tuple[str, str]]]] = {}
 
-    def _train_run(self, run_id: Optional[str]) -> tuple[dict[str, str], list[str]]:
-        """The training run's parameters, and the spellings of its run directory."""
+    def _train_run(self, run_id: Optional[str]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+        """The training run's parameters, and the spellings of its run and output directories, each
+        with the placeholder that stands for it (longest first: the run directory is inside)."""
         if not run_id:
             return {}, []
         if run_id not in self._train:
@@ -242,18 +250,26 @@ class _Settings:
             except MlflowException:   # the training run was deleted: compare evaluation settings only
                 self._train[run_id] = ({}, [])
             else:
-                given = [d for d in (data.tags.get("run_dir"), data.params.get("run_dir")) if d]
-                dirs = {d.rstrip("/") for d in given} | {os.path.normpath(d) for d in given}   # "./out" is "out"
-                self._train[run_id] = (dict(data.params), sorted(dirs, key=len, reverse=True))
+                dirs: dict[str, str] = {}
+                for name, key in (("<output_dir>", "output_dir"), ("<run_dir>", "run_dir")):
+                    given = [d for d in (data.tags.get(key), data.params.get(key if key == "run_dir" else
+                                                                              "paths.output_dir")) if d]
+                    for d in given:                  # "./out" is "out"
+                        dirs.update({d.rstrip("/"): name, os.path.normpath(d): name})
+                self._train[run_id] = (dict(data.params), sorted(dirs.items(), key=lambda kv: len(kv[0]), reverse=True))
         return self._train[run_id]
+
+    def seed_of(self, run) -> str:
+        """The training seed of the run that made the evaluated model (its run id if none is known)."""
+        return self._train_run(run.data.tags.get("train_run_id"))[0].get("seed") or run.info.run_id
 
     def of(self, run) -> frozenset:
         train, run_dirs = self._train_run(run.data.tags.get("train_run_id"))
         params = {f"train.{k}": v for k, v in train.items()}
         params.update({f"eval.{k}": v for k, v in run.data.params.items()})
-        for d in run_dirs:   # a whole path component only: "out/locsens" is not inside "out/locsens_raw"
+        for d, name in run_dirs:   # a whole path component only: "out/locsens" is not inside "out/locsens_raw"
             inside = re.compile(re.escape(d) + r"(?=/|$)")
-            params = {k: inside.sub("<run_dir>", v) for k, v in params.items()}
+            params = {k: inside.sub(name, v) for k, v in params.items()}
         return frozenset((k, v) for k, v in params.items() if not _repeat_free(k))
 
 

@@ -23,8 +23,11 @@ def _cell(ours: Optional[float], paper: Optional[float], sd: Optional[float] = N
 
 
 def row_label(row: Row) -> str:
-    """The row's label, with its number of runs when there are several."""
-    return row.label + (f" ({row.runs} runs)" if row.runs > 1 else "")
+    """A model row's label with its number of runs (seeds), so that a single-seed row reads as one;
+    a frequency baseline has no seed."""
+    if row.family is None:
+        return row.label
+    return row.label + (f" ({row.runs} runs)" if row.runs > 1 else " (1 run, single seed)")
 
 
 def _row(row: Row, columns: Sequence[str], paper: Sequence[Optional[float]]) -> list[str]:
