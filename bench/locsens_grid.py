@@ -12,7 +12,8 @@ logs ``val/A_at_1`` and ``val/A_at_10`` every few epochs (callbacks.val_tagging,
 validation images: the seconds include them), so its learning curve sits beside MCC's (which logs
 them from every validation batch). Runs already finished (their ``metrics.json``)
 are kept. Prints one table per variant (mean ± sd over seeds, and LocSens minus its own MCC), the
-curves, and the seconds per run; ``--doc`` writes them into a block of a page (``--block``, default ``locsens-grid``).
+curves, and the seconds per run; ``--doc`` writes them into a block of a page (``--block``, default
+``locsens-grid``).
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -60,17 +60,15 @@ TAGGING = ["tagging/A@1", "tagging/A@10", "tagging/A@1_noplaces", "tagging/A@10_
 RETRIEVAL = ["retrieval/P@10_agnostic", "retrieval/P@10_2500km", "retrieval/P@10_25km", "retrieval/P@10_1km"]
 
 
-def run(argv: list[str], run_dir: Path, log: Path) -> float:
-    """One ``training.run`` (skipped when its ``metrics.json`` exists); its wall seconds."""
+def run(argv: list[str], run_dir: Path, log: Path) -> None:
+    """One ``training.run`` (skipped when its ``metrics.json`` exists)."""
     if (run_dir / "metrics.json").exists():
-        return float("nan")
-    start = time.perf_counter()
+        return
     with open(log, "w") as out:
         code = subprocess.run([sys.executable, "-m", "training.run", *argv], cwd=ROOT, stdout=out,
                               stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)}).returncode
     if code:
         sys.exit(f"{run_dir.name} failed (exit {code}): see {log}")
-    return time.perf_counter() - start
 
 
 def curve(uri: str, run_dir: Path, key: str = "val/A_at_1") -> list[float]:
@@ -78,6 +76,14 @@ def curve(uri: str, run_dir: Path, key: str = "val/A_at_1") -> list[float]:
     client = mlflow.MlflowClient(uri)
     saved = json.loads((run_dir / "mlflow_run.json").read_text())
     return [m.value for m in sorted(client.get_metric_history(saved["run_id"], key), key=lambda m: m.step)]
+
+
+def seconds_of(uri: str, run_dir: Path) -> float:
+    """The wall seconds of the training run that wrote ``run_dir``, as MLflow timed it (fit and
+    evaluation), so that runs finished by an earlier invocation keep their time."""
+    saved = json.loads((run_dir / "mlflow_run.json").read_text())
+    info = mlflow.MlflowClient(uri).get_run(saved["run_id"]).info
+    return (info.end_time - info.start_time) / 1000.0 if info.end_time else float("nan")
 
 
 def points(values: list[float], digits: int = 0) -> str:
@@ -112,24 +118,22 @@ def main() -> None:
     curves_on = [f"callbacks.val_tagging.images={args.curve_images}",
                  f"callbacks.val_tagging.every_n_epochs={args.curve_every}"]
 
-    def mcc(seed: int) -> tuple[int, float]:
+    def mcc(seed: int) -> None:
         run_dir = args.out / f"mcc_s{seed}"
-        return seed, run(["+experiment=mcc", "+sample=image", f"seed={seed}", f"run_dir={run_dir}", *common, *args.mcc],
-                         run_dir,
-                         args.out / f"mcc_s{seed}.log")
+        run(["+experiment=mcc", "+sample=image", f"seed={seed}", f"run_dir={run_dir}", *common, *args.mcc],
+            run_dir, args.out / f"mcc_s{seed}.log")
 
-    def locsens(job: tuple[str, int]) -> tuple[str, int, float]:
+    def locsens(job: tuple[str, int]) -> None:
         name, seed = job
         experiment, sample, extra = VARIANTS[name]
         run_dir = args.out / f"{name}_s{seed}"
         argv = [f"+experiment={experiment}", f"+sample={sample}", f"seed={seed}", f"run_dir={run_dir}",
                 f"data.embeddings_dir={args.out / f'mcc_s{seed}' / 'embeddings'}", *common, *curves_on, *extra]
-        return name, seed, run(argv, run_dir, args.out / f"{name}_s{seed}.log")
+        run(argv, run_dir, args.out / f"{name}_s{seed}.log")
 
     with ThreadPoolExecutor(args.jobs) as pool:
-        seconds = {("mcc", s): t for s, t in pool.map(mcc, args.seeds)}
-        seconds.update({(n, s): t for n, s, t in pool.map(locsens, [(n, s) for n in args.variants
-                                                                    for s in args.seeds])})
+        list(pool.map(mcc, args.seeds))
+        list(pool.map(locsens, [(n, s) for n in args.variants for s in args.seeds]))
 
     def metrics(name: str, seed: int) -> dict[str, float]:
         return json.loads((args.out / f"{name}_s{seed}" / "metrics.json").read_text())
@@ -145,7 +149,7 @@ def main() -> None:
             row.append(cell([final[s].get("tagging/A@1", float("nan")) - base[s]["tagging/A@1"] for s in args.seeds]))
         else:
             row.append("")
-        row.append(cell([seconds.get((name, s), float("nan")) for s in args.seeds]))
+        row.append(cell([seconds_of(uri, args.out / f"{name}_s{s}") for s in args.seeds]))
         rows.append(row)
         for s in args.seeds:
             run_dir = args.out / f"{name}_s{s}"
@@ -154,8 +158,9 @@ def main() -> None:
                            f"{loss[0]:.4f} -> {loss[-1]:.4f}" if loss else "-"])
     header = ["variant", "A@1", "A@10", "A@1 np", "A@10 np", "P@10 agn", "2500 km", "25 km", "1 km",
               "A@1 - its MCC", "seconds"]
-    text = (f"Seeds {args.seeds}; mean ± sd over them (np: place names omitted; seconds: one run's wall time on "
-            f"one thread, {args.jobs} at a time; '-': the variant is not scored on that task).\n\n"
+    text = (f"Seeds {args.seeds}; mean ± sd over them (np: place names omitted; seconds: one run's training and "
+            f"evaluation as MLflow timed it, on one thread, {args.jobs} at a time; '-': the variant is not scored "
+            "on that task).\n\n"
             + table(header, rows) + f"\n\nValidation A@1 and A@10 every {args.curve_every} epochs "
             f"({args.curve_images} validation images; MCC: every epoch, all validation images):\n\n"
             + table(["variant", "seed", "val A@1", "val A@10", "val loss, first -> last epoch"], curves))

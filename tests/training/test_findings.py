@@ -63,4 +63,4 @@ def test_one_run_per_row_is_said_so():
     tables.tagging.update([family_row("mcc", None, None, [_tagging(30, 60, 80, 25, 55, 75)]),
                            family_row("locsens", "raw", None, [_tagging(31, 61, 81, 26, 56, 76)])])
     line = findings_section(findings(tables)).splitlines()[0]
-    assert line.startswith("- **holds** (in the one run): LocSens beats MCC in tagging")
+    assert line.startswith("- **holds** (one seed): LocSens beats MCC in tagging")

@@ -70,6 +70,11 @@ def judge(pattern: str, needed: Mapping[str, Optional[Row]], test: Callable[[Val
     return Finding(pattern, bool(seeds) and held == len(seeds), held, len(seeds), said)
 
 
+def _km(metric: str) -> str:
+    """'retrieval/P@10_2500km' -> '2500 km'."""
+    return metric.rsplit("_", 1)[1].replace("km", " km")
+
+
 def _sigma_rows(results: Mapping[str, Row]) -> tuple[Optional[Row], Optional[Row]]:
     """The rows of the largest and the smallest sigma snapshot."""
     snapshots = sorted((r for r in results.values() if r.sigma is not None), key=lambda r: r.sigma)
@@ -93,8 +98,8 @@ def findings(tables: Tables) -> list[Finding]:
         judge("LocSens beats MCC in retrieval at every distance granularity",
               {"LocSens raw (retrieval)": r.get("locsens_raw"), "MCC": r.get("mcc")},
               lambda v: all(v["LocSens raw (retrieval)"][m] > v["MCC"][m] for m in FINE),
-              lambda v: ", ".join(f"{m.rsplit('_', 1)[1]} {f(v['LocSens raw (retrieval)'][m])} against "
-                                  f"{f(v['MCC'][m])}" for m in FINE)),
+              lambda v: ", ".join(f"{_km(m)} {f(v['LocSens raw (retrieval)'][m])} against {f(v['MCC'][m])}"
+                                  for m in FINE)),
         judge(f"Raw locations trade agnostic precision for locality (against {reference_name})",
               {"raw": r.get("locsens_raw"), "zeroed": reference},
               lambda v: (v["raw"][AGNOSTIC] < v["zeroed"][AGNOSTIC]
@@ -138,6 +143,6 @@ def findings_section(found: Sequence[Finding]) -> str:
             lines.append(f"- **not measured**: {x.pattern}. {x.numbers}.")
             continue
         verdict = "holds" if x.holds else "fails"
-        seeds = f"in {x.held} of {x.seeds} seeds" if x.seeds > 1 or x.held != x.seeds else "in the one run"
+        seeds = f"in {x.held} of {x.seeds} seeds" if x.seeds > 1 else "one seed"
         lines.append(f"- **{verdict}** ({seeds}): {x.pattern}. Means: {x.numbers}.")
     return "\n".join(lines)

@@ -1,0 +1,88 @@
+"""How fine the location must be resolved on a dataset, against the sigma schedule's scales: photos
+per town, the distance from a town to its nearest other town and from a photo to its town's
+centre, in LocSens's normalised coordinates ((lat+90)/180, (lon+180)/360) and in kilometres.
+
+    python bench/world_scales.py [--doc docs/findings.md]
+
+Reads the shards (every split) and the synthetic world's truth per photo (its town); a town's
+centre is the median of its photos' coordinates. A sigma stage draws training locations with that
+standard deviation in normalised units, so a stage resolves places about sigma apart at best.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from common.config import compose_config  # noqa: E402
+from common.markdown import table, write_block  # noqa: E402
+from training.models.schedules import PAPER_SIGMA_SCHEDULE  # noqa: E402
+
+KM_PER_DEGREE = 111.2
+
+
+def _normalised(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    return np.c_[(lat + 90.0) / 180.0, (lon + 180.0) / 360.0]
+
+
+def _km(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Great-circle distance (spherical, enough for scales) between rows of (lat, lon) degrees."""
+    la, lb = np.radians(a[:, 0]), np.radians(b[:, 0])
+    dlon = np.radians(b[:, 1] - a[:, 1])
+    h = np.sin((lb - la) / 2) ** 2 + np.cos(la) * np.cos(lb) * np.sin(dlon / 2) ** 2
+    return 2 * 6371.0 * np.arcsin(np.sqrt(np.clip(h, 0, 1)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--world", type=Path, default=ROOT / "data" / "sample" / "world_photos.parquet")
+    ap.add_argument("--doc", type=Path, help="also write the table into this page's block world-scales")
+    args = ap.parse_args()
+    shards = Path(compose_config("train").paths.shards_dir)
+    photos = pd.concat([ds.dataset(shards / split, format="parquet")
+                        .to_table(columns=["photo_id", "latitude", "longitude"]).to_pandas()
+                        for split in ("train", "val", "test")])
+    towns = pd.read_parquet(args.world, columns=["photo_id", "town"])
+    photos["photo_id"], towns["photo_id"] = photos["photo_id"].astype(str), towns["photo_id"].astype(str)
+    photos = photos.merge(towns, on="photo_id")
+    centre = photos.groupby("town")[["latitude", "longitude"]].median()
+    x = _normalised(centre.latitude.to_numpy(), centre.longitude.to_numpy())
+    # Nearest other town, by blocks of rows (towns are thousands, not millions, in a sample).
+    nearest = np.empty(len(x), dtype=int)
+    for start in range(0, len(x), 1024):
+        d = ((x[start:start + 1024, None] - x[None]) ** 2).sum(-1)
+        d[np.arange(d.shape[0]), np.arange(start, start + d.shape[0])] = np.inf
+        nearest[start:start + 1024] = d.argmin(1)
+    deg = centre[["latitude", "longitude"]].to_numpy()
+    town_norm = np.sqrt(((x - x[nearest]) ** 2).sum(-1))
+    town_km = _km(deg, deg[nearest])
+    own = centre.loc[photos.town, ["latitude", "longitude"]].to_numpy()
+    here = photos[["latitude", "longitude"]].to_numpy()
+    photo_norm = np.sqrt(((_normalised(here[:, 0], here[:, 1]) - _normalised(own[:, 0], own[:, 1])) ** 2).sum(-1))
+    photo_km = _km(here, own)
+    per_town = photos.groupby("town").size()
+    q = lambda v: " / ".join(f"{np.percentile(v, p):.4g}" for p in (10, 50, 90))
+    rows = [["photos per town", q(per_town), "", ""],
+            ["nearest other town", "", q(town_norm), q(town_km)],
+            ["photo to its town's centre", "", q(photo_norm), q(photo_km)]]
+    for sigma, _ in PAPER_SIGMA_SCHEDULE:
+        if sigma > 0:
+            rows.append([f"sigma = {sigma:g} (one standard deviation)", "", f"{sigma:g}",
+                         f"{sigma * 180 * KM_PER_DEGREE:.0f} north-south, {sigma * 360 * KM_PER_DEGREE:.0f} "
+                         "east-west at the equator"])
+    text = (f"{len(photos):,} photos in {len(centre):,} towns; 10th / 50th / 90th percentiles.\n\n"
+            + table(["", "count", "normalised units", "km"], rows))
+    print(text)
+    if args.doc:
+        write_block(args.doc, "world-scales", text, " ".join(["python bench/world_scales.py", *sys.argv[1:]]))
+
+
+if __name__ == "__main__":
+    main()
