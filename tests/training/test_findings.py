@@ -49,7 +49,7 @@ def test_a_finding_holds_only_when_it_holds_in_every_seed():
     # Without place names: global and country frequency were not run, so it cannot be judged.
     assert got["Without place names, LocSens wins everything"].holds is None
     section = findings_section(findings(tables))
-    assert "- **fails** (in 1 of 2 seeds): LocSens beats MCC in tagging" in section
+    assert "- **fails** (held in 1 of 2 seeds): LocSens beats MCC in tagging" in section
     assert "**not measured**" in section and "no Global frequency, Country frequency row" in section
     # Without the zeroed-location model, raw locations are compared with MCC, location-agnostic.
     del tables.retrieval["locsens_zeroed"]

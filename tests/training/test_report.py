@@ -14,8 +14,8 @@ from common.metrics import mlflow_metrics
 from training.evaluate.runs import model_tags
 from training.models import family_named
 from training.report.build import build_report
-from training.report.results import assign, baseline_results, collect_results, family_row, summarise
-from training.report.tables import location_table, noplaces_table, queries_note, tagging_table
+from training.report.results import Tables, assign, baseline_results, collect_results, family_row, summarise
+from training.report.tables import location_table, noplaces_table, queries_note, summary_table, tagging_table
 
 DISTANCES = ("agnostic", "2500km", "750km", "200km", "25km", "1km")
 
@@ -114,6 +114,16 @@ def test_repeats_are_averaged_with_their_spread():
     assert "| LocSens - location sampling, sigma=1 (2 runs) | 21.00 ± 1.41 (40.60) |" in location_table({key: row})
     key, row = family_row("locsens", "sampling", 1.0, [{"retrieval/P@10_agnostic": 20.0}])
     assert "| LocSens - location sampling, sigma=1 (1 run, single seed) | 20.00 (40.60) |" in location_table({key: row})
+
+
+def test_the_summary_says_when_its_tagging_and_retrieval_columns_have_different_runs():
+    """The summary joins a tagging model and a retrieval model in one row: three seeds of the one
+    and a single run of the other must not read as three runs of both."""
+    tables = Tables()
+    tables.tagging.update([family_row("locsens", "raw", None, [{"tagging/A@1": a} for a in (30.0, 32.0, 34.0)])])
+    tables.retrieval.update([family_row("locsens", "raw", None, [{"retrieval/P@10_agnostic": 21.0}])])
+    assert "| LocSens - raw locations (tagging 3 runs; retrieval 1 run, single seed) | 32.00 ± 2.00 (28.10) |" \
+        in summary_table(tables)
 
 
 def _write_manifest(directory: Path, export_id: str) -> None:

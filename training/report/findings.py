@@ -143,6 +143,6 @@ def findings_section(found: Sequence[Finding]) -> str:
             lines.append(f"- **not measured**: {x.pattern}. {x.numbers}.")
             continue
         verdict = "holds" if x.holds else "fails"
-        seeds = f"in {x.held} of {x.seeds} seeds" if x.seeds > 1 else "one seed"
+        seeds = f"held in {x.held} of {x.seeds} seeds" if x.seeds > 1 else "one seed"
         lines.append(f"- **{verdict}** ({seeds}): {x.pattern}. Means: {x.numbers}.")
     return "\n".join(lines)

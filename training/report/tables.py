@@ -87,6 +87,17 @@ def queries_note(results: Results, suffix: str = "") -> str:
     return f"**Not comparable:** the rows were scored on different numbers of queries: {detail}."
 
 
+def _summary_label(tagging: Optional[Row], retrieval: Optional[Row]) -> str:
+    """A summary row's label: its runs, and the retrieval model's when that has another number of runs
+    (the tagging and the retrieval columns come from two models)."""
+    first = tagging or retrieval
+    if tagging is None or retrieval is None or tagging is retrieval or tagging.runs == retrieval.runs \
+            or first.family is None:
+        return row_label(first)
+    runs = lambda n: f"{n} runs" if n > 1 else "1 run, single seed"
+    return f"{first.label} (tagging {runs(tagging.runs)}; retrieval {runs(retrieval.runs)})"
+
+
 def summary_table(tables: Tables) -> str:
     """One table of the headline figures (the README's): every row's tagging A@1 / A@10 (all tags,
     and place names omitted) from its tagging model and P@10 at four granularities from its
@@ -103,5 +114,5 @@ def summary_table(tables: Tables) -> str:
         cells += [_cell(r.mean.get(location_metric_name(g)), p, r.sd.get(location_metric_name(g))) if r else ""
                   for g, p in zip(distances, paper_r)]
         if any(c and not c.startswith("- ") for c in cells):
-            rows.append([row_label(t or r)] + cells)
+            rows.append([_summary_label(t, r)] + cells)
     return table(["Method", "A@1", "A@10", "A@10, no place names", "P@10 agnostic", "2500 km", "25 km", "1 km"], rows)
