@@ -22,6 +22,10 @@ def reach(name: str, where: str = "") -> None:
     point, _, marker = spec.partition(":")
     if point not in (name, f"{name}@{where}") or not marker:
         return
-    Path(marker).write_text(f"{os.getpid()}\n")
+    # Written aside and renamed: the test acts as soon as the marker exists, and must never read it
+    # empty (it did once, under load, between the file's creation and its write).
+    partial = Path(f"{marker}.{os.getpid()}.partial")
+    partial.write_text(f"{os.getpid()}\n")
+    os.replace(partial, marker)
     while True:              # until the test kills this process
         time.sleep(1)

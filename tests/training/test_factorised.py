@@ -165,7 +165,7 @@ def test_report_rows_show_the_factorised_model_without_paper_numbers():
     results = dict([family_row("mcc", None, None, [{"tagging/A@1": 30.0, "tagging/A@1_noplaces": 20.0, **dist}]),
                     family_row("factorised", None, None, [{"tagging/A@1": 50.0, "tagging/A@1_noplaces": 40.0,
                                                            **dist}])])
-    label = "Factorised (image-tag + location-tag)"
+    label = "Factorised (image-tag + location-tag) (1 run, single seed)"
     tagging = tagging_table(results)
     assert f"| {label} | 50.00 (-) |" in tagging and tagging.index("MCC") < tagging.index(label)
     assert f"| {label} | 40.00 (-) |" in noplaces_table(results)

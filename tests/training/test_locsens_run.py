@@ -93,8 +93,8 @@ def test_the_report_follows_a_changed_sigma_schedule(tmp_path, locsens_cfg):
         "locsens_sigma_1", "locsens_sigma_0.3", "locsens_sigma_0"]
     table = location_table(results)
     labels = [line.split(" | ")[0].lstrip("| ") for line in table.splitlines()[2:]]
-    assert labels == [f"LocSens - location sampling, sigma={s}" for s in ("1", "0.3", "0")]
-    assert "(40.60)" in table and "sigma=0.3 | " in table and "(40.03)" not in table   # paper values where it has them
+    assert labels == [f"LocSens - location sampling, sigma={s} (1 run, single seed)" for s in ("1", "0.3", "0")]
+    assert "(40.60)" in table and "sigma=0.3 (1 run, single seed) | " in table and "(40.03)" not in table   # paper values where it has them
 
 @pytest.mark.slow
 def test_raw_run_resumes_from_last_checkpoint(tmp_path, locsens_cfg):
