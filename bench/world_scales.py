@@ -1,6 +1,6 @@
 """How fine the location must be resolved on a dataset, against the sigma schedule's scales: photos
-per town, the distance from a town to its nearest other town and from a photo to its town's
-centre, in LocSens's normalised coordinates ((lat+90)/180, (lon+180)/360) and in kilometres.
+per town, the distance from a town to its nearest other town (by great-circle distance) and from
+a photo to its town's centre, in LocSens's normalised coordinates ((lat+90)/180, (lon+180)/360) and in kilometres.
 
     python bench/world_scales.py [--doc docs/findings.md]
 
@@ -17,27 +17,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common.config import compose_config  # noqa: E402
 from common.markdown import table, write_block  # noqa: E402
+from common.metrics import haversine_km  # noqa: E402
+from training.index.spatial import SpatialIndex  # noqa: E402
+from training.models.locations import normalise_location  # noqa: E402
 from training.models.schedules import PAPER_SIGMA_SCHEDULE  # noqa: E402
 
 KM_PER_DEGREE = 111.2
 
 
 def _normalised(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-    return np.c_[(lat + 90.0) / 180.0, (lon + 180.0) / 360.0]
-
-
-def _km(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Great-circle distance (spherical, enough for scales) between rows of (lat, lon) degrees."""
-    la, lb = np.radians(a[:, 0]), np.radians(b[:, 0])
-    dlon = np.radians(b[:, 1] - a[:, 1])
-    h = np.sin((lb - la) / 2) ** 2 + np.cos(la) * np.cos(lb) * np.sin(dlon / 2) ** 2
-    return 2 * 6371.0 * np.arcsin(np.sqrt(np.clip(h, 0, 1)))
+    """LocSens's location input for these coordinates."""
+    as_tensor = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64))
+    return normalise_location(as_tensor(lat), as_tensor(lon)).numpy()
 
 
 def main() -> None:
@@ -53,20 +51,15 @@ def main() -> None:
     photos["photo_id"], towns["photo_id"] = photos["photo_id"].astype(str), towns["photo_id"].astype(str)
     photos = photos.merge(towns, on="photo_id")
     centre = photos.groupby("town")[["latitude", "longitude"]].median()
-    x = _normalised(centre.latitude.to_numpy(), centre.longitude.to_numpy())
-    # Nearest other town, by blocks of rows (towns are thousands, not millions, in a sample).
-    nearest = np.empty(len(x), dtype=int)
-    for start in range(0, len(x), 1024):
-        d = ((x[start:start + 1024, None] - x[None]) ** 2).sum(-1)
-        d[np.arange(d.shape[0]), np.arange(start, start + d.shape[0])] = np.inf
-        nearest[start:start + 1024] = d.argmin(1)
-    deg = centre[["latitude", "longitude"]].to_numpy()
-    town_norm = np.sqrt(((x - x[nearest]) ** 2).sum(-1))
-    town_km = _km(deg, deg[nearest])
-    own = centre.loc[photos.town, ["latitude", "longitude"]].to_numpy()
-    here = photos[["latitude", "longitude"]].to_numpy()
-    photo_norm = np.sqrt(((_normalised(here[:, 0], here[:, 1]) - _normalised(own[:, 0], own[:, 1])) ** 2).sum(-1))
-    photo_km = _km(here, own)
+    lat, lon = centre.latitude.to_numpy(), centre.longitude.to_numpy()
+    ids, km = SpatialIndex(lat, lon).nearest(lat, lon, 2)       # the town itself, then its nearest other
+    nearest, town_km = ids[:, 1], km[:, 1]
+    x = _normalised(lat, lon)
+    town_norm = np.linalg.norm(x - x[nearest], axis=1)
+    own = centre.loc[photos.town]
+    photo_norm = np.linalg.norm(_normalised(photos.latitude.to_numpy(), photos.longitude.to_numpy())
+                                - _normalised(own.latitude.to_numpy(), own.longitude.to_numpy()), axis=1)
+    photo_km = haversine_km(photos.latitude, photos.longitude, own.latitude.to_numpy(), own.longitude.to_numpy())
     per_town = photos.groupby("town").size()
     q = lambda v: " / ".join(f"{np.percentile(v, p):.4g}" for p in (10, 50, 90))
     rows = [["photos per town", q(per_town), "", ""],
