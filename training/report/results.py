@@ -228,6 +228,10 @@ class _CurrentExports:
 _REPEAT_FREE = frozenset({"seed", "resume", "ckpt_path", "run_dir", "output_dir", "torch_threads"})
 
 
+#: Directories a repeat may move: (token in compared settings, training-run tag, training-run parameter).
+_DIRECTORIES = (("<output_dir>", "output_dir", "paths.output_dir"), ("<run_dir>", "run_dir", "run_dir"))
+
+
 class _Settings:
     """An evaluation run's settings, for telling repeats apart from changed experiments: its own
     parameters and its training run's, without the seeds, and with paths inside the training run's
@@ -241,7 +245,8 @@ class _Settings:
 
     def _train_run(self, run_id: Optional[str]) -> tuple[dict[str, str], list[tuple[str, str]]]:
         """The training run's parameters, and the spellings of its run and output directories, each
-        with the placeholder that stands for it (longest first: the run directory is inside)."""
+        with the token that replaces it in compared settings (longest first: the run directory is
+        inside the output directory)."""
         if not run_id:
             return {}, []
         if run_id not in self._train:
@@ -251,12 +256,11 @@ class _Settings:
                 self._train[run_id] = ({}, [])
             else:
                 dirs: dict[str, str] = {}
-                for name, key in (("<output_dir>", "output_dir"), ("<run_dir>", "run_dir")):
-                    given = [d for d in (data.tags.get(key), data.params.get(key if key == "run_dir" else
-                                                                              "paths.output_dir")) if d]
-                    for d in given:                  # "./out" is "out"
-                        dirs.update({d.rstrip("/"): name, os.path.normpath(d): name})
-                self._train[run_id] = (dict(data.params), sorted(dirs.items(), key=lambda kv: len(kv[0]), reverse=True))
+                for token, tag, param in _DIRECTORIES:
+                    for d in filter(None, (data.tags.get(tag), data.params.get(param))):   # "./out" is "out"
+                        dirs.update({d.rstrip("/"): token, os.path.normpath(d): token})
+                longest_first = sorted(dirs.items(), key=lambda kv: len(kv[0]), reverse=True)
+                self._train[run_id] = (dict(data.params), longest_first)
         return self._train[run_id]
 
     def seed_of(self, run) -> str:
