@@ -64,3 +64,11 @@ def test_one_run_per_row_is_said_so():
                            family_row("locsens", "raw", None, [_tagging(31, 61, 81, 26, 56, 76)])])
     line = findings_section(findings(tables)).splitlines()[0]
     assert line.startswith("- **holds** (one seed): LocSens beats MCC in tagging")
+
+
+def test_rows_without_a_common_seed_are_not_judged():
+    tables = Tables()
+    tables.tagging.update([_row("mcc", None, None, {"1": _tagging(30, 60, 80, 25, 55, 75)}),
+                           _row("locsens", "raw", None, {"2": _tagging(31, 61, 81, 26, 56, 76)})])
+    tagging = findings(tables)[0]
+    assert tagging.holds is None and tagging.numbers == "not measured: its rows share no seed"

@@ -253,6 +253,7 @@ def build_report(cfg: DictConfig) -> Path:
     uri = cfg.paths.mlflow_tracking_uri
     tables = collect_results(uri)
     found = findings(tables)
+    judged, summary = findings_section(found), summary_table(tables)
     stats = pipeline_stats(uri)
     figs: dict[str, Optional[Path]] = {
         "P@10 per granularity": plot_granularities(tables.retrieval, out / "figures" / "p10_by_granularity.png"),
@@ -273,8 +274,8 @@ def build_report(cfg: DictConfig) -> Path:
     parts = [f"# {cfg.report.title}", "",
              "Ours (paper) in every cell: the paper's numbers are on full YFCC100M (docs/evaluation.md); ours on "
              f"the data this run used ({cfg.paths.raw_dir}).", "",
-             "## Findings", "", FINDINGS_INTRO, "", findings_section(found), "",
-             "## Summary", "", summary_table(tables), "",
+             "## Findings", "", FINDINGS_INTRO, "", judged, "",
+             "## Summary", "", summary, "",
              "## Image tagging", "", tagging_table(tables.tagging), "",
              "## Image tagging, place names omitted", "", noplaces_table(tables.tagging), "",
              "## Location-agnostic retrieval", "", agnostic_retrieval_table(tables.retrieval), "",
@@ -295,8 +296,8 @@ def build_report(cfg: DictConfig) -> Path:
     (out / "results.json").write_text(json.dumps({**tables.to_json(), "findings": [x.to_json() for x in found]},
                                                  indent=2))
     if cfg.report.get("readme"):     # make readme-results: the findings and the summary into the README
-        write_block(cfg.report.readme, "results", "\n\n".join([FINDINGS_INTRO, findings_section(found),
-                                                                summary_table(tables)]), "make readme-results")
+        write_block(cfg.report.readme, "results", "\n\n".join([FINDINGS_INTRO, judged, summary]),
+                    "make readme-results")
     _log_report(cfg, out)
     log.info("report: %s", report.resolve())
     return report

@@ -56,6 +56,8 @@ def judge(pattern: str, needed: Mapping[str, Optional[Row]], test: Callable[[Val
         return Finding(pattern, None, numbers=f"not measured: no {', '.join(missing)} row")
     rows = {k: r for k, r in needed.items() if r is not None}
     seeds = _seeds(list(rows.values()))
+    if not seeds:
+        return Finding(pattern, None, numbers="not measured: its rows share no seed")
     held = 0
     for seed in seeds:
         try:
@@ -67,7 +69,7 @@ def judge(pattern: str, needed: Mapping[str, Optional[Row]], test: Callable[[Val
         said = numbers(means)
     except KeyError as exc:
         said = f"(no {exc.args[0]})"
-    return Finding(pattern, bool(seeds) and held == len(seeds), held, len(seeds), said)
+    return Finding(pattern, held == len(seeds), held, len(seeds), said)
 
 
 def _km(metric: str) -> str:
