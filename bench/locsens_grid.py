@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 import mlflow  # noqa: E402
 
 from common.markdown import table, write_block  # noqa: E402
+from training.tracking import RUN_FILE  # noqa: E402
 
 #: name -> (experiment, CPU sample settings, overrides): the demo's settings and the grid around them.
 VARIANTS: dict[str, tuple[str, str, list[str]]] = {
@@ -71,19 +72,19 @@ def run(argv: list[str], run_dir: Path, log: Path) -> None:
         sys.exit(f"{run_dir.name} failed (exit {code}): see {log}")
 
 
-def curve(uri: str, run_dir: Path, key: str = "val/A_at_1") -> list[float]:
-    """``key`` at each of its logged steps in the training run that wrote ``run_dir``."""
-    client = mlflow.MlflowClient(uri)
-    saved = json.loads((run_dir / "mlflow_run.json").read_text())
-    return [m.value for m in sorted(client.get_metric_history(saved["run_id"], key), key=lambda m: m.step)]
+class TrainingRun:
+    """The MLflow training run that wrote a run directory (``mlflow_run.json``), read once: its
+    wall seconds (fit and evaluation, as MLflow timed them) and its metric histories."""
 
+    def __init__(self, client: mlflow.MlflowClient, run_dir: Path):
+        self.client = client
+        info = client.get_run(json.loads((run_dir / RUN_FILE).read_text())["run_id"]).info
+        self.run_id = info.run_id
+        self.seconds = (info.end_time - info.start_time) / 1000.0 if info.end_time else float("nan")
 
-def seconds_of(uri: str, run_dir: Path) -> float:
-    """The wall seconds of the training run that wrote ``run_dir``, as MLflow timed it (fit and
-    evaluation), so that runs finished by an earlier invocation keep their time."""
-    saved = json.loads((run_dir / "mlflow_run.json").read_text())
-    info = mlflow.MlflowClient(uri).get_run(saved["run_id"]).info
-    return (info.end_time - info.start_time) / 1000.0 if info.end_time else float("nan")
+    def curve(self, key: str) -> list[float]:
+        """``key`` at each of its logged steps."""
+        return [m.value for m in sorted(self.client.get_metric_history(self.run_id, key), key=lambda m: m.step)]
 
 
 def points(values: list[float], digits: int = 0) -> str:
@@ -138,6 +139,9 @@ def main() -> None:
     def metrics(name: str, seed: int) -> dict[str, float]:
         return json.loads((args.out / f"{name}_s{seed}" / "metrics.json").read_text())
 
+    client = mlflow.MlflowClient(uri)
+    trained = {(name, s): TrainingRun(client, args.out / f"{name}_s{s}") for name in ["mcc", *args.variants]
+               for s in args.seeds}
     base = {s: metrics("mcc", s) for s in args.seeds}
     rows, curves = [], []
     for name in ["mcc", *args.variants]:
@@ -149,12 +153,12 @@ def main() -> None:
             row.append(cell([final[s].get("tagging/A@1", float("nan")) - base[s]["tagging/A@1"] for s in args.seeds]))
         else:
             row.append("")
-        row.append(cell([seconds_of(uri, args.out / f"{name}_s{s}") for s in args.seeds]))
+        row.append(cell([trained[name, s].seconds for s in args.seeds]))
         rows.append(row)
         for s in args.seeds:
-            run_dir = args.out / f"{name}_s{s}"
-            loss = curve(uri, run_dir, "val/loss")
-            curves.append([name, str(s), points(curve(uri, run_dir)), points(curve(uri, run_dir, "val/A_at_10")),
+            done = trained[name, s]
+            loss = done.curve("val/loss")
+            curves.append([name, str(s), points(done.curve("val/A_at_1")), points(done.curve("val/A_at_10")),
                            f"{loss[0]:.4f} -> {loss[-1]:.4f}" if loss else "-"])
     header = ["variant", "A@1", "A@10", "A@1 np", "A@10 np", "P@10 agn", "2500 km", "25 km", "1 km",
               "A@1 - its MCC", "seconds"]
