@@ -32,7 +32,7 @@ class RerankSettings:
     tags: int = 100       # K: tags shortlisted per image (at least the largest A@k's k)
     images: int = 100     # retrieval candidates from the tag's nearest images in embedding space
     nearby: int = 50      # retrieval candidates from the photos taken nearest the query location
-    index: str = "auto"   # auto | flat | hnsw | ivf (training.index.ann)
+    index: str = "auto"   # auto | flat | hnsw | ivf | ivfpq (training.index.ann)
     place_tags: int = 0   # tagging: plus the tags most frequent among the training photos nearest the image
     place_photos: int = 100   # ... among this many of them (PlacePrior)
 
