@@ -40,6 +40,8 @@ from training.models.family import SERVES_IMAGE, SERVES_LOCATION
 #: The name every run logs its model under; the run's ``model_uri`` tag holds its ``models:/`` URI.
 MODEL_NAME = "model"
 DEFAULT_K = 10
+#: The most answers one input row may ask for (parameter ``k``): a bound on the work and the reply.
+MAX_K = 1000
 
 
 def _read_vocabulary(path: str) -> tuple[list[str], np.ndarray]:
@@ -61,8 +63,8 @@ def _jpeg(value: Any) -> bytes:
 
 def _k(params: Optional[dict[str, Any]]) -> int:
     k = int((params or {}).get("k", DEFAULT_K))
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+    if not 1 <= k <= MAX_K:
+        raise ValueError(f"k={k}: must be between 1 and {MAX_K}")
     return k
 
 
@@ -164,7 +166,7 @@ def retriever_inputs(gallery_dir: str | Path, checkpoint: str) -> tuple[dict[str
     """Artifacts and input example of a gallery's retrieval model: a tag of its first photo at
     that photo's place."""
     gallery = Gallery(gallery_dir)
-    first = gallery.truth.row(0)
+    first = gallery.tags_of(0)
     tag = gallery.tag_names[int(first[0])] if first.size else gallery.tag_names[0]
     example = pd.DataFrame({"tag": [tag], "latitude": [float(gallery.latitude[0])],
                             "longitude": [float(gallery.longitude[0])]})

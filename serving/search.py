@@ -25,11 +25,12 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import mlflow
+import numpy as np
 from omegaconf import DictConfig
 
 from common.config import ConfigError, compose_config
@@ -57,6 +58,16 @@ def check_k(k: int, cfg: DictConfig) -> int:
 
 # --- commands ----------------------------------------------------------------------------------------
 
+def index_settings(g: DictConfig) -> AnnSettings:
+    """``gallery.index`` and ``gallery.index_options`` as index settings, or a ValueError naming the key."""
+    options = dict(g.get("index_options") or {})
+    known = {f.name for f in fields(AnnSettings)} - {"kind"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"gallery.index_options: unknown setting(s) {unknown}; known: {sorted(known)}")
+    return AnnSettings(kind=g.index, **options)
+
+
 def cmd_build(args, cfg: DictConfig) -> dict[str, Any]:
     g = cfg.gallery
     models = {role: g.get(role) or None for role in ROLES}
@@ -66,7 +77,7 @@ def cmd_build(args, cfg: DictConfig) -> dict[str, Any]:
     if not models["image_model"]:
         models["image_model"] = EmbeddingsManifest.read(g.embeddings_dir).extra.get("checkpoint")
     models = {k: str(Path(v).resolve()) if v else None for k, v in models.items()}   # as training runs name them
-    settings = AnnSettings(kind=g.index)
+    settings = index_settings(g)
     manifest = build_gallery(g.embeddings_dir, g.dir, splits=list(g.splits), settings=settings, models=models)
     summary = {**asdict(manifest), "index_dir": str(Path(g.dir).resolve())}
     tags = {"gallery_dir": summary["index_dir"], "embeddings_export_id": manifest.embeddings_export_id}
@@ -102,7 +113,8 @@ def cmd_tag(args, cfg: DictConfig) -> dict[str, Any]:
             raise GalleryError(f"{path}: {exc}") from exc
         source = str(args.image)
     else:
-        image = gallery.embedding[gallery.row_of_photo(args.photo_id)][None]
+        row = gallery.row_of_photo(args.photo_id)
+        image = np.array(gallery.embedding[row:row + 1])
         source = f"photo {args.photo_id}"
     scorer = Scorer(gallery.model("tagger"))
     shortlist = None if args.exact else int(cfg.search.tags)
@@ -182,8 +194,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args, overrides = parser().parse_known_args(sys.argv[1:] if argv is None else list(argv))
+    # A build says how far it has got (minutes at millions of photos); a query prints only its answer.
+    logging.basicConfig(level=logging.INFO if args.command == "build" else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = compose_config("serving", overrides)      # the arguments that are not flags: key=value settings
         if getattr(args, "k", 0) is None:

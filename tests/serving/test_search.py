@@ -68,7 +68,7 @@ def test_photos_for_a_tag_near_a_place(gallery, capsys):
     km = M.geodesic_km(48.85, 2.35, loaded.latitude[rows], loaded.longitude[rows])
     assert np.allclose([p["km"] for p in photos], km)
     t = loaded.tag_index("paris")
-    assert [p["tagged"] for p in photos] == [t in loaded.truth.row(r) for r in rows]
+    assert [p["tagged"] for p in photos] == [t in loaded.tags_of(r) for r in rows]
     # The whole gallery is shortlisted here (40 photos), so the shortlist ranks as --exact does.
     code, out, _ = _run(capsys, "photos", "--tag", "Paris", "--near", "48.85,2.35", "--exact", f"gallery.dir={gallery}",
                         "--json")
