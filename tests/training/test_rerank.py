@@ -147,3 +147,18 @@ def test_bf16_scoring_runs_and_mostly_agrees(tmp_path):
     assert abs(half["tagging/A@10"] - full["tagging/A@10"]) <= 20.0
 
 
+
+
+def test_a_shortlist_shorter_than_k_leaves_minus_one_not_a_real_id():
+    """Rows with fewer candidates than k: the empty slots stay -1 (used[-1] would be the last
+    candidate of the batch, a real photo or tag)."""
+    from training.evaluate.locsens import _rank_shortlists
+
+    net = tiny_net(2)
+    gallery = torch.randn(30, DIM)
+    query = net.tag_part(torch.randn(2, DIM)) + net.location_part(torch.zeros(2, 2))
+    candidates = np.array([[3, 7, -1, -1, -1], [20, 21, 22, 25, 29]])
+    ranked = _rank_shortlists(net, query, lambda used: net.image_part(gallery[used]), candidates, 4, 1000)[0]
+    assert ranked.shape == (2, 4)
+    assert sorted(ranked[0][:2].tolist()) == [3, 7] and ranked[0][2:].tolist() == [-1, -1]
+    assert set(ranked[1].tolist()) <= {20, 21, 22, 25, 29} and -1 not in ranked[1]

@@ -116,7 +116,8 @@ def _rank_shortlists(net: LocSensNet, query: torch.Tensor, key_part, candidates:
     chunk = max(1, pairs // max(candidates.shape[1], 1))
     ranked = rank_candidates(lambda rows, c: net.head(query[rows, None, :] + keys[c]), local, k, chunk,
                              query.device, masks)
-    return [used[r] for r in ranked]
+    # -1 (a slot a short shortlist leaves empty) stays -1: used[-1] would be a real photo or tag.
+    return [np.where(r >= 0, used[np.maximum(r, 0)], -1) if used.size else r for r in ranked]
 
 
 PRECISIONS = {"32": None, "32-true": None, "bf16": torch.bfloat16, "bf16-mixed": torch.bfloat16,
