@@ -2,6 +2,7 @@
 split of the Parquet shards without loading it."""
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ class UnknownPhoto(LookupError):
 
 class PhotoStore:
     """JPEG bytes of a split's photos by photo_id, from the shards: an index of (file, row group,
-    row) built from the photo_id column alone, and a few decoded row groups kept (LRU)."""
+    row) built from the photo_id column alone, and a few decoded row groups kept (LRU). Safe from
+    many threads: the cache changes under a lock, and a reader keeps its own reference to the row
+    group it reads, so an eviction by another thread cannot pull it away."""
 
     def __init__(self, shards_dir: str | Path, split: str = "test", cache_groups: int = 8):
         self.dir = Path(shards_dir)
@@ -37,32 +40,43 @@ class PhotoStore:
         self.where = (np.concatenate(where) if where else np.zeros((0, 3), dtype=np.int64))[order]
         self.cache: OrderedDict[tuple[int, int], Any] = OrderedDict()
         self.cache_groups = cache_groups
+        self.lock = threading.Lock()
 
     def __contains__(self, photo_id: int) -> bool:
         i = np.searchsorted(self.ids, photo_id)
         return bool(i < self.ids.size and self.ids[i] == photo_id)
 
-    def jpeg(self, photo_id: int) -> bytes:
+    def _locate(self, photo_id: int) -> tuple[int, int, int]:
         if photo_id not in self:
             raise UnknownPhoto(f"photo {photo_id} is not among the {self.ids.size:,} photos served")
         f, g, r = (int(x) for x in self.where[np.searchsorted(self.ids, photo_id)])
-        key = (f, g)
-        if key not in self.cache:
-            self.cache[key] = pq.ParquetFile(self.files[f]).read_row_group(g, columns=["image", "latitude",
-                                                                                        "longitude"])
+        return f, g, r
+
+    def _group(self, f: int, g: int) -> Any:
+        """Row group ``g`` of file ``f`` (image, latitude, longitude), from the cache or read (outside the lock)."""
+        with self.lock:
+            table = self.cache.get((f, g))
+            if table is not None:
+                self.cache.move_to_end((f, g))
+                return table
+        table = pq.ParquetFile(self.files[f]).read_row_group(g, columns=["image", "latitude", "longitude"])
+        with self.lock:
+            self.cache[(f, g)] = table
             while len(self.cache) > self.cache_groups:
                 self.cache.popitem(last=False)
-        self.cache.move_to_end(key)
-        return self.cache[key].column("image")[r].as_py()
+        return table
+
+    def jpeg(self, photo_id: int) -> bytes:
+        f, g, r = self._locate(photo_id)
+        return self._group(f, g).column("image")[r].as_py()
 
     def samples(self, n: int) -> list[dict[str, Any]]:
         """``n`` photos spread over the split (every len/n-th by photo_id), with their places."""
         picks = self.ids[np.linspace(0, self.ids.size - 1, min(n, self.ids.size)).astype(int)] if self.ids.size else []
         out = []
         for pid in picks:
-            f, g, r = (int(x) for x in self.where[np.searchsorted(self.ids, pid)])
-            self.jpeg(int(pid))
-            t = self.cache[(f, g)]
+            f, g, r = self._locate(int(pid))
+            t = self._group(f, g)
             out.append({"photo_id": int(pid), "latitude": float(t.column("latitude")[r].as_py()),
                         "longitude": float(t.column("longitude")[r].as_py())})
         return out

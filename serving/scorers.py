@@ -6,9 +6,12 @@ names its model family (:func:`training.models.family_of_checkpoint`), which say
 """
 from __future__ import annotations
 
+import io
+import warnings
+
 import numpy as np
 import torch
-from PIL import UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from training.data.images import decode_image
 from training.index.ann import normalised
@@ -21,6 +24,36 @@ class NotAnImage(ValueError):
     """Bytes that do not decode as an image."""
 
 
+class ImageTooLarge(ValueError):
+    """An image over the pixel limit (a decompression bomb among them): refused before decoding."""
+
+
+#: Image formats a request may send (Pillow's names), and what a refusal calls them.
+IMAGE_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+#: The largest image (width x height) decoded by default: 40 Mpx, a large phone photo twice over.
+MAX_PIXELS = 40_000_000
+
+
+def check_image(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[str, int, int]:
+    """(format, width, height) of an upload, read from its header alone; :class:`NotAnImage` for a
+    format outside :data:`IMAGE_TYPES` or no image, :class:`ImageTooLarge` above ``max_pixels``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                kind, (w, h) = im.format, im.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(f"an image over the pixel limit ({exc})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise NotAnImage(f"not an image this can read ({exc}); send one of {', '.join(IMAGE_TYPES.values())}") \
+            from None
+    if kind not in IMAGE_TYPES:
+        raise NotAnImage(f"a {kind} image; send one of {', '.join(IMAGE_TYPES.values())}")
+    if w * h > max_pixels:
+        raise ImageTooLarge(f"an image of {w:,} x {h:,} pixels, over the limit of {max_pixels:,}")
+    return kind, w, h
+
+
 class NotAModel(ValueError):
     """A checkpoint that is not of the kind of model asked for (or names no model family)."""
 
@@ -29,7 +62,8 @@ class ImageEmbedder:
     """An image model's (MCC's) embedding of a JPEG, preprocessed as evaluation preprocesses the
     shards (resize, centre crop from the checkpoint's data settings)."""
 
-    def __init__(self, checkpoint: str):
+    def __init__(self, checkpoint: str, max_pixels: int = MAX_PIXELS):
+        self.max_pixels = max_pixels
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         cls = _model_class(state, checkpoint, SERVES_IMAGE)
         hp, dm = dict(state["hyper_parameters"]), dict(state.get("datamodule_hyper_parameters") or {})
@@ -41,7 +75,9 @@ class ImageEmbedder:
 
     @torch.no_grad()
     def __call__(self, jpeg: bytes) -> np.ndarray:
-        """(1, d) embedding; :class:`NotAnImage` when the bytes are no image."""
+        """(1, d) embedding; :class:`NotAnImage` when the bytes are no image (of an allowed type),
+        :class:`ImageTooLarge` above the pixel limit."""
+        check_image(jpeg, self.max_pixels)
         try:
             pixels = decode_image(jpeg, self.resize, self.crop, train=False, gen=None)
         except (UnidentifiedImageError, OSError, ValueError) as exc:

@@ -14,16 +14,23 @@ the models are registered in); any key can be overridden as ``key=value``.
   where they were taken; ``GET /health``.
 - ``GET /``: a web page over all of it (serving/web), which works offline.
 
-Models load by registered name and alias through MLflow (the tracking store's registry). Bad
-input answers 4xx with ``{"error": "<one line>"}`` and the service keeps serving: not an image
-(415), a body over ``serve.max_bytes`` (413), coordinates out of range or a ``k`` outside 1 ..
-``search.max_k`` (422), an unknown tag or photo (404, with close matches for a tag). Binds
-127.0.0.1 unless told otherwise.
+Models load by registered name and alias through MLflow (the tracking store's registry), or
+retrieval straight from a gallery directory (``serve.gallery``). The models run on a bounded pool
+of ``serve.workers`` threads with ``serve.queue`` places to wait (:mod:`serving.admission`): the
+event loop only moves bytes, so ``/health`` and thumbnails answer while the models are busy, and a
+request that finds no room answers 503 at once. Bad input answers 4xx with ``{"error": "<one
+line>"}`` and the service keeps serving: not a JPEG, PNG or WebP image (415); a body over
+``serve.max_bytes``, counted as it streams in whatever the headers say, or an image over
+``serve.max_pixels`` (413); coordinates out of range or not finite, or a ``k`` outside 1 ..
+``search.max_k`` (422); an unknown tag or photo (404, with close matches for a tag). Anything else
+answers a generic 500 with a request id, which the log holds with the traceback. Binds 127.0.0.1
+unless told otherwise.
 """
 from __future__ import annotations
 
 import logging
 import sys
+import uuid
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -38,9 +45,11 @@ from omegaconf import DictConfig
 from common.config import ConfigError, compose_config
 from common.tracking import check_uri, first_line
 from serving import web
-from serving.gallery import GalleryError
+from serving.admission import Admission, Busy
+from serving.gallery import GalleryError, GalleryManifest
 from serving.photos import PhotoStore, UnknownPhoto
-from serving.scorers import NotAnImage
+from serving.pyfunc import PhotoRetriever
+from serving.scorers import ImageTooLarge, NotAnImage, check_image
 from training.index.spatial import check_coordinates
 
 log = logging.getLogger("serving.serve")
@@ -61,21 +70,46 @@ def check_place(lat: float, lon: float) -> None:
         raise RequestError(422, str(exc)) from None
 
 
+class GalleryRetrieval:
+    """A gallery directory's retrieval model (the one its manifest names), answering as the
+    registered :class:`serving.pyfunc.PhotoRetriever` does, without copying the gallery into an
+    MLflow model: how a gallery of millions of photos is served."""
+
+    def __init__(self, directory: str):
+        manifest = GalleryManifest.read(directory)
+        checkpoint = manifest.models.get("retriever")
+        if not checkpoint:
+            raise GalleryError(f"{directory}: the gallery was built without a retrieval model (gallery.retriever)")
+        self.context = mlflow.pyfunc.PythonModelContext(
+            artifacts={"gallery": str(directory), "retriever_checkpoint": checkpoint}, model_config={})
+        self.model = PhotoRetriever()
+        self.model.load_context(self.context)
+
+    def predict(self, model_input: pd.DataFrame, params: Optional[dict[str, Any]] = None) -> pd.DataFrame:
+        return self.model.predict(self.context, model_input, params)
+
+
 class Service:
     """The loaded models and photos, and the answers; no HTTP here (see :func:`app`)."""
 
     def __init__(self, tagging: str, retrieval: Optional[str], shards_dir: Optional[str], max_bytes: int,
-                 max_k: int):
+                 max_k: int, *, gallery: Optional[str] = None, max_pixels: int = 40_000_000, cache_groups: int = 8):
         self.tagging = mlflow.pyfunc.load_model(tagging)
-        self.retrieval = mlflow.pyfunc.load_model(retrieval) if retrieval else None
-        self.photos = PhotoStore(shards_dir) if shards_dir and Path(shards_dir, "manifest.json").exists() else None
-        self.max_bytes, self.max_k = max_bytes, max_k
+        if gallery:
+            self.retrieval, retrieval = GalleryRetrieval(gallery), f"gallery {gallery}"
+        else:
+            self.retrieval = mlflow.pyfunc.load_model(retrieval) if retrieval else None
+        self.photos = (PhotoStore(shards_dir, cache_groups=cache_groups)
+                       if shards_dir and Path(shards_dir, "manifest.json").exists() else None)
+        self.max_bytes, self.max_k, self.max_pixels = max_bytes, max_k, max_pixels
         self.names = {"tagging": tagging, "retrieval": retrieval}
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "Service":
         s = cfg.serve
-        return cls(s.tagging, s.retrieval or None, s.shards_dir or None, int(s.max_bytes), int(cfg.search.max_k))
+        return cls(s.tagging, s.retrieval or None, s.shards_dir or None, int(s.max_bytes), int(cfg.search.max_k),
+                   gallery=s.get("gallery") or None, max_pixels=int(s.max_pixels),
+                   cache_groups=int(s.photo_cache_groups))
 
     def check_k(self, k: int) -> int:
         if not 1 <= k <= self.max_k:
@@ -100,10 +134,13 @@ class Service:
         if len(body) > self.max_bytes:
             raise RequestError(413, f"image of {len(body):,} bytes is over the limit of {self.max_bytes:,}")
         try:
+            check_image(body, self.max_pixels)
             out = self.tagging.predict(pd.DataFrame({"image": [body], "latitude": [lat], "longitude": [lon]}),
                                        params={"k": k})
         except NotAnImage as exc:
             raise RequestError(415, f"the body is {exc}") from None
+        except ImageTooLarge as exc:
+            raise RequestError(413, f"the body is {exc} (serve.max_pixels)") from None
         return {"lat": lat, "lon": lon, "model": self.names["tagging"],
                 "tags": [{"tag": t, "score": float(s)} for t, s in zip(out["tags"][0], out["scores"][0])]}
 
@@ -124,13 +161,24 @@ class Service:
         return {"tag": tag, "lat": lat, "lon": lon, "model": self.names["retrieval"], "photos": photos}
 
 
-def app(service: Service):
-    """The FastAPI application around a :class:`Service`."""
+def app(service: Service, admission: Admission):
+    """The FastAPI application around a :class:`Service`, its model work on ``admission``'s pool."""
     api = FastAPI(title="LocSens", docs_url=None, redoc_url=None)
 
+    @api.middleware("http")
+    async def request_id(request: Request, call_next):
+        request.state.id = uuid.uuid4().hex[:12]
+        response = await call_next(request)
+        response.headers["X-Request-ID"] = request.state.id
+        return response
+
     @api.exception_handler(RequestError)
-    async def refused(_, exc: RequestError):
+    async def refused(request: Request, exc: RequestError):
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @api.exception_handler(Busy)
+    async def busy(request: Request, exc: Busy):
+        return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
     @api.exception_handler(RequestValidationError)
     async def invalid(_, exc: RequestValidationError):
@@ -138,9 +186,11 @@ def app(service: Service):
         return JSONResponse({"error": f"bad request: {problems}"}, status_code=422)
 
     @api.exception_handler(Exception)
-    async def failed(_, exc: Exception):   # a bug, not the request: say so in one line, keep serving
-        log.exception("request failed")
-        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+    async def failed(request: Request, exc: Exception):   # a bug, not the request: logged whole, answered generic
+        rid = getattr(request.state, "id", None) or uuid.uuid4().hex[:12]
+        log.error("request %s (%s %s) failed", rid, request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"error": f"internal error (request {rid}; the service log has the details)",
+                             "request_id": rid}, status_code=500, headers={"X-Request-ID": rid})
 
     world: list = []
 
@@ -155,20 +205,17 @@ def app(service: Service):
         return world
 
     @api.get("/health")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:       # on the event loop: answers while every worker is busy
         return {"status": "ok", "models": service.names, "photos": 0 if service.photos is None else
-                int(service.photos.ids.size)}
+                int(service.photos.ids.size), "busy": admission.admitted}
 
     @api.post("/tag")
     async def tag(request: Request, lat: float, lon: float, k: int = 10, photo_id: Optional[int] = None):
-        declared = int(request.headers.get("content-length") or 0)
-        if declared > service.max_bytes:
-            raise RequestError(413, f"image of {declared:,} bytes is over the limit of {service.max_bytes:,}")
-        return service.tag(await request.body(), photo_id, lat, lon, k)
+        return await admission.run(service.tag, await read_body(request, service.max_bytes), photo_id, lat, lon, k)
 
     @api.get("/photos")
-    def photos(tag: str, lat: float, lon: float, k: int = 10):
-        return service.search(tag, lat, lon, k)
+    async def photos(tag: str, lat: float, lon: float, k: int = 10):
+        return await admission.run(service.search, tag, lat, lon, k)
 
     @api.get("/photo/{photo_id}.jpg")
     def photo(photo_id: int):
@@ -179,6 +226,21 @@ def app(service: Service):
         return [] if service.photos is None else service.photos.samples(max(1, min(n, 100)))
 
     return api
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it passes ``limit`` bytes: a declared length is
+    checked first, and a chunked body, which declares none, is counted as it arrives."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"image of {int(declared):,} bytes is over the limit of {limit:,}")
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"image of more than {limit:,} bytes (the limit; serve.max_bytes)")
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -202,8 +264,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: cannot load the models ({s.tagging}, {s.retrieval}) from {cfg.paths.mlflow_tracking_uri}: "
               f"{first_line(exc)} (register them first: python -m serving.register)", file=sys.stderr)
         return 2
-    log.info("serving %s and %s on http://%s:%d", s.tagging, s.retrieval, s.host, s.port)
-    uvicorn.run(app(service), host=s.host, port=int(s.port), log_level="warning")
+    try:
+        admission = Admission(int(s.workers), int(s.queue))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    log.info("serving %s and %s on http://%s:%d (%d workers, %d waiting at most)", service.names["tagging"],
+             service.names["retrieval"], s.host, s.port, admission.workers, admission.queue)
+    try:
+        uvicorn.run(app(service, admission), host=s.host, port=int(s.port), log_level="warning")
+    finally:
+        admission.close()
     return 0
 
 

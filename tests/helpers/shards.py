@@ -42,21 +42,31 @@ def _jpeg(rng: np.random.Generator, colour, shape: str, size: int) -> bytes:
     return buf.getvalue()
 
 
-def vocabulary(num_noise: int = 40) -> list[str]:
+#: A tag that is markup: the pipeline's normalisation keeps < > " / =, so a real vocabulary can hold
+#: one; a page that writes tags as HTML would run it (tests/serving/test_web.py).
+HOSTILE_TAG = '<img src=x onerror="window.__pwned=1">'
+
+
+def vocabulary(num_noise: int = 40, hostile: bool = False) -> list[str]:
+    """Visual tags, town names and noise tags (the last one :data:`HOSTILE_TAG` with ``hostile``)."""
     visual = [f"{s}{c}" for s in SHAPES for c in ("red", "green", "blue", "yellow")]
-    return visual + [t for t, _, _ in TOWNS] + [f"noise{i}" for i in range(num_noise)]
+    noise = [f"noise{i}" for i in range(num_noise)]
+    if hostile:
+        noise[-1] = HOSTILE_TAG
+    return visual + [t for t, _, _ in TOWNS] + noise
 
 
 def make_shards(directory: str | Path, *, rows: dict[str, int] | None = None, image_size: int = 40,
                 row_group_size: int = 16, files_per_split: int = 2, seed: int = 0,
-                num_noise: int = 40) -> Manifest:
-    """Write train/val/test shards, vocab, place names and the manifest; return the manifest."""
+                num_noise: int = 40, hostile: bool = False) -> Manifest:
+    """Write train/val/test shards, vocab, place names and the manifest; return the manifest
+    (``hostile``: one noise tag is :data:`HOSTILE_TAG`)."""
     rows = rows or {"train": 96, "val": 40, "test": 48}
     directory = Path(directory)
     rng = np.random.default_rng(seed)
-    vocab = vocabulary(num_noise)
+    vocab = vocabulary(num_noise, hostile)
     index = {t: i for i, t in enumerate(vocab)}
-    noise = np.array([index[f"noise{i}"] for i in range(num_noise)])
+    noise = np.array([len(vocab) - num_noise + i for i in range(num_noise)])
     zipf = 1.0 / np.arange(1, num_noise + 1)
     zipf /= zipf.sum()
     counts = np.zeros(len(vocab), dtype=np.int64)

@@ -38,11 +38,12 @@ class Trained:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory) -> Trained:
-    """MCC and LocSens (raw locations, tagging) trained for one epoch each on a small shard fixture."""
+    """MCC and LocSens (raw locations, tagging) trained for one epoch each on a small shard fixture
+    whose vocabulary holds a tag that is markup (helpers.shards.HOSTILE_TAG)."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("serving")
     shards = root / "shards"
-    make_shards(shards, rows={"train": 64, "val": 24, "test": 40}, row_group_size=10, files_per_split=1)
+    make_shards(shards, rows={"train": 64, "val": 24, "test": 40}, row_group_size=10, files_per_split=1, hostile=True)
     train(train_config(root, "+experiment=mcc", *TINY_IMAGE, "trainer.max_epochs=1", shards=shards))
     export = root / "outputs" / "mcc" / "embeddings"
     train(train_config(root, "+experiment=locsens_raw", "trainer.max_epochs=1", "evaluation.min_images=5",
@@ -78,6 +79,7 @@ def service(trained, gallery, registered):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with serving([sys.executable, "-m", "serving.serve", *trained.settings(gallery), f"serve.port={port}",
-                  "serve.max_bytes=200000"], f"{base}/health", timeout=240, cwd=ROOT,
+                  "serve.max_bytes=200000", "serve.max_pixels=4000000", "serve.photo_cache_groups=2",
+                  "serve.workers=1", "serve.queue=2"], f"{base}/health", timeout=240, cwd=ROOT,
                  env={**os.environ, "PYTHONPATH": str(ROOT)}):
         yield base

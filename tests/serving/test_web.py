@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 from helpers.servers import chromium, needs_browser
+from helpers.shards import HOSTILE_TAG, vocabulary
 
 pytestmark = pytest.mark.slow         # the fixture trains MCC and LocSens
 
@@ -44,3 +45,25 @@ def test_the_web_page_in_a_real_browser(service, tmp_path):
         assert driver.execute_script("return state.found.length") > 0            # the points drawn on the map
         driver.save_screenshot(str(tmp_path / "page.png"))
         assert (tmp_path / "page.png").stat().st_size > 10000
+
+
+@needs_browser
+def test_a_tag_that_is_markup_shows_as_text_and_never_runs(service):
+    """The fixture's vocabulary holds HOSTILE_TAG (an <img> whose onerror sets window.__pwned). With
+    ?k=100 the page lists every tag: that one must appear as its literal text, and nothing may run."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    size = len(vocabulary(hostile=True))
+    with chromium() as driver:
+        driver.get(f"{service}/?k=100")
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#samples img")) >= 1)
+        driver.find_elements(By.CSS_SELECTOR, "#samples img")[0].click()
+        ActionChains(driver).move_to_element(driver.find_element(By.ID, "map")).click().perform()
+        tags = "return [...document.querySelectorAll('#tags li')].map(l => l.firstChild.textContent.trim())"
+        wait.until(lambda d: len(d.execute_script(tags)) == size)
+        assert HOSTILE_TAG in driver.execute_script(tags)
+        assert driver.find_elements(By.CSS_SELECTOR, "#tags img") == []
+        assert driver.execute_script("return window.__pwned === undefined")
