@@ -25,6 +25,7 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import mmap
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -204,7 +205,12 @@ class Gallery:
         self.manifest = GalleryManifest.read(self.dir)
 
         def array(name: str) -> np.ndarray:
-            return np.load(self.dir / f"{name}.npy", mmap_mode="r")
+            mapped = np.load(self.dir / f"{name}.npy", mmap_mode="r")
+            # Rows are read a few at a time, all over the file: without this hint every row read
+            # pulls in the kernel's readahead window (~100x the row), in memory and from disk.
+            if mapped.size and hasattr(mmap, "MADV_RANDOM"):
+                mapped._mmap.madvise(mmap.MADV_RANDOM)
+            return mapped
 
         self.photo_id, self.latitude, self.longitude = array("photo_id"), array("latitude"), array("longitude")
         self.embedding = array("embedding")

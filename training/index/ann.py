@@ -8,8 +8,8 @@ The vectors are L2-normalised image embeddings, so inner product is MCC's cosine
 - ``ivf``: inverted lists over k-means cells with the float vectors; trained, faster to build.
 - ``ivfpq``: OPQ rotation, inverted lists and product-quantised codes (``pq_bytes`` bytes an
   image, chosen under ``memory_gb``): the index for 100M images on one machine (the approach of
-  autofaiss). Its shortlist of ``refine`` x k codes is re-scored exactly from the stored vectors
-  when the caller gives them (a gallery's memory-mapped embeddings), which restores the recall
+  autofaiss). Its best ``max(refine x k, refine_min)`` codes are re-scored exactly from the stored
+  vectors when the caller gives them (a gallery's memory-mapped embeddings), which restores the recall
   the compression costs.
 - ``auto``: flat up to :data:`FLAT_UP_TO` images; above, hnsw while its memory fits
   ``memory_gb``, ivfpq beyond.
@@ -55,12 +55,13 @@ class AnnSettings:
     ef_construction: int = 80     # build-time beam
     ef_search: int = 256          # query-time beam (>= the candidates asked for)
     ivf_lists: Optional[int] = None   # k-means cells (None: 4 sqrt(N), a power of two for ivfpq)
-    nprobe: int = 32              # cells visited per query
+    nprobe: int = 64              # cells visited per query
     seed: int = 0
     memory_gb: float = 4.0        # what the index may take in memory: auto's and ivfpq's choice
     pq_bytes: Optional[int] = None    # ivfpq sub-quantisers (None: the most that fit memory_gb)
     pq_bits: int = 8              # ivfpq bits a sub-quantiser's code (8: 256 codewords; fewer: small galleries)
-    refine: int = 4               # ivfpq: re-score refine x k codes exactly from the stored vectors
+    refine: int = 2               # ivfpq: re-score max(refine x k, refine_min) of its best codes exactly
+    refine_min: int = 160         # ... from the stored vectors (bench/search_scale.py: recall@10 0.96 at 160)
     train_size: Optional[int] = None  # vectors sampled to train ivf / ivfpq (None: 39 per cell, >= 65,536)
 
     def __post_init__(self):
@@ -70,8 +71,8 @@ class AnnSettings:
             raise ValueError(f"index pq_bytes must be one of {PQ_BYTES}, got {self.pq_bytes}")
         if not 1 <= self.pq_bits <= 8:
             raise ValueError(f"index pq_bits must be in 1..8, got {self.pq_bits}")
-        if self.memory_gb <= 0 or self.refine < 1 or self.nprobe < 1:
-            raise ValueError(f"index memory_gb must be > 0, refine and nprobe >= 1, got {self}")
+        if self.memory_gb <= 0 or self.refine < 1 or self.refine_min < 0 or self.nprobe < 1:
+            raise ValueError(f"index memory_gb must be > 0, refine and nprobe >= 1, refine_min >= 0, got {self}")
 
     def resolved(self, n: int, d: int) -> "AnnSettings":
         """The concrete kind (and ivfpq's cells and code size) for ``n`` vectors of width ``d``."""
@@ -198,10 +199,10 @@ class AnnIndex:
             self.index.hnsw.efSearch = max(self.settings.ef_search, k)
         elif self.settings.kind in ("ivf", "ivfpq"):
             faiss.extract_index_ivf(self.index).nprobe = self.settings.nprobe
-        refine = self.settings.refine if self.settings.kind == "ivfpq" and self.vectors is not None else 1
-        if refine == 1:
+        fetch = max(k * self.settings.refine, self.settings.refine_min)
+        if self.settings.kind != "ivfpq" or self.vectors is None or fetch <= k:
             return self.index.search(q, k)
-        _, ids = self.index.search(q, min(k * refine, len(self)))
+        _, ids = self.index.search(q, min(fetch, len(self)))
         return rescore(q, ids, self.vectors, k)
 
     def save(self, directory: str | Path, name: str = "images") -> None:
