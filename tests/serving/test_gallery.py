@@ -95,3 +95,18 @@ def test_a_gallery_of_an_earlier_layout_says_rebuild(export, tmp_path):
     (tmp_path / "g" / "manifest.json").write_text(json.dumps({**manifest, "format": 1}))
     with pytest.raises(GalleryError, match="earlier layout.*rebuild it with `python -m serving.search build"):
         Gallery(tmp_path / "g")
+
+
+def test_every_entry_point_bounds_k():
+    """The registered models (pyfunc) and the command line refuse a k outside their bound, saying it."""
+    from omegaconf import OmegaConf
+
+    from serving.pyfunc import MAX_K, _k
+    from serving.search import check_k
+
+    assert _k(None) == 10 and _k({"k": MAX_K}) == MAX_K
+    for k in (0, -1, 10 ** 6):
+        with pytest.raises(ValueError, match=f"k={k}: must be between 1 and {MAX_K}"):
+            _k({"k": k})
+        with pytest.raises(ValueError, match=f"k={k}: ask for 1 to 100 answers"):
+            check_k(k, OmegaConf.create({"search": {"max_k": 100}}))
