@@ -5,9 +5,12 @@ Starts the service as its own process over the registered models of the tracking
 ``make demo`` first: it registers them), waits for it, then for each endpoint and concurrency
 runs the clients (threads, each a keep-alive-free urllib loop) for ``--seconds`` after a warm-up.
 The ``/tag`` requests cycle over the sample photos, each sent as JPEG bytes at a place that
-cycles too; ``/photos`` cycles over tags of the vocabulary and places.
+cycles too; ``/photos`` cycles over tags of the vocabulary and places. Meanwhile one more client
+asks ``GET /health`` every 20 ms: its latency says whether the service stays responsive while
+the models are busy. ``failed``: answers other than 200 (``503``: of those, refused as busy).
 
-    python bench/serve_load.py [--clients 1 4 16] [--seconds 10] [key=value settings of conf/serving.yaml]
+    python bench/serve_load.py [--clients 1 4 16] [--seconds 10] [--doc PAGE [--block NAME]]
+        [key=value settings of conf/serving.yaml]
 """
 from __future__ import annotations
 
@@ -49,10 +52,20 @@ def call(url: str, data: bytes | None = None) -> int:
         return e.code
 
 
-def load(make_request, clients: int, seconds: float) -> dict[str, float]:
-    """Run ``clients`` threads calling ``make_request(i)`` for ``seconds``; rate, latency, failures."""
+def quantiles(latencies: list[float]) -> tuple[float, float]:
+    """(p50, p99) in ms."""
+    if not latencies:
+        return float("nan"), float("nan")
+    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [latencies[0]] * 99
+    return 1000 * q[49], 1000 * q[98]
+
+
+def load(make_request, clients: int, seconds: float, probe=None) -> dict[str, float]:
+    """Run ``clients`` threads calling ``make_request(i)`` for ``seconds``; rate, latency, failures,
+    and the latency of ``probe()`` (e.g. a /health request) called every 20 ms meanwhile."""
     latencies: list[float] = []
-    failures = [0]
+    probes: list[float] = []
+    failures = [0, 0]
     lock = threading.Lock()
     stop = time.perf_counter() + seconds
 
@@ -65,25 +78,37 @@ def load(make_request, clients: int, seconds: float) -> dict[str, float]:
             with lock:
                 latencies.append(took)
                 failures[0] += status != 200
+                failures[1] += status == 503
             i += clients
 
+    def prober() -> None:
+        while time.perf_counter() < stop:
+            start = time.perf_counter()
+            probe()
+            probes.append(time.perf_counter() - start)
+            time.sleep(0.02)
+
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    if probe is not None:
+        threads.append(threading.Thread(target=prober))
     began = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - began
-    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [latencies[0]] * 99
-    return {"requests": len(latencies), "rps": len(latencies) / elapsed, "p50_ms": 1000 * q[49],
-            "p99_ms": 1000 * q[98], "failed": failures[0]}
+    p50, p99 = quantiles(latencies)
+    h50, h99 = quantiles(probes)
+    return {"requests": len(latencies), "rps": len(latencies) / elapsed, "p50_ms": p50, "p99_ms": p99,
+            "failed": failures[0], "busy": failures[1], "health_p50_ms": h50, "health_p99_ms": h99}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--doc", type=Path, help="also write the table into this Markdown page's block serve-load")
+    ap.add_argument("--doc", type=Path, help="also write the table into this Markdown page's block (--block)")
+    ap.add_argument("--block", default="serve-load", help="the block of --doc to write (default serve-load)")
     ap.add_argument("overrides", nargs="*", help="key=value settings of the service (conf/serving.yaml)")
     args = ap.parse_args()
     port = free_port()
@@ -116,15 +141,19 @@ def main() -> None:
         for name, fn in (("POST /tag", tag), ("GET /photos", photos)):
             load(fn, 1, 1.0)                                        # warm-up
             for c in args.clients:
-                r = load(fn, c, args.seconds)
+                r = load(fn, c, args.seconds, probe=lambda: call(f"{base}/health"))
                 rows.append([name, str(c), str(r["requests"]), f"{r['rps']:.1f}", f"{r['p50_ms']:.1f}",
-                             f"{r['p99_ms']:.1f}", str(r["failed"])])
+                             f"{r['p99_ms']:.1f}", f"{r['failed']} ({r['busy']})", f"{r['health_p50_ms']:.1f}",
+                             f"{r['health_p99_ms']:.1f}"])
                 print(" | ".join(rows[-1]), flush=True)
         text = (f"One service process and its clients on the same machine, {args.seconds:g} s per row after a "
-                "warm-up:\n\n" + table(["endpoint", "clients", "requests", "req/s", "p50 ms", "p99 ms", "failed"], rows))
+                "warm-up; `/health` asked every 20 ms meanwhile:\n\n" +
+                table(["endpoint", "clients", "requests", "req/s", "p50 ms", "p99 ms", "failed (503)",
+                       "/health p50 ms", "/health p99 ms"], rows))
         print(text)
         if args.doc:
-            write_block(args.doc, "serve-load", text, "python bench/serve_load.py --doc " + str(args.doc))
+            command = f"python bench/serve_load.py --doc {args.doc} --block {args.block} {' '.join(args.overrides)}"
+            write_block(args.doc, args.block, text, command.strip())
     finally:
         proc.terminate()
         proc.wait(timeout=30)
