@@ -24,13 +24,11 @@ tagging model the service loads). Steps, each measured:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
@@ -46,7 +44,7 @@ from common.config import compose_config  # noqa: E402
 from common.embeddings import (MANIFEST_NAME, TAGS_FILE, EmbeddingsManifest, arrow_to_embeddings,  # noqa: E402
                                embeddings_to_arrow, image_schema, read_image_embeddings)
 from common.markdown import table, write_block  # noqa: E402
-from serve_load import PLACES, call, free_port, load  # noqa: E402
+from serve_load import PLACES, call, load, sample_jpegs, start_service  # noqa: E402
 from serving.gallery import Gallery  # noqa: E402
 from training.index.ann import normalised  # noqa: E402
 
@@ -184,24 +182,10 @@ def main() -> None:
     top10_ms = latency(lambda i: g.ann.search(queries[i % len(queries)][None], 10), 200)
     print(f"recall@10 {served:.3f} (codes alone {codes:.3f}); exact search {exact_s:.0f} s", flush=True)
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "serving.serve", *args.overrides, f"serve.port={port}",
-                             f"serve.gallery={gallery_dir}", "serve.queue=64"], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc, base = start_service([*args.overrides, f"serve.gallery={gallery_dir}", "serve.queue=64"])
     try:
-        for _ in range(1200):
-            if proc.poll() is not None:
-                sys.exit(f"the service stopped: {proc.stdout.read()[-2000:]}")
-            try:
-                if call(f"{base}/health") == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
         start_rss = rss_gb(proc.pid)
-        samples = json.loads(urllib.request.urlopen(f"{base}/samples?n=20").read())
-        jpegs = [urllib.request.urlopen(f"{base}/photo/{s['photo_id']}.jpg").read() for s in samples]
+        jpegs = sample_jpegs(base)
         vocab = pq.read_table(gallery_dir / "tags.parquet", columns=["tag"]).column("tag").to_pylist()
         query_tags = [vocab[int(i)] for i in tags]
 

@@ -52,6 +52,34 @@ def call(url: str, data: bytes | None = None) -> int:
         return e.code
 
 
+def start_service(overrides: list[str], timeout: float = 600) -> tuple[subprocess.Popen, str]:
+    """``python -m serving.serve`` with ``overrides`` on a free port, once ``/health`` answers; the
+    process and its base URL (exits with the service's output if it stops first)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "serving.serve", *overrides, f"serve.port={port}"], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"the service stopped: {proc.stdout.read()[-2000:]}")
+        try:
+            if call(f"{base}/health") == 200:
+                return proc, base
+        except OSError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    sys.exit(f"the service did not answer within {timeout:.0f} s")
+
+
+def sample_jpegs(base: str, n: int = 20) -> list[bytes]:
+    """JPEG bytes of ``n`` of the service's sample photos."""
+    samples = json.loads(urllib.request.urlopen(f"{base}/samples?n={n}").read())
+    return [urllib.request.urlopen(f"{base}/photo/{s['photo_id']}.jpg").read() for s in samples]
+
+
 def quantiles(latencies: list[float]) -> tuple[float, float]:
     """(p50, p99) in ms."""
     if not latencies:
@@ -111,22 +139,9 @@ def main() -> None:
     ap.add_argument("--block", default="serve-load", help="the block of --doc to write (default serve-load)")
     ap.add_argument("overrides", nargs="*", help="key=value settings of the service (conf/serving.yaml)")
     args = ap.parse_args()
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "serving.serve", *args.overrides, f"serve.port={port}"], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc, base = start_service(args.overrides)
     try:
-        for _ in range(600):
-            if proc.poll() is not None:
-                sys.exit(f"the service stopped: {proc.stdout.read()[-2000:]}")
-            try:
-                if call(f"{base}/health") == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
-        samples = json.loads(urllib.request.urlopen(f"{base}/samples?n=20").read())
-        jpegs = [urllib.request.urlopen(f"{base}/photo/{s['photo_id']}.jpg").read() for s in samples]
+        jpegs = sample_jpegs(base)
 
         def tag(i: int) -> int:
             lat, lon = PLACES[i % len(PLACES)]
