@@ -136,7 +136,9 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--doc", type=Path, help="also write the table into this Markdown page's block (--block)")
-    ap.add_argument("--block", default="serve-load", help="the block of --doc to write (default serve-load)")
+    ap.add_argument("--block", default="serve-load", choices=("serve-load", "serve-load-before"),
+                    help="the block of --doc to write: serve-load, or serve-load-before for this bench run "
+                         "on an earlier release's service (a checkout of it, with this file copied in)")
     ap.add_argument("overrides", nargs="*", help="key=value settings of the service (conf/serving.yaml)")
     args = ap.parse_args()
     proc, base = start_service(args.overrides)
