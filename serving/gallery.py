@@ -239,24 +239,12 @@ class Gallery:
         return np.asarray(self.tag_ids[self.tag_offsets[row]:self.tag_offsets[row + 1]])
 
     def row_of_photo(self, photo_id: int) -> int:
-        i = self._find(int(photo_id))
-        if i < 0:
+        """The row of ``photo_id``: a binary search through ``id_order`` (log N rows read)."""
+        i = int(np.searchsorted(self.photo_id, int(photo_id), sorter=self.id_order))
+        if i == len(self) or int(self.photo_id[self.id_order[i]]) != int(photo_id):
             raise GalleryError(f"photo {photo_id} is not in the gallery ({len(self):,} photos of splits "
                                f"{self.manifest.splits})")
-        return i
-
-    def _find(self, photo_id: int) -> int:
-        """The row of ``photo_id`` by binary search over ``id_order`` (log N rows read), or -1."""
-        lo, hi = 0, len(self)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if int(self.photo_id[self.id_order[mid]]) < photo_id:
-                lo = mid + 1
-            else:
-                hi = mid
-        if lo < len(self) and int(self.photo_id[self.id_order[lo]]) == photo_id:
-            return int(self.id_order[lo])
-        return -1
+        return int(self.id_order[i])
 
     def model(self, role: str) -> str:
         """The checkpoint recorded for ``role`` (tagger, retriever, image_model); it must exist."""

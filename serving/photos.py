@@ -42,14 +42,19 @@ class PhotoStore:
         self.cache_groups = cache_groups
         self.lock = threading.Lock()
 
+    def _index(self, photo_id: int) -> int:
+        """Where ``photo_id`` is in ``ids``, or -1."""
+        i = int(np.searchsorted(self.ids, photo_id))
+        return i if i < self.ids.size and self.ids[i] == photo_id else -1
+
     def __contains__(self, photo_id: int) -> bool:
-        i = np.searchsorted(self.ids, photo_id)
-        return bool(i < self.ids.size and self.ids[i] == photo_id)
+        return self._index(photo_id) >= 0
 
     def _locate(self, photo_id: int) -> tuple[int, int, int]:
-        if photo_id not in self:
+        i = self._index(photo_id)
+        if i < 0:
             raise UnknownPhoto(f"photo {photo_id} is not among the {self.ids.size:,} photos served")
-        f, g, r = (int(x) for x in self.where[np.searchsorted(self.ids, photo_id)])
+        f, g, r = (int(x) for x in self.where[i])
         return f, g, r
 
     def _group(self, f: int, g: int) -> Any:
