@@ -82,7 +82,7 @@ class ImageEmbedder:
             pixels = decode_image(jpeg, self.resize, self.crop, train=False, gen=None)
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise NotAnImage(f"not an image this can read ({exc})") from exc
-        return self.model.embed(torch.tensor(pixels).permute(2, 0, 1)[None]).float().numpy()
+        return self.model.embed(torch.from_numpy(pixels)[None]).float().numpy()
 
 
 class Scorer:

@@ -27,7 +27,7 @@ def _batch(n=4):
     g = torch.Generator().manual_seed(0)
     offsets = torch.tensor([0, 2, 3, 6, 7])
     values = torch.tensor([1, 4, 0, 2, 3, 11, 5])
-    return {"image": torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
+    return {"image": torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=g),
             "tag": torch.tensor([4, 0, 3, 5]), "tag_values": values, "tag_offsets": offsets}
 
 

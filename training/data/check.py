@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from training.errors import SetupError
+from training.ranks import Ranks
 
 log = logging.getLogger(__name__)
 
@@ -81,3 +82,32 @@ def same_vocabulary(export_tags: Sequence[str], vocab: Mapping[int, str], vocab_
             raise SetupError(
                 f"{export}: its tags are not the vocabulary of {shards} (index {i} is {tag!r} in the export, "
                 f"{vocab.get(i, '')!r} in the shards): {_REEXPORT}")
+
+
+def agree_on_files(listed: Sequence[tuple[str, int]], bad: Mapping[str, str], on_bad_file: str, what: str,
+                   root: Path, ranks: Ranks) -> dict[str, BadFile]:
+    """The run's input files made one decision for every rank (a collective; every rank calls it).
+
+    ``listed`` are this rank's files (path under ``root``, rows), ``bad`` those it found bad (path
+    under ``root`` -> problem): paths under the root, since each node may mount it elsewhere. Rank
+    0's file list is the run's: a rank that lists other files (a manifest rewritten while the run
+    started, another folder on one node) stops every rank with the same line. A file found bad on
+    any rank is bad on all: ``on_bad_file=error`` stops every rank naming it, ``skip`` leaves it out
+    everywhere, so that the ranks' epoch plans stay the same (one rank planning without a file,
+    the others with it, would wait forever in the first collective). Returns the bad files."""
+    first = ranks.broadcast(list(listed))
+    same = ranks.all_gather(list(listed) == first)
+    if not all(same):
+        others = [str(r) for r, ok in enumerate(same) if not ok]
+        raise SetupError(f"{what}: rank(s) {', '.join(others)} list other files than rank 0 ({len(first)} files): "
+                         "every rank must read the same manifest; is the folder shared, and was it rewritten while "
+                         "the run started?")
+    found: dict[str, tuple[str, list[int]]] = {}
+    for rank, part in enumerate(ranks.all_gather(sorted(bad.items()))):
+        for path, problem in part:
+            found.setdefault(path, (problem, []))[1].append(rank)
+    merged = {path: BadFile(str(root / path), problem if len(seen) == ranks.world else
+                            f"{problem} (on rank {', '.join(map(str, seen))} of {ranks.world} only)")
+              for path, (problem, seen) in sorted(found.items())}
+    resolve(list(merged.values()), on_bad_file, len(first), what)
+    return merged

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -31,10 +31,11 @@ from common.contract import MANIFEST_NAME, read_manifest
 from common.embeddings import (EmbeddingsManifest, arrow_to_embeddings, image_schema, read_image_embeddings,
                                read_tag_embeddings, tag_schema)
 from common.metrics import TagSets
-from training.data.check import BadFile, parquet_problem, resolve, same_vocabulary
-from training.data.plan import PlannedStream
+from training.data.check import BadFile, agree_on_files, parquet_problem, resolve, same_vocabulary
+from training.data.plan import PlannedStream, per_rank_batch
 from training.data.shards import read_vocab
 from training.errors import SetupError
+from training.ranks import Ranks
 
 COLUMNS = ["photo_id", "embedding", "latitude", "longitude", "tag_ids"]
 
@@ -171,6 +172,9 @@ class LocSensDataModule(pl.LightningDataModule):
         self._manifest: Optional[EmbeddingsManifest] = None
         self._tags: Optional[np.ndarray] = None
         self._max_tags: Optional[int] = None
+        self._listed: list[tuple[str, int]] = []
+        self._deferred: Optional[dict[str, str]] = None   # path under the root -> problem
+        self.bad_files: list[BadFile] = []
 
     @property
     def manifest(self) -> EmbeddingsManifest:
@@ -189,10 +193,10 @@ class LocSensDataModule(pl.LightningDataModule):
             self._max_tags = max_tags_of(self.embeddings_dir, self.manifest)
         return self._max_tags
 
-    def check_files(self) -> list[BadFile]:
+    def check_files(self, defer: bool = False) -> list[BadFile]:
         """Check the export's files (training/data/check.py) and that its tags are the vocabulary of
         ``shards_dir`` before anything reads them; with ``on_bad_file=skip`` the run goes on without
-        bad image files. Returns those."""
+        bad image files. Returns those. ``defer``: the ranks decide together in :meth:`setup`."""
         m, root = self.manifest, self.embeddings_dir
         tags = root / m.tags_path
         problem = parquet_problem(tags, pa.schema([tag_schema(m.dim).field(c) for c in ("index", "tag")]), m.num_tags)
@@ -208,14 +212,38 @@ class LocSensDataModule(pl.LightningDataModule):
         files = [f for info in m.splits.values() for f in info["files"]]
         bad = {f["path"]: BadFile(str(root / f["path"]), problem) for f in files
                if (problem := parquet_problem(root / f["path"], columns, f["rows"]))}
-        resolve(list(bad.values()), self.hparams.on_bad_file, len(files), f"embeddings export {root}")
-        if bad:
-            splits = {}
+        self._listed = [(f["path"], f["rows"]) for f in files]
+        if defer:
+            self._deferred = {path: b.problem for path, b in bad.items()}
+            return list(bad.values())
+        resolve(list(bad.values()), self.hparams.on_bad_file, len(files), self._what)
+        self.bad_files = list(bad.values())
+        self._leave_out(bad)
+        return self.bad_files
+
+    @property
+    def _what(self) -> str:
+        return f"embeddings export {self.embeddings_dir}"
+
+    def _leave_out(self, bad: Mapping[str, BadFile]) -> None:
+        """The manifest without the files ``bad`` names (paths under the root)."""
+        gone = set(bad)
+        if gone:
+            m, splits = self.manifest, {}
             for name, info in m.splits.items():
-                kept = [f for f in info["files"] if f["path"] not in bad]
+                kept = [f for f in info["files"] if f["path"] not in gone]
                 splits[name] = {**info, "files": kept, "rows": sum(f["rows"] for f in kept)}
             self._manifest = dataclasses.replace(m, splits=splits)
-        return list(bad.values())
+
+    def setup(self, stage: str) -> None:
+        """With the check deferred: every rank's bad files, one decision (stop, or leave them out everywhere)."""
+        if self._deferred is None:
+            return
+        bad = agree_on_files(self._listed, self._deferred, self.hparams.on_bad_file, self._what, self.embeddings_dir,
+                             Ranks.current())
+        self.bad_files = list(bad.values())
+        self._leave_out(bad)
+        self._deferred = None
 
     def tag_embeddings(self) -> np.ndarray:
         if self._tags is None:
@@ -228,11 +256,7 @@ class LocSensDataModule(pl.LightningDataModule):
 
     def per_rank_batch(self, world_size: int) -> int:
         """Positives per rank and step: the global ``batch_size`` split over ``world_size`` ranks."""
-        size = int(self.hparams.batch_size)
-        if size % world_size:
-            raise SetupError(f"data.batch_size={size} (the global batch) is not divisible by the {world_size} "
-                             f"ranks: use a multiple of {world_size}")
-        return size // world_size
+        return per_rank_batch(int(self.hparams.batch_size), world_size)
 
     def _stream(self, split: str, train: bool) -> EmbeddingStream:
         world, rank = self._world()

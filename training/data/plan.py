@@ -30,6 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from torch.utils.data import IterableDataset, get_worker_info
 
+from training.errors import SetupError
+
 # PlannedStream.__len__ is exact for every rank and worker split (plan_epoch): Lightning's generic
 # caution about IterableDataset lengths does not apply, nor its batch-index tracking in predict.
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
@@ -60,6 +62,15 @@ def batch_sizes(rows: int, num_batches: int, batch_size: int) -> np.ndarray:
     sizes = np.full(num_batches, rows // num_batches, dtype=np.int64)
     sizes[:rows % num_batches] += 1
     return sizes
+
+
+def per_rank_batch(global_batch: int, world_size: int) -> int:
+    """Rows per rank and step: the global ``data.batch_size`` split evenly over the ranks, so that
+    the optimisation sees the same batch (and the same learning rate fits it) on 1 GPU or 16."""
+    if global_batch % world_size:
+        raise SetupError(f"data.batch_size={global_batch} (the global batch) is not divisible by the {world_size} "
+                         f"ranks: use a multiple of {world_size}")
+    return global_batch // world_size
 
 
 @dataclass(frozen=True)

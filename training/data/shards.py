@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -20,9 +21,10 @@ from torch.utils.data import DataLoader
 
 from common.contract import SHARD_SCHEMA, Manifest, SplitInfo, read_manifest
 from common.metrics import TagSets
-from training.data.check import BadFile, parquet_problem, resolve
+from training.data.check import BadFile, agree_on_files, parquet_problem, resolve
 from training.data.images import to_batch
-from training.data.plan import PlannedStream
+from training.data.plan import PlannedStream, per_rank_batch
+from training.ranks import Ranks
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +54,8 @@ class ShardStream(PlannedStream):
 
     def make_batch(self, rows: pa.Table, take: np.ndarray, pool: Optional[np.ndarray], epoch: int,
                    state: torch.Generator) -> dict[str, torch.Tensor]:
-        return to_batch(rows.take(pa.array(take)), resize=self.resize, crop=self.crop, train=self.train,
-                        seed=self.seed, epoch=epoch, gen=state)
+        return to_batch(rows, take=take, resize=self.resize, crop=self.crop, train=self.train, seed=self.seed,
+                        epoch=epoch, gen=state)
 
 
 def read_split_columns(shards_dir: str | Path, split: str, columns: Sequence[str],
@@ -103,14 +105,28 @@ def place_mask(shards_dir: str | Path, manifest: Optional[Manifest] = None) -> n
     return mask
 
 
+def loader_workers(setting: Optional[int], local_ranks: int, cores: Optional[int] = None) -> int:
+    """DataLoader workers per rank: the setting, or (null) this node's cores shared by its ranks,
+    less one for the rank's own process, at least one. JPEG decoding is the loader's work, and it
+    scales with cores until the GPU is fed."""
+    if setting is not None:
+        return int(setting)
+    cores = cores if cores is not None else len(os.sched_getaffinity(0))
+    return max(1, cores // max(1, local_ranks) - 1)
+
+
 # --- the Lightning data module --------------------------------------------------------------------------
 
 class ShardDataModule(pl.LightningDataModule):
-    """Train/val/test shards of one manifest; ranks and world size come from the trainer."""
+    """Train/val/test shards of one manifest; ranks and world size come from the trainer.
+
+    ``batch_size`` is the global batch, as LocSens's is: every rank takes ``batch_size / world_size``
+    images a step (evaluation batches, ``eval_batch_size``, are per rank).
+    """
 
     def __init__(self, shards_dir: str, batch_size: int = 64, eval_batch_size: Optional[int] = None,
-                 crop: int = 224, resize: Optional[int] = None, num_workers: int = 0,
-                 shuffle_window: int = 8, seed: int = 0, pin_memory: bool = False,
+                 crop: int = 224, resize: Optional[int] = None, num_workers: Optional[int] = 0,
+                 shuffle_window: int = 8, seed: int = 0, pin_memory: Optional[bool] = False,
                  persistent_workers: bool = False, prefetch_factor: Optional[int] = None,
                  predict_splits: Sequence[str] = ("train", "val", "test"), on_bad_file: str = "error"):
         super().__init__()
@@ -118,6 +134,9 @@ class ShardDataModule(pl.LightningDataModule):
         self.shards_dir = Path(shards_dir)
         self._manifest: Optional[Manifest] = None
         self.predict_splits = list(predict_splits)
+        self._listed: list[tuple[str, int]] = []
+        self._deferred: Optional[dict[str, str]] = None   # path under the root -> problem
+        self.bad_files: list[BadFile] = []
 
     @property
     def manifest(self) -> Manifest:
@@ -129,19 +148,47 @@ class ShardDataModule(pl.LightningDataModule):
     def num_tags(self) -> int:
         return self.manifest.vocab_size
 
-    def check_files(self) -> list[BadFile]:
+    def check_files(self, defer: bool = False) -> list[BadFile]:
         """Check every listed shard's footer (training/data/check.py) before anything reads them;
-        with ``on_bad_file=skip`` the run goes on without the bad ones. Returns those."""
+        with ``on_bad_file=skip`` the run goes on without the bad ones. Returns those.
+
+        ``defer`` (a run of several processes): the decision waits for :meth:`setup`, where the
+        ranks make it together (:func:`~training.data.check.agree_on_files`)."""
         columns = pa.schema([SHARD_SCHEMA.field(c) for c in BATCH_COLUMNS])
         files = [(split, f) for split, info in self.manifest.splits.items() for f in info.files]
         bad = {f.path: BadFile(str(self.shards_dir / f.path), problem) for _, f in files
                if (problem := parquet_problem(self.shards_dir / f.path, columns, f.rows))}
-        resolve(list(bad.values()), self.hparams.on_bad_file, len(files), f"shards of {self.shards_dir}")
-        if bad:
+        self._listed = [(f.path, f.rows) for _, f in files]
+        if defer:
+            self._deferred = {path: b.problem for path, b in bad.items()}
+            return list(bad.values())
+        resolve(list(bad.values()), self.hparams.on_bad_file, len(files), self._what)
+        self.bad_files = list(bad.values())
+        self._leave_out(bad)
+        return self.bad_files
+
+    @property
+    def _what(self) -> str:
+        return f"shards of {self.shards_dir}"
+
+    def _leave_out(self, bad: Mapping[str, BadFile]) -> None:
+        """The manifest without the files ``bad`` names (paths under the root)."""
+        gone = set(bad)
+        if gone:
             m = self.manifest
-            splits = {name: SplitInfo([f for f in info.files if f.path not in bad]) for name, info in m.splits.items()}
+            splits = {name: SplitInfo([f for f in info.files if f.path not in gone])
+                      for name, info in m.splits.items()}
             self._manifest = dataclasses.replace(m, splits=splits)
-        return list(bad.values())
+
+    def setup(self, stage: str) -> None:
+        """With the check deferred: every rank's bad files, one decision (stop, or leave them out everywhere)."""
+        if self._deferred is None:
+            return
+        bad = agree_on_files(self._listed, self._deferred, self.hparams.on_bad_file, self._what, self.shards_dir,
+                             Ranks.current())
+        self.bad_files = list(bad.values())
+        self._leave_out(bad)
+        self._deferred = None
 
     def _world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -149,24 +196,38 @@ class ShardDataModule(pl.LightningDataModule):
             return 1, 0
         return trainer.world_size, trainer.global_rank
 
+    def per_rank_batch(self, world_size: int) -> int:
+        """Images per rank and step: the global ``batch_size`` split over ``world_size`` ranks."""
+        return per_rank_batch(int(self.hparams.batch_size), world_size)
+
     def stream(self, split: str, train: bool) -> ShardStream:
         world_size, rank = self._world()
         h = self.hparams
         return ShardStream(self.shards_dir, split, manifest=self.manifest,
-                           batch_size=h.batch_size if train else (h.eval_batch_size or h.batch_size),
+                           batch_size=(self.per_rank_batch(world_size) if train or not h.eval_batch_size
+                                       else h.eval_batch_size),
                            crop=h.crop, resize=h.resize, train=train, shuffle=train,
                            shuffle_window=h.shuffle_window, seed=h.seed,
                            world_size=world_size, rank=rank)
 
     def _loader(self, dataset: ShardStream) -> DataLoader:
         h = self.hparams
+        workers = loader_workers(h.num_workers, self._local_ranks())
+        pin = h.pin_memory if h.pin_memory is not None else self._on_gpu()
         kwargs = {}
-        if h.num_workers > 0:
+        if workers > 0:
             kwargs["persistent_workers"] = h.persistent_workers
             if h.prefetch_factor:
                 kwargs["prefetch_factor"] = h.prefetch_factor
-        return DataLoader(dataset, batch_size=None, num_workers=h.num_workers,
-                          pin_memory=h.pin_memory, **kwargs)
+        return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin, **kwargs)
+
+    def _local_ranks(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return max(1, int(trainer.num_devices)) if trainer is not None else 1
+
+    def _on_gpu(self) -> bool:
+        trainer = getattr(self, "trainer", None)
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.stream("train", train=True))

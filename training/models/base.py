@@ -62,11 +62,16 @@ class TagModel(StreamedModule, abc.ABC):
             self.backbone.compile()  # in place: checkpoint keys stay those of the plain module
 
     # --- shared pieces --------------------------------------------------------------------------
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, H, W) RGB -> backbone features (B, feature_dim)."""
-        x = (images.float() - self.mean) / self.std
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+    def features(self, images: torch.Tensor, flip: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """uint8 (B, H, W, 3) RGB, or (B, H, W, 4) with a padding byte as the loader ships it ->
+        backbone features (B, feature_dim). ``flip`` (B,) bool mirrors those images (training's
+        augmentation, applied here on the device). The NCHW view of NHWC memory is already
+        channels_last: no copy makes it so."""
+        images = images[..., :3]
+        if flip is not None:
+            images = torch.where(flip[:, None, None, None], images.flip(2), images)
+        x = (images.permute(0, 3, 1, 2).float() - self.mean) / self.std
+        x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         return self.backbone(x)
 
     @abc.abstractmethod

@@ -36,11 +36,11 @@ class HER(TagModel):
         self.register_buffer("word_vectors", word_vectors)
         self.head = nn.Linear(self.feature_dim, embedding_dim)
 
-    def embed(self, images):
-        return self.head(self.features(images))
+    def embed(self, images, flip=None):
+        return self.head(self.features(images, flip))
 
     def compute_loss(self, batch):
-        emb = self.embed(batch["image"])
+        emb = self.embed(batch["image"], batch.get("flip"))
         target = F.embedding_bag(batch["tag_values"], self.word_vectors, batch["tag_offsets"][:-1],
                                  mode="mean")
         return (1 - F.cosine_similarity(emb.float(), target, dim=1)).mean(), emb

@@ -27,11 +27,11 @@ class MCC(TagModel):
         self.embedding = nn.Linear(self.feature_dim, embedding_dim)
         self.classifier = nn.Linear(embedding_dim, num_tags)
 
-    def embed(self, images):
-        return self.embedding(self.features(images))
+    def embed(self, images, flip=None):
+        return self.embedding(self.features(images, flip))
 
     def compute_loss(self, batch):
-        emb = self.embed(batch["image"])
+        emb = self.embed(batch["image"], batch.get("flip"))
         return F.cross_entropy(self.classifier(emb).float(), batch["tag"]), emb
 
     def tag_embeddings(self):

@@ -37,7 +37,7 @@ class MLC(TagModel):
         return torch.cat([f, torch.ones_like(f[:, :1])], dim=1)
 
     def compute_loss(self, batch):
-        f = self.features(batch["image"])
+        f = self.features(batch["image"], batch.get("flip"))
         logits = self.classifier(f).float()
         target = multi_hot(batch["tag_values"], batch["tag_offsets"], self.num_tags)
         loss = F.binary_cross_entropy_with_logits(logits, target, reduction=self.reduction)
