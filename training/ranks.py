@@ -16,6 +16,7 @@ everything, and nothing is exchanged.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -27,10 +28,18 @@ from pytorch_lightning.utilities import rank_zero_only
 def global_rank() -> int:
     """This process's rank in the run: the process group's once it exists, before that the rank its
     launcher gave it (Lightning reads ``RANK``, ``LOCAL_RANK``, ``SLURM_PROCID`` at import and sets
-    it again when the trainer starts), 0 for a process on its own."""
+    it again when the trainer starts), 0 for a process on its own.
+
+    Under Lightning's own launcher, the command started on node k > 0 (``NODE_RANK=k``) has no
+    rank of its own yet and reads as local rank 0: it is not the run's rank 0, and must not open
+    the tracking store or make runs. Before the group exists its value here is then a lower bound
+    (k), exact only in whether it is 0."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank()
-    return int(getattr(rank_zero_only, "rank", 0) or 0)
+    rank = int(getattr(rank_zero_only, "rank", 0) or 0)
+    if rank == 0 and "RANK" not in os.environ and "SLURM_PROCID" not in os.environ:
+        return int(os.environ.get("NODE_RANK", "0") or 0)
+    return rank
 
 
 def is_rank_zero() -> bool:
@@ -68,6 +77,18 @@ class Ranks:
         parts: Optional[list] = [None] * self.world if self.is_zero else None
         dist.gather_object(part, parts, dst=0)
         return np.concatenate(parts) if self.is_zero else None
+
+    def all_gather(self, value) -> list:
+        """Every rank's ``value``, in rank order, on every rank. A collective."""
+        if self.world == 1:
+            return [value]
+        out: list = [None] * self.world
+        dist.all_gather_object(out, value)
+        return out
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
 
     def broadcast(self, value):
         """Rank 0's ``value`` on every rank (e.g. a setting decided once)."""

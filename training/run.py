@@ -31,10 +31,12 @@ from common import failpoints
 from common.files import atomic_write
 from training.callbacks.export import EmbeddingWriter
 from training.callbacks.failpoint import TrainBatchFailpoint
+from training.callbacks.topology import Topology
 from training.errors import SetupError
 from training.evaluate.after_fit import evaluate_after_fit
 from training.evaluate.embeddings import evaluate_embeddings
 from training.evaluate.runs import embeddings_tags, log_evaluation, model_tags
+from training.launch import detect, may_have_peers, trainer_overrides
 from training.models.family import EMBEDDINGS
 from training.ranks import is_rank_zero
 from training.tracking import continued_run, log_bad_files, record_training, start_training_run
@@ -57,6 +59,21 @@ def _instantiate_group(group: Optional[DictConfig]) -> list[Any]:
     if not group:
         return []
     return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def _settled_trainer(cfg: DictConfig) -> dict[str, Any]:
+    """The trainer settings the config leaves to this launch and machine (training/launch.py), and
+    the GPU's fast matmul mode (TF32) unless ``matmul_precision`` says otherwise."""
+    launch = detect(os.environ)
+    cuda = torch.cuda.is_available()
+    overrides = trainer_overrides(cfg.trainer, launch, cuda=cuda, bf16=cuda and torch.cuda.is_bf16_supported())
+    if cfg.get("matmul_precision"):
+        torch.set_float32_matmul_precision(str(cfg.matmul_precision))
+    if launch.started_outside:
+        log.info("launched by %s: %d node(s) x %d process(es)", launch.launcher, launch.nodes, launch.per_node)
+    if overrides:
+        log.info("trainer settings for this launch: %s", ", ".join(f"{k}={v}" for k, v in overrides.items()))
+    return overrides
 
 
 def _resume_path(cfg: DictConfig, checkpoint: Optional[ModelCheckpoint]) -> Optional[str]:
@@ -107,7 +124,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     fitting = bool(cfg.get("train", True))
     evaluated = None if fitting else _checkpoint_to_evaluate(cfg)
     datamodule = _build(cfg, "data")
-    bad_files = datamodule.check_files()         # a bad input file stops the run here, or is left out
+    # A bad input file stops the run here, or is left out. With several processes the ranks decide
+    # together once they have met (datamodule.setup): a file bad on one node alone must not give
+    # that rank another epoch plan.
+    launch = detect(os.environ)
+    deferred = fitting and may_have_peers(cfg.trainer, launch, os.environ, torch.cuda.device_count())
+    bad_files = datamodule.check_files(defer=deferred)
     model = _build(cfg, "model", num_tags=datamodule.num_tags)
     family = model.family
     callbacks = _instantiate_group(cfg.get("callbacks"))
@@ -119,16 +141,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
             for c in cfg.logger.values():
                 if c._target_.endswith("MLFlowLogger"):
                     c.run_id = continued
-    loggers = _instantiate_group(cfg.get("logger"))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # Loggers on rank 0 only: under torchrun or srun every rank starts at once, and each one opening
+    # the tracking store would race to create its tables (and its runs).
+    loggers = _instantiate_group(cfg.get("logger")) if is_rank_zero() else []
+    callbacks.append(Topology(cfg.run_dir))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                      **_settled_trainer(cfg))
     mlf = start_training_run(cfg, loggers, model, continued=bool(continued))
-    if mlf is not None and is_rank_zero():
+    if mlf is not None and is_rank_zero() and not deferred:
         log_bad_files(mlf, bad_files)
     checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
 
     metrics: dict[str, float] = {}
     if fitting:
         trainer.fit(model, datamodule=datamodule, ckpt_path=_resume_path(cfg, checkpoint), weights_only=True)
+        if mlf is not None and is_rank_zero() and deferred:
+            log_bad_files(mlf, datamodule.bad_files)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     best = (checkpoint.best_model_path if checkpoint is not None else "") if fitting else evaluated
     if fitting and best and checkpoint.best_model_score is not None:  # (ddp_spawn brings back the path only)

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf, open_dict
 from common.contract import read_manifest
 from common.embeddings import EmbeddingsManifest
 from training.errors import SetupError
+from training.launch import Launch, trainer_overrides
 from training.run import train
 
 torch.set_num_threads(1)
@@ -44,7 +45,14 @@ def test_experiment_configs_compose_and_instantiate(tmp_path, image_cfg, experim
     ddp = image_cfg("+experiment=mcc", "trainer=ddp", "trainer.devices=8",
                       "trainer.num_nodes=2")
     assert (ddp.trainer.strategy, ddp.trainer.devices, ddp.trainer.num_nodes) == ("ddp", 8, 2)
-    assert ddp.trainer.precision == "bf16-mixed"
+    settled = trainer_overrides(ddp.trainer, Launch("lightning"), cuda=True, bf16=True)
+    assert settled["precision"] == "bf16-mixed" and settled["benchmark"] is True
+    assert ddp.trainer.sync_batchnorm is False
+    # The default trainer uses the GPUs when there are any, the CPU here.
+    auto = image_cfg("+experiment=mcc")
+    assert auto.trainer.accelerator == "auto" and auto.trainer.devices == "auto"
+    assert trainer_overrides(auto.trainer, Launch("lightning"), cuda=False, bf16=False) == {
+        "num_nodes": 1, "precision": "32-true"}
     # +debug after +experiment: debug settings win.
     dbg = image_cfg("+experiment=mcc", "+debug=fdr")
     assert dbg.trainer.fast_dev_run is True and dbg.trainer.max_epochs == 1
