@@ -26,7 +26,7 @@ PIPELINE_JOBS := clean_metadata build_vocab shard_dataset frequency_baselines
 PIPELINE_ARGS ?= paths.raw_dir=$(SAMPLE_DIR) shard.image_size=128 shard.rows_per_file=5000 shard.rows_per_row_group=250
 
 .PHONY: faults install demo test test-fast sample pipeline bench clean train-mcc train-mlc train-her report readme-results ui repeats search-index register serve browser \
-	worker-env dist cluster-up cluster-down img2dataset-env
+	worker-env dist cluster-up cluster-down img2dataset-env tracking-server tracking-server-stop
 
 install: $(STAMP)
 
@@ -195,6 +195,21 @@ repeats: install
 ui: install
 	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)/#/experiments?workflowType=machine_learning"
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath mlruns.db) --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+# A tracking server several processes and nodes share (common/tracking_server.py): PostgreSQL
+# (Debian's postgresql package) with its data under $(TRACKING_DIR), and `mlflow server` on it with
+# the artifact root beside it, on loopback (TRACKING_HOST=0.0.0.0 to serve other nodes). Prints the
+# MLFLOW_TRACKING_URI to export; `make tracking-server-stop` stops both.
+TRACKING_DIR ?= outputs/tracking
+TRACKING_PORT ?= 5001
+TRACKING_PG_PORT ?= 5433
+TRACKING_HOST ?= 127.0.0.1
+
+tracking-server: install
+	$(PY) -m common.tracking_server start --dir $(TRACKING_DIR) --port $(TRACKING_PORT) --pg-port $(TRACKING_PG_PORT) --host $(TRACKING_HOST)
+
+tracking-server-stop: install
+	$(PY) -m common.tracking_server stop --dir $(TRACKING_DIR)
 
 # A Spark standalone cluster on this machine (pipeline/cluster.py): a master and two workers on
 # 127.0.0.1 whose Python is $(WORKER_VENV), an environment with the executors' dependencies (the

@@ -93,15 +93,28 @@ def describe(name: str) -> str:
     return f"Spark job {job} (spark-submit jobs/{job}.py): rows read, kept and rejected by reason, outputs."
 
 
+def experiment_location(name: str, artifact_root: Optional[str], tracking_uri: str) -> Optional[str]:
+    """Where a new experiment keeps its artifacts. A local folder (the default, beside a SQLite
+    store) only with a local tracking store: with a tracking server every process, on any node,
+    must write to the server's artifact root (None: the server decides), not to a folder of its
+    own machine. A root with a scheme (``s3://...``) is used as given."""
+    if not artifact_root:
+        return None
+    if "://" in artifact_root:
+        return f"{artifact_root.rstrip('/')}/{name.replace('/', '_')}"
+    if tracking_uri.startswith(("http://", "https://", "databricks")):
+        return None
+    return Path(artifact_root, name.replace("/", "_")).resolve().as_uri()
+
+
 def get_or_create_experiment(name: str, artifact_root: Optional[str], description: Optional[str] = None) -> str:
-    """Experiment id for ``name``, creating it with an artifact location under ``artifact_root``;
+    """Experiment id for ``name``, creating it with an artifact location under ``artifact_root``
+    (:func:`experiment_location`);
     marked as a model-training experiment with its description (``description``, else
     :func:`describe`'s; also on one made before)."""
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
-        location = None
-        if artifact_root:
-            location = Path(artifact_root, name.replace("/", "_")).resolve().as_uri()
+        location = experiment_location(name, artifact_root, mlflow.get_tracking_uri())
         try:
             mlflow.create_experiment(name, artifact_location=location)
         except Exception:  # another process created it between our lookup and create

@@ -168,3 +168,12 @@ def test_a_metric_buffer_keeps_metrics_while_the_server_is_down(tmp_path, caplog
     assert not buffer.close(timeout=0)
     assert json.loads((tmp_path / "u.jsonl").read_text())["step"] == 9
     assert any("1 metric batches not sent; kept in" in r.message for r in caplog.records)
+
+
+def test_with_a_tracking_server_artifacts_go_to_the_servers_root():
+    from common.tracking import experiment_location
+
+    assert experiment_location("train", "/data/mlartifacts", "sqlite:////data/mlruns.db") == "file:///data/mlartifacts/train"
+    assert experiment_location("pipeline/clean", "/data/mlartifacts", "http://mlflow:5000") is None
+    assert experiment_location("train", "s3://bucket/mlflow/", "http://mlflow:5000") == "s3://bucket/mlflow/train"
+    assert experiment_location("train", None, "sqlite:///x.db") is None
