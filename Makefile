@@ -26,7 +26,7 @@ PIPELINE_JOBS := clean_metadata build_vocab shard_dataset frequency_baselines
 PIPELINE_ARGS ?= paths.raw_dir=$(SAMPLE_DIR) shard.image_size=128 shard.rows_per_file=5000 shard.rows_per_row_group=250
 
 .PHONY: faults install demo test test-fast sample pipeline bench clean train-mcc train-mlc train-her report readme-results ui repeats search-index register serve browser \
-	worker-env dist cluster-up cluster-down img2dataset-env tracking-server tracking-server-stop
+	worker-env dist cluster-up cluster-down img2dataset-env tracking-server tracking-server-stop gpu-check
 
 install: $(STAMP)
 
@@ -195,6 +195,12 @@ repeats: install
 ui: install
 	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)/#/experiments?workflowType=machine_learning"
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath mlruns.db) --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+# What one GPU does with the training code (bench/gpu_check.py, docs/gpu.md): MCC fed by the loader
+# against its ceilings, LocSens positives/s, exact evaluation in bf16 and fp32. On a GPU machine it
+# also writes the table into docs/gpu.md; on a CPU it prints (slowly: use the --tiny form there).
+gpu-check: install
+	$(PY) bench/gpu_check.py --doc docs/gpu.md
 
 # A tracking server several processes and nodes share (common/tracking_server.py): PostgreSQL
 # (Debian's postgresql package) with its data under $(TRACKING_DIR), and `mlflow server` on it with

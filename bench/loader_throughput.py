@@ -49,19 +49,19 @@ from pipeline import shards  # noqa: E402
 from training.data.shards import ShardStream  # noqa: E402
 
 
-def real_shard(work: Path, images: int, source_size: int) -> Path:
-    """A one-file shard directory of the world's photos at 300 px, written by the shard task."""
-    out = work / f"loader_shard_{images}_img{source_size}"
+def real_shard(work: Path, images: int, source_size: int, short_side: int = 300) -> Path:
+    """A one-file shard directory of the world's photos at ``short_side`` px, written by the shard task."""
+    out = work / (f"loader_shard_{images}_img{source_size}" + ("" if short_side == 300 else f"_{short_side}px"))
     if (out / "manifest.json").exists():
         return out
     root = world(work, images, source_size) / "images"
     settings = shards.ShardSettings(out_dir=f"file:{out}", image_source="mmcommons",
-                                    image_root=f"file:{root}", short_side=300, quality=90, rows_per_group=256,
+                                    image_root=f"file:{root}", short_side=short_side, quality=90, rows_per_group=256,
                                     read_threads=2)
     written = [r for b in shards.shard_writer(settings)(iter([pa.RecordBatch.from_pylist(rows(root))]))
                for r in b.to_pylist() if r["kind"] == "file"]
     files = [ShardFile(r["path"], [int(n) for n in r["row_groups"]]) for r in written]
-    write_manifest(out, Manifest(vocab_size=3, image_size=300, splits={"train": SplitInfo(files)}))
+    write_manifest(out, Manifest(vocab_size=3, image_size=short_side, splits={"train": SplitInfo(files)}))
     return out
 
 

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -36,13 +37,18 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def training_rate(steps: int, batch: int, num_tags: int, pool: int = 1024) -> float:
-    """Positives per second of training steps (imports the ``training`` package on sys.path)."""
+def training_rate(steps: int, batch: int, num_tags: int, pool: int = 1024, device: str = "cpu",
+                  precision: str = "32", hidden: Optional[list[int]] = None) -> float:
+    """Positives per second of training steps (imports the ``training`` package on sys.path), on
+    ``device`` under ``precision`` (32, or bf16 mixed), with the paper's MLP unless ``hidden``."""
+    from training.evaluate.locsens import autocast
     from training.models.locsens import LocSens
 
+    extra = {"hidden": hidden} if hidden else {}
     model = LocSens(num_tags=num_tags, optimizer=functools.partial(torch.optim.SGD, lr=0.01, momentum=0.9,
-                                                                   weight_decay=1e-4), location="sampling")
+                                                                   weight_decay=1e-4), location="sampling", **extra)
     model.set_tag_embeddings(torch.randn(num_tags, 300))
+    model.to(device)
     model.sigma = 0.1
     opt = model.optimizer_factory(params=model.parameters())
     rng = np.random.default_rng(0)
@@ -53,16 +59,27 @@ def training_rate(steps: int, batch: int, num_tags: int, pool: int = 1024) -> fl
     data = {"embedding": torch.randn(batch, 300), "tag_ids": tags[:batch],
             "latitude": torch.rand(batch) * 180 - 90, "longitude": torch.rand(batch) * 360 - 180,
             "pool_embedding": torch.randn(pool, 300), "pool_tag_ids": tags[batch:]}
+    data = {k: v.to(device) for k, v in data.items()}
+    dev = torch.device(device)
+
     def step():
         opt.zero_grad()
-        loss = model.triplet_loss(data, train=True)
+        with autocast(dev, precision):
+            loss = model.triplet_loss(data, train=True)
         loss.backward()
         opt.step()
     step()                                   # warm-up
+    _sync(dev)
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
+    _sync(dev)
     return steps * batch / (time.perf_counter() - t0)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def write_export(out: Path, rows: int, num_tags: int = 1000, dim: int = 300) -> Path:
