@@ -19,6 +19,6 @@ def sample_locations(loc: torch.Tensor, sigma: float, generator: torch.Generator
     """Each location drawn from N(loc, sigma^2 I) and wrapped into [0, 1) (docs/method.md)."""
     if sigma <= 0:
         return loc
-    noise = torch.randn(loc.shape, generator=generator, device=loc.device if generator is None else "cpu",
+    noise = torch.randn(loc.shape, generator=generator, device=loc.device if generator is None else generator.device,
                         dtype=loc.dtype).to(loc.device)
     return torch.remainder(loc + sigma * noise, 1.0)

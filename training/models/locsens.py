@@ -97,9 +97,14 @@ class LocSensNet(nn.Module):
         return self.project_location(loc, weight) @ self.first_layer_parts()[2].T + self.first.bias
 
     def head(self, pre: torch.Tensor) -> torch.Tensor:
-        """Score from the first layer's pre-activation (..., hidden[0]) -> (...)."""
+        """Score from the first layer's pre-activation (..., hidden[0]) -> (...). The last layer
+        runs in float32 even under bf16 autocast: a score rounded to bf16 resolves a 0.1 margin to
+        a few hundredths, and ties rankings that float32 tells apart."""
         shape = pre.shape[:-1]
-        out = self.rest(self.first_norm(pre.reshape(-1, pre.shape[-1])))
+        x = self.rest[:-1](self.first_norm(pre.reshape(-1, pre.shape[-1])))
+        last = self.rest[-1]
+        with torch.autocast(x.device.type, enabled=False):
+            out = last(x.to(last.weight.dtype))
         return out.reshape(shape)
 
     def score_projected(self, image: torch.Tensor, tag: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
@@ -119,12 +124,13 @@ class LocSensNet(nn.Module):
         return self(image, tag_table[tag_ids], loc, location_weight)
 
 
-def draw_generator(seed: int, rank: int, epoch: int) -> torch.Generator:
+def draw_generator(seed: int, rank: int, epoch: int, device: torch.device | str = "cpu") -> torch.Generator:
     """The generator of one rank's training draws in one epoch (tags, negatives, location noise):
     distinct per rank (seed_everything gives every rank the same global generator), and the same
-    for an epoch whether or not the run was resumed."""
+    for an epoch whether or not the run was resumed. On the training device, so that draws on a GPU
+    never wait for the host (a GPU's generator draws other numbers than the CPU's from one seed)."""
     state = np.random.SeedSequence([int(seed), int(rank), int(epoch)]).generate_state(1)
-    return torch.Generator().manual_seed(int(state[0]))
+    return torch.Generator(device=device).manual_seed(int(state[0]))
 
 
 def margin_ranking_loss(pos: torch.Tensor, neg: torch.Tensor, valid: Optional[torch.Tensor] = None,
@@ -173,7 +179,9 @@ class LocSens(StreamedModule):
         # Current schedule values, set each step by training.callbacks.sigma_snapshots.LocationSchedule.
         self.sigma = float(self.sigma_schedule.stages[0][0])
         self.fusion = 0.0 if location == "dropout" else 1.0
-        self.register_buffer("tag_table", torch.zeros(num_tags, input_dim), persistent=False)
+        # MCC's tag embeddings: an input, not a parameter or buffer, so that DDP does not broadcast the
+        # 100k x 300 table at every forward and checkpoints do not hold it (moved with the batch).
+        self.tag_table = torch.zeros(num_tags, input_dim)
         self._train_generator: Optional[torch.Generator] = None
 
     @property
@@ -191,6 +199,12 @@ class LocSens(StreamedModule):
             raise ValueError(f"tag embeddings {tuple(table.shape)}, model built for {tuple(self.tag_table.shape)}")
         self.tag_table = F.normalize(table.float(), dim=-1).to(self.tag_table.device)
 
+    def _table_on(self, device: torch.device) -> torch.Tensor:
+        """The tag table on ``device``, moved there once."""
+        if self.tag_table.device != device:
+            self.tag_table = self.tag_table.to(device)
+        return self.tag_table
+
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and hasattr(dm, "tag_embeddings"):
@@ -207,7 +221,8 @@ class LocSens(StreamedModule):
             return None
         # Progressive fusion weight, and the whole location zeroed with probability p, per positive
         # (its negatives share the query's location).
-        keep = torch.rand(batch_size, 1, 1, generator=generator) >= self.hparams.location_dropout
+        on = generator.device if generator is not None else self.device
+        keep = torch.rand(batch_size, 1, 1, generator=generator, device=on) >= self.hparams.location_dropout
         return (keep.float() * self.fusion).to(self.device)
 
     def location_parts(self, lat: torch.Tensor, lon: torch.Tensor, triplets: int, train: bool,
@@ -222,9 +237,16 @@ class LocSens(StreamedModule):
 
     # --- training ---------------------------------------------------------------------------------
 
+    #: Whether a training step avoids every wait of the host for the device (None: on GPUs, where
+    #: such waits stall the queue of kernels; on the CPU the cheaper way with torch.unique is taken).
+    sync_free: Optional[bool] = None
+
+    def _sync_free(self, device: torch.device) -> bool:
+        return device.type != "cpu" if self.sync_free is None else bool(self.sync_free)
+
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
-        self._train_generator = draw_generator(self.hparams.seed, self.global_rank, self.current_epoch)
+        self._train_generator = draw_generator(self.hparams.seed, self.global_rank, self.current_epoch, self.device)
 
     def triplet_loss(self, batch: dict[str, torch.Tensor], train: bool,
                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -246,12 +268,20 @@ class LocSens(StreamedModule):
         if pool_tags is not None:
             images = torch.cat([images, batch["pool_embedding"].float()])
         b, n = trip.neg_tag.shape
-        # Each image and tag projected once, and only those some triplet uses.
-        rows, row_of = torch.unique(torch.cat([torch.arange(b, device=images.device), trip.neg_image.reshape(-1)]),
-                                    return_inverse=True)
-        image = net.image_part(images[rows])[row_of]
-        uniq, inverse = torch.unique(torch.cat([pos_tag, trip.neg_tag.reshape(-1)]), return_inverse=True)
-        tag = net.tag_part(self.tag_table[uniq])[inverse]
+        table = self._table_on(images.device)
+        used_rows = torch.cat([torch.arange(b, device=images.device), trip.neg_image.reshape(-1)])
+        used_tags = torch.cat([pos_tag, trip.neg_tag.reshape(-1)])
+        if not self._sync_free(images.device):
+            # Each image and tag projected once, and only those some triplet uses.
+            rows, row_of = torch.unique(used_rows, return_inverse=True)
+            image = net.image_part(images[rows])[row_of]
+            uniq, inverse = torch.unique(used_tags, return_inverse=True)
+            tag = net.tag_part(table[uniq])[inverse]
+        else:
+            # On a GPU, per triplet: torch.unique's output size would make the host wait for the device
+            # every step, and the projections are a small part of the MLP's work there.
+            image = net.image_part(images[used_rows])
+            tag = net.tag_part(table[used_tags])
         loc = self.location_parts(batch["latitude"], batch["longitude"], 1 + n, train, generator)
         pos = net.head(image[:b] + tag[:b] + loc[:, 0])
         neg = net.head(image[b:].view(b, n, -1) + tag[b:].view(b, n, -1) + (loc[:, 1:] if loc.shape[1] > 1 else loc))
@@ -264,7 +294,8 @@ class LocSens(StreamedModule):
 
     def validation_step(self, batch, batch_idx):
         # The same negatives every epoch: a fixed generator per batch (and rank).
-        gen = torch.Generator().manual_seed((self.hparams.seed * 1_000_003 + batch_idx) * 1_009 + self.global_rank)
+        gen = torch.Generator(device=self.device).manual_seed(
+            (self.hparams.seed * 1_000_003 + batch_idx) * 1_009 + self.global_rank)
         loss = self.triplet_loss(batch, train=False, generator=gen)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["embedding"].shape[0])
         return loss

@@ -36,12 +36,20 @@ class Triplets:
     valid: torch.Tensor       # (B, N) bool
 
 
+def draw_device(generator: torch.Generator | None, device: torch.device) -> torch.device:
+    """Where a draw is made: on its generator's device (a GPU's own generator in training on a GPU:
+    no host-to-device copy), else on ``device``. On the CPU the draws are those of a CPU generator,
+    as before."""
+    return generator.device if generator is not None else device
+
+
 def draw_positive_tags(tag_ids: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One of each image's tags, uniformly at random."""
     counts = (tag_ids >= 0).sum(dim=1)
-    if bool((counts == 0).any()):
-        raise ValueError("every image needs at least one tag")
-    u = torch.rand(tag_ids.shape[0], generator=generator, device="cpu").to(tag_ids.device)
+    # Checked where the tags are (a GPU raises it asynchronously): no wait for the host to read a flag.
+    torch._assert_async((counts > 0).all(), "every image needs at least one tag")
+    u = torch.rand(tag_ids.shape[0], generator=generator, device=draw_device(generator, tag_ids.device))
+    u = u.to(tag_ids.device)
     pick = (u * counts).long().clamp(max=tag_ids.shape[1] - 1)
     return tag_ids.gather(1, pick[:, None]).squeeze(1)
 
@@ -65,7 +73,8 @@ def sample_negatives(tag_ids: torch.Tensor, pos_tag: torch.Tensor, num_tags: int
     if mode not in MODES:
         raise ValueError(f"negatives mode must be one of {MODES}, got {mode!r}")
     b, device = tag_ids.shape[0], tag_ids.device
-    rand = lambda *shape, high: torch.randint(high, shape, generator=generator, device="cpu").to(device)
+    on = draw_device(generator, device)
+    rand = lambda *shape, high: torch.randint(high, shape, generator=generator, device=on).to(device)
     rows = torch.arange(b, device=device)
 
     # Image replacement: another image (of the pool, or of the batch) without the positive tag.
@@ -87,7 +96,7 @@ def sample_negatives(tag_ids: torch.Tensor, pos_tag: torch.Tensor, num_tags: int
     cand_tag = rand(b, n, tries, high=num_tags)
     own = rows[:, None, None].expand_as(cand_tag)
     neg_tag, valid_tag = _first_valid(cand_tag, ~has_tag(tag_ids, own, cand_tag))
-    replace_image = torch.rand((b, n), generator=generator, device="cpu").to(device) < 0.5
+    replace_image = torch.rand((b, n), generator=generator, device=on).to(device) < 0.5
     return Triplets(
         pos_tag=pos_tag,
         neg_image=torch.where(replace_image, neg_image, rows[:, None].expand(b, n)),
