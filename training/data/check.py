@@ -111,3 +111,40 @@ def agree_on_files(listed: Sequence[tuple[str, int]], bad: Mapping[str, str], on
               for path, (problem, seen) in sorted(found.items())}
     resolve(list(merged.values()), on_bad_file, len(first), what)
     return merged
+
+
+class CheckedFiles:
+    """The input-file decision the data modules share: made at once in one process, or, in a run of
+    several (``defer``), by the ranks together in :meth:`setup` once they have met. A module gives
+    its files' root (``files_root``), a name for messages (``files_what``) and ``_leave_out``."""
+
+    _listed: Sequence[tuple[str, int]] = ()
+    _deferred: Optional[dict[str, str]] = None     # path under the root -> problem
+    bad_files: Sequence[BadFile] = ()
+
+    files_root: Path
+    files_what: str
+
+    def _leave_out(self, bad: Mapping[str, BadFile]) -> None:
+        raise NotImplementedError
+
+    def _decide(self, listed: Sequence[tuple[str, int]], bad: dict[str, BadFile], defer: bool) -> list[BadFile]:
+        """Stop, or leave ``bad`` out (paths under the root), now; or with ``defer``, at setup."""
+        self._listed = list(listed)
+        if defer:
+            self._deferred = {path: b.problem for path, b in bad.items()}
+            return list(bad.values())
+        resolve(list(bad.values()), self.hparams.on_bad_file, len(listed), self.files_what)
+        self.bad_files = list(bad.values())
+        self._leave_out(bad)
+        return list(self.bad_files)
+
+    def setup(self, stage: str) -> None:
+        """With the check deferred: every rank's bad files, one decision (stop, or leave them out everywhere)."""
+        if self._deferred is None:
+            return
+        bad = agree_on_files(self._listed, self._deferred, self.hparams.on_bad_file, self.files_what,
+                             self.files_root, Ranks.current())
+        self.bad_files = list(bad.values())
+        self._leave_out(bad)
+        self._deferred = None

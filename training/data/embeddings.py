@@ -31,11 +31,10 @@ from common.contract import MANIFEST_NAME, read_manifest
 from common.embeddings import (EmbeddingsManifest, arrow_to_embeddings, image_schema, read_image_embeddings,
                                read_tag_embeddings, tag_schema)
 from common.metrics import TagSets
-from training.data.check import BadFile, agree_on_files, parquet_problem, resolve, same_vocabulary
+from training.data.check import BadFile, CheckedFiles, parquet_problem, same_vocabulary
 from training.data.plan import PlannedStream, per_rank_batch
 from training.data.shards import read_vocab
 from training.errors import SetupError
-from training.ranks import Ranks
 
 COLUMNS = ["photo_id", "embedding", "latitude", "longitude", "tag_ids"]
 
@@ -154,7 +153,7 @@ class WindowRows:
         return out
 
 
-class LocSensDataModule(pl.LightningDataModule):
+class LocSensDataModule(CheckedFiles, pl.LightningDataModule):
     """Train/val streams of an MCC embeddings export, plus whole splits for evaluation.
 
     ``batch_size`` is global: every rank takes ``batch_size / world_size`` positives a step, so the
@@ -172,9 +171,6 @@ class LocSensDataModule(pl.LightningDataModule):
         self._manifest: Optional[EmbeddingsManifest] = None
         self._tags: Optional[np.ndarray] = None
         self._max_tags: Optional[int] = None
-        self._listed: list[tuple[str, int]] = []
-        self._deferred: Optional[dict[str, str]] = None   # path under the root -> problem
-        self.bad_files: list[BadFile] = []
 
     @property
     def manifest(self) -> EmbeddingsManifest:
@@ -212,17 +208,14 @@ class LocSensDataModule(pl.LightningDataModule):
         files = [f for info in m.splits.values() for f in info["files"]]
         bad = {f["path"]: BadFile(str(root / f["path"]), problem) for f in files
                if (problem := parquet_problem(root / f["path"], columns, f["rows"]))}
-        self._listed = [(f["path"], f["rows"]) for f in files]
-        if defer:
-            self._deferred = {path: b.problem for path, b in bad.items()}
-            return list(bad.values())
-        resolve(list(bad.values()), self.hparams.on_bad_file, len(files), self._what)
-        self.bad_files = list(bad.values())
-        self._leave_out(bad)
-        return self.bad_files
+        return self._decide([(f["path"], f["rows"]) for f in files], bad, defer)
 
     @property
-    def _what(self) -> str:
+    def files_root(self) -> Path:
+        return self.embeddings_dir
+
+    @property
+    def files_what(self) -> str:
         return f"embeddings export {self.embeddings_dir}"
 
     def _leave_out(self, bad: Mapping[str, BadFile]) -> None:
@@ -234,16 +227,6 @@ class LocSensDataModule(pl.LightningDataModule):
                 kept = [f for f in info["files"] if f["path"] not in gone]
                 splits[name] = {**info, "files": kept, "rows": sum(f["rows"] for f in kept)}
             self._manifest = dataclasses.replace(m, splits=splits)
-
-    def setup(self, stage: str) -> None:
-        """With the check deferred: every rank's bad files, one decision (stop, or leave them out everywhere)."""
-        if self._deferred is None:
-            return
-        bad = agree_on_files(self._listed, self._deferred, self.hparams.on_bad_file, self._what, self.embeddings_dir,
-                             Ranks.current())
-        self.bad_files = list(bad.values())
-        self._leave_out(bad)
-        self._deferred = None
 
     def tag_embeddings(self) -> np.ndarray:
         if self._tags is None:

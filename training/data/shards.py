@@ -21,10 +21,9 @@ from torch.utils.data import DataLoader
 
 from common.contract import SHARD_SCHEMA, Manifest, SplitInfo, read_manifest
 from common.metrics import TagSets
-from training.data.check import BadFile, agree_on_files, parquet_problem, resolve
+from training.data.check import BadFile, CheckedFiles, parquet_problem
 from training.data.images import to_batch
 from training.data.plan import PlannedStream, per_rank_batch
-from training.ranks import Ranks
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +116,7 @@ def loader_workers(setting: Optional[int], local_ranks: int, cores: Optional[int
 
 # --- the Lightning data module --------------------------------------------------------------------------
 
-class ShardDataModule(pl.LightningDataModule):
+class ShardDataModule(CheckedFiles, pl.LightningDataModule):
     """Train/val/test shards of one manifest; ranks and world size come from the trainer.
 
     ``batch_size`` is the global batch, as LocSens's is: every rank takes ``batch_size / world_size``
@@ -134,9 +133,6 @@ class ShardDataModule(pl.LightningDataModule):
         self.shards_dir = Path(shards_dir)
         self._manifest: Optional[Manifest] = None
         self.predict_splits = list(predict_splits)
-        self._listed: list[tuple[str, int]] = []
-        self._deferred: Optional[dict[str, str]] = None   # path under the root -> problem
-        self.bad_files: list[BadFile] = []
 
     @property
     def manifest(self) -> Manifest:
@@ -158,17 +154,14 @@ class ShardDataModule(pl.LightningDataModule):
         files = [(split, f) for split, info in self.manifest.splits.items() for f in info.files]
         bad = {f.path: BadFile(str(self.shards_dir / f.path), problem) for _, f in files
                if (problem := parquet_problem(self.shards_dir / f.path, columns, f.rows))}
-        self._listed = [(f.path, f.rows) for _, f in files]
-        if defer:
-            self._deferred = {path: b.problem for path, b in bad.items()}
-            return list(bad.values())
-        resolve(list(bad.values()), self.hparams.on_bad_file, len(files), self._what)
-        self.bad_files = list(bad.values())
-        self._leave_out(bad)
-        return self.bad_files
+        return self._decide([(f.path, f.rows) for _, f in files], bad, defer)
 
     @property
-    def _what(self) -> str:
+    def files_root(self) -> Path:
+        return self.shards_dir
+
+    @property
+    def files_what(self) -> str:
         return f"shards of {self.shards_dir}"
 
     def _leave_out(self, bad: Mapping[str, BadFile]) -> None:
@@ -179,16 +172,6 @@ class ShardDataModule(pl.LightningDataModule):
             splits = {name: SplitInfo([f for f in info.files if f.path not in gone])
                       for name, info in m.splits.items()}
             self._manifest = dataclasses.replace(m, splits=splits)
-
-    def setup(self, stage: str) -> None:
-        """With the check deferred: every rank's bad files, one decision (stop, or leave them out everywhere)."""
-        if self._deferred is None:
-            return
-        bad = agree_on_files(self._listed, self._deferred, self.hparams.on_bad_file, self._what, self.shards_dir,
-                             Ranks.current())
-        self.bad_files = list(bad.values())
-        self._leave_out(bad)
-        self._deferred = None
 
     def _world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
