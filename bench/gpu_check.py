@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from loader_throughput import real_shard  # noqa: E402
-from locsens_throughput import training_rate  # noqa: E402
+from locsens_throughput import _sync, training_rate  # noqa: E402
 
 from common.markdown import table as md_table  # noqa: E402
 from common.markdown import write_block  # noqa: E402
@@ -42,11 +42,6 @@ from training.data.shards import ShardStream, loader_workers  # noqa: E402
 from training.evaluate.locsens import autocast, tag_images_masked  # noqa: E402
 from training.models.locsens import LocSensNet  # noqa: E402
 from training.models.mcc import MCC  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _timed(fn, steps: int, device: torch.device, units: int) -> float:

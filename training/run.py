@@ -36,7 +36,7 @@ from training.errors import SetupError
 from training.evaluate.after_fit import evaluate_after_fit
 from training.evaluate.embeddings import evaluate_embeddings
 from training.evaluate.runs import embeddings_tags, log_evaluation, model_tags
-from training.launch import detect, may_have_peers, trainer_overrides
+from training.launch import Launch, detect, may_have_peers, trainer_overrides
 from training.models.family import EMBEDDINGS
 from training.ranks import is_rank_zero
 from training.tracking import continued_run, log_bad_files, record_training, start_training_run
@@ -61,10 +61,9 @@ def _instantiate_group(group: Optional[DictConfig]) -> list[Any]:
     return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
-def _settled_trainer(cfg: DictConfig) -> dict[str, Any]:
+def _settled_trainer(cfg: DictConfig, launch: Launch) -> dict[str, Any]:
     """The trainer settings the config leaves to this launch and machine (training/launch.py), and
     the GPU's fast matmul mode (TF32) unless ``matmul_precision`` says otherwise."""
-    launch = detect(os.environ)
     cuda = torch.cuda.is_available()
     overrides = trainer_overrides(cfg.trainer, launch, cuda=cuda, bf16=cuda and torch.cuda.is_bf16_supported())
     if cfg.get("matmul_precision"):
@@ -146,7 +145,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers = _instantiate_group(cfg.get("logger")) if is_rank_zero() else []
     callbacks.append(Topology(cfg.run_dir))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                      **_settled_trainer(cfg))
+                                      **_settled_trainer(cfg, launch))
     mlf = start_training_run(cfg, loggers, model, continued=bool(continued))
     if mlf is not None and is_rank_zero() and not deferred:
         log_bad_files(mlf, bad_files)

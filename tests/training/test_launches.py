@@ -162,7 +162,7 @@ def test_a_node_with_its_own_run_folder_stops_every_rank_with_one_line(tmp_path)
     """torchrun, two nodes of one process: the second node's run folder is a local one. Both ranks
     stop at setup, before training, naming the folder and the need for a shared filesystem."""
     emb = write_embeddings(tmp_path / "emb")
-    args = [*LOCSENS, *paths(tmp_path, embeddings=emb), *DDP, f"run_dir={tmp_path / 'shared'}"]
+    args = [*LOCSENS, *paths(tmp_path, embeddings=emb), *DDP, f"run_dir={tmp_path / 'common-run'}"]
     procs = _launch("torchrun", args, {1: [f"run_dir={tmp_path / 'local-to-node1'}"]}, tmp_path / "logs", per_node=1)
     codes = _wait(procs, timeout=300)
     logs = _logs(tmp_path / "logs")
@@ -171,4 +171,4 @@ def test_a_node_with_its_own_run_folder_stops_every_rank_with_one_line(tmp_path)
     assert len(errors) == 2, logs                  # one line from each rank
     assert len(set(errors)) == 1 and "local-to-node1" in errors[0] and "filesystem all nodes share" in errors[0]
     assert "training/" not in logs              # no traceback through the project's code (torchrun prints its own)
-    assert not (tmp_path / "shared" / "checkpoints").exists()     # nothing trained
+    assert not (tmp_path / "common-run" / "checkpoints").exists()     # nothing trained

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -124,9 +124,7 @@ class CheckedFiles:
 
     files_root: Path
     files_what: str
-
-    def _leave_out(self, bad: Mapping[str, BadFile]) -> None:
-        raise NotImplementedError
+    _leave_out: Callable[[Mapping[str, BadFile]], None]    # the module's manifest without those files
 
     def _decide(self, listed: Sequence[tuple[str, int]], bad: dict[str, BadFile], defer: bool) -> list[BadFile]:
         """Stop, or leave ``bad`` out (paths under the root), now; or with ``defer``, at setup."""
