@@ -149,7 +149,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     mlf = start_training_run(cfg, loggers, model, continued=bool(continued))
     if mlf is not None and is_rank_zero() and not deferred:
         log_bad_files(mlf, bad_files)
-    checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    # The checkpoint that keeps the best model (callbacks.model_checkpoint), not step_checkpoint's last.ckpt.
+    checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+    checkpoint = next((c for c in checkpoints if c.save_top_k), checkpoints[0] if checkpoints else None)
 
     metrics: dict[str, float] = {}
     if fitting:

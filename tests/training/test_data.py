@@ -11,7 +11,8 @@ from helpers.shards import shards_fixture
 from torch.utils.data import DataLoader
 
 from common.contract import read_manifest
-from training.data.plan import batch_sizes, batches_per_rank, draw_one_tag, plan_epoch
+from training.data.plan import (PlannedLoader, batch_sizes, batches_per_rank, draw_one_tag, plan_epoch,
+                                 worker_skips)
 from training.data.shards import ShardStream, read_split_columns, read_split_images
 
 torch.set_num_threads(1)
@@ -122,6 +123,50 @@ def test_mcc_draw_does_not_depend_on_topology(shards):
         return out
 
     assert draws(1, 0) == draws(2, 2)
+
+
+@pytest.mark.parametrize("counts", [[3, 3, 2], [1, 0, 2], [5]])
+def test_worker_skips_follow_the_loaders_turn(counts):
+    """The loader takes a batch from each worker in turn; skipping each worker's share of the first
+    ``done`` of that order leaves exactly the rest of it."""
+    order = [(w, i) for i in range(max(counts)) for w in range(len(counts)) if i < counts[w]]
+    for done in range(len(order) + 1):
+        skips = worker_skips(counts, done)
+        rest = [(w, i) for i in range(max(counts)) for w in range(len(counts)) if skips[w] <= i < counts[w]]
+        assert rest == order[done:] and sum(skips) == done
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_resumed_stream_goes_on_at_the_next_batch_with_the_same_draws(shards, workers):
+    """A loader restored from a mid-epoch state yields the uninterrupted epoch's remaining batches:
+    the same photos, crops, flips and MCC targets, in the same order (the skipped ones unread)."""
+    def loader(position):
+        ds = ShardStream(shards, "train", batch_size=8, crop=32, train=True, shuffle=True, shuffle_window=3, seed=5)
+        return PlannedLoader(ds, position=position, num_workers=workers)
+
+    whole = loader(lambda: (0, 0))
+    whole.dataset.set_epoch(1)
+    full = list(whole)
+    assert len(full) == len(whole) == 9
+    saved = loader(lambda: (1, 4)).state_dict()
+    resumed = loader(lambda: (0, 0))
+    resumed.load_state_dict(saved)
+    rest = list(resumed)
+    assert len(rest) == len(full) - 4
+    for a, b in zip(full[4:], rest):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ended = loader(lambda: (0, 0))                       # saved at the end of epoch 1: epoch 2 from its start
+    ended.load_state_dict({**saved, "batches_done": 9})
+    assert ended.dataset.epoch.get() == 2 and len(list(ended)) == 9
+
+
+def test_resuming_inside_an_epoch_planned_for_other_ranks_stops_naming_both(shards):
+    from training.errors import SetupError
+
+    ds = ShardStream(shards, "train", batch_size=16, crop=32, train=True, shuffle=True, seed=5)
+    with pytest.raises(SetupError, match=r"after batch 2 of 9 of epoch 0, planned for 1 rank\(s\) x 8 rows.*5 batches"):
+        PlannedLoader(ds, position=lambda: (0, 0)).load_state_dict(
+            {"epoch": 0, "batches_done": 2, "batches": 9, "world_size": 1, "batch_size": 8})
 
 
 def test_eval_stream_is_deterministic_centre_crop(shards):

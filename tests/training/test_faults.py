@@ -17,8 +17,10 @@ pytestmark = pytest.mark.faults
 
 #: Deterministic runs (resumed runs must end with the uninterrupted run's weights), in the test's
 #: process or as their own (the same arguments).
-MCC_ARGS = ["+experiment=mcc", *CPU, *TINY_IMAGE, "trainer.max_epochs=3", "trainer.deterministic=true",
-            "torch_threads=1"]
+#: MCC: two loader workers (whose turn the resumed loader must keep), last.ckpt after every step.
+MCC_ARGS = ["+experiment=mcc", *[a for a in CPU if not a.startswith("data.num_workers")], "data.num_workers=2",
+            *TINY_IMAGE, "trainer.max_epochs=3", "trainer.deterministic=true", "torch_threads=1",
+            "callbacks.step_checkpoint.every_n_train_steps=1"]
 
 
 def _weights(checkpoint: Path) -> dict:
@@ -47,7 +49,9 @@ def test_training_killed_mid_epoch_resumes_to_the_same_weights_in_one_mlflow_run
     ran = kill_when([sys.executable, "-m", "training.run", *MCC_ARGS, *paths(root, shards)], marker.exists,
                     tmp_path / "killed.log", cwd=ROOT, env=env)
     last = root / "outputs" / "mcc" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 0     # killed inside epoch 1
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    assert (saved["epoch"], saved["global_step"]) == (1, 6)       # killed inside epoch 1, after its batch 1
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["batches_done"] == 2
     t0 = time.perf_counter()
     train(compose("train", *MCC_ARGS, *paths(root, shards), "resume=true"))
     recovery = time.perf_counter() - t0
@@ -58,13 +62,14 @@ def test_training_killed_mid_epoch_resumes_to_the_same_weights_in_one_mlflow_run
     runs = client.search_runs([client.get_experiment_by_name("train").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.tags["resumed"] == "1"
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "val/loss")] == [3, 7, 11]
-    record("MCC training killed mid-epoch", f"SIGKILL {ran:.0f} s in, at epoch 1 batch 2 (of 4)",
-           "resume=true went on from last.ckpt in the same MLflow run; weights equal the uninterrupted run's",
-           "0 steps (epoch 1 redone from its start)", recovery)
+    record("MCC training killed mid-epoch", f"SIGKILL {ran:.0f} s in, at epoch 1 batch 2 (of 4), 2 loader workers",
+           "resume=true went on at batch 2 from the mid-epoch last.ckpt (every step here) in the same MLflow run; "
+           "weights equal the uninterrupted run's", "0 steps", recovery)
 
 
 LOCSENS_ARGS = ["+experiment=locsens", "trainer.max_epochs=4", "model.sigma_schedule=[[1.0,0.5],[0.3,0.25],[0.0,0.25]]",
-                *TINY_LOCSENS, *CPU, "trainer.deterministic=true", "torch_threads=1"]
+                *TINY_LOCSENS, *CPU, "trainer.deterministic=true", "torch_threads=1",
+                "callbacks.step_checkpoint.every_n_train_steps=2"]
 
 
 def test_locsens_killed_in_a_later_sigma_stage_resumes_to_the_same_snapshots_and_metrics(tmp_path):
@@ -89,6 +94,8 @@ def test_locsens_killed_in_a_later_sigma_stage_resumes_to_the_same_snapshots_and
                     cwd=ROOT, env=env)
     snapshots = root / "outputs" / "locsens" / "checkpoints"
     assert sorted(p.name for p in snapshots.glob("sigma_*")) == ["sigma_1.ckpt"]     # killed in the sigma=0.3 stage
+    saved = torch.load(snapshots / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["epoch"] == 2 and "locsens" in saved["locsens_mid_epoch"]["draws"][0]  # inside epoch 2
     t0 = time.perf_counter()
     resumed = train(compose("train", *args(root), "resume=true"))
     recovery = time.perf_counter() - t0
@@ -103,8 +110,8 @@ def test_locsens_killed_in_a_later_sigma_stage_resumes_to_the_same_snapshots_and
                  if k.startswith(("locsens_sigma", "tagging", "retrieval")) and not k.endswith("/seconds")}
     assert evaluated and {k: resumed[k] for k in evaluated} == evaluated
     record("LocSens sigma-schedule run killed in a later sigma stage", f"SIGKILL {ran:.0f} s in, at epoch 2 batch 5 "
-           "(sigma=0.3 stage)", "resume=true: same sigma stages, snapshots (weights equal) and metrics",
-           "0 steps", recovery)
+           "(sigma=0.3 stage)", "resume=true from the mid-epoch last.ckpt (every 2 steps here): same sigma stages, snapshots "
+           "(weights equal) and metrics", "0 steps", recovery)
 
 
 def test_a_ddp_rank_killed_mid_epoch_resumes_to_the_same_weights(tmp_path):

@@ -23,7 +23,7 @@ class LocationSchedule(pl.Callback):
         self.saved: dict[str, str] = {}     # snapshot name -> checkpoint path
 
     def _total(self, trainer) -> int:
-        return max(1, int(trainer.estimated_stepping_batches))
+        return max(1, trainer.lightning_module.total_steps())
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         step, total = trainer.global_step, self._total(trainer)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -32,7 +33,7 @@ from common.embeddings import (EmbeddingsManifest, arrow_to_embeddings, image_sc
                                read_tag_embeddings, tag_schema)
 from common.metrics import TagSets
 from training.data.check import BadFile, CheckedFiles, parquet_problem, same_vocabulary
-from training.data.plan import PlannedStream, per_rank_batch
+from training.data.plan import PlannedLoader, PlannedStream, per_rank_batch, trained_position
 from training.data.shards import read_vocab
 from training.errors import SetupError
 
@@ -241,21 +242,30 @@ class LocSensDataModule(CheckedFiles, pl.LightningDataModule):
         """Positives per rank and step: the global ``batch_size`` split over ``world_size`` ranks."""
         return per_rank_batch(int(self.hparams.batch_size), world_size)
 
-    def _stream(self, split: str, train: bool) -> EmbeddingStream:
-        world, rank = self._world()
+    def train_batches(self, world_size: int) -> int:
+        """Batches every rank trains on in an epoch (without building the training loader)."""
+        return len(self._stream("train", train=True, world=(world_size, 0)))
+
+    def _stream(self, split: str, train: bool, world: Optional[tuple[int, int]] = None) -> EmbeddingStream:
+        world, rank = world or self._world()
         h = self.hparams
         return EmbeddingStream(self.embeddings_dir, split,
                                batch_size=self.per_rank_batch(world) if train else (h.eval_batch_size or h.batch_size),
                                shuffle=train, seed=h.seed, world_size=world, rank=rank, max_tags=self.max_tags,
                                shuffle_rows=h.shuffle_rows, negative_pool=h.negative_pool, manifest=self.manifest)
 
-    def _loader(self, stream: EmbeddingStream) -> DataLoader:
+    def _loader(self, stream: EmbeddingStream, train: bool = False) -> DataLoader:
         h = self.hparams
         extra = {"persistent_workers": h.persistent_workers} if h.num_workers > 0 else {}
+        if train:
+            return PlannedLoader(stream, position=partial(trained_position, self.trainer), num_workers=h.num_workers,
+                                 **extra)
         return DataLoader(stream, batch_size=None, num_workers=h.num_workers, **extra)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self._stream("train", train=True))
+        stream = self._stream("train", train=True)
+        stream.set_epoch(self.trainer.current_epoch if getattr(self, "trainer", None) is not None else 0)
+        return self._loader(stream, train=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._stream("val", train=False))

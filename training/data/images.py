@@ -88,6 +88,13 @@ def decode_image(jpeg: bytes, resize: Optional[int], crop: int, train: bool,
     return out
 
 
+def train_draws(n: int, gen: Optional[torch.Generator]) -> tuple[list[list[int]], torch.Tensor]:
+    """A training batch's random draws for ``n`` images, in the order they are made: each crop's two
+    numbers, then each flip. A resumed run skipping a batch makes them without decoding anything."""
+    crops = torch.randint(0, 1 << 30, (n, 2), generator=gen).tolist()
+    return crops, torch.rand(n, generator=gen) < 0.5
+
+
 def to_batch(table: pa.Table, *, resize: Optional[int], crop: int, train: bool, seed: int, epoch: int,
              gen: Optional[torch.Generator], take: Optional[np.ndarray] = None) -> dict[str, torch.Tensor]:
     """Rows ``take`` (all when None) of a pyarrow table of shard rows -> the batch dict every model
@@ -103,9 +110,9 @@ def to_batch(table: pa.Table, *, resize: Optional[int], crop: int, train: bool, 
     if get_worker_info() is not None:
         images.share_memory_()          # filled in place: the worker's pipe then sends a handle, not a copy
     pixels = images.numpy()
-    draws = torch.randint(0, 1 << 30, (rows.size, 2), generator=gen).tolist() if train else [None] * rows.size
+    crops, flip = train_draws(rows.size, gen) if train else ([None] * rows.size, None)
     for i, r in enumerate(rows.tolist()):
-        decode_image(jpegs[r].as_py(), resize, crop, train, gen, out=pixels[i], draw=draws[i])
+        decode_image(jpegs[r].as_py(), resize, crop, train, gen, out=pixels[i], draw=crops[i])
     batch = {
         "photo_id": torch.from_numpy(photo_id),
         "image": images,
@@ -116,5 +123,5 @@ def to_batch(table: pa.Table, *, resize: Optional[int], crop: int, train: bool, 
         "longitude": torch.from_numpy(light.column("longitude").to_numpy().copy()),
     }
     if train:
-        batch["flip"] = torch.rand(rows.size, generator=gen) < 0.5
+        batch["flip"] = flip
     return batch

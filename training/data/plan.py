@@ -12,6 +12,10 @@ The unit of work is one row group of one Parquet file (shards or embeddings). Ea
 5. each worker reads a window of batches at a time and deals its rows out again, shuffled
    (:func:`deal_window`), so rows meet new batch-mates every epoch.
 
+A run resumed from a mid-epoch checkpoint goes on at the next batch of the same plan
+(:class:`PlannedLoader`): the batches already trained on are skipped without being read, and the
+random draws they made are made again, so that what follows is what the uninterrupted run saw.
+
 Per-row draws that must not depend on the topology (MCC's target tag) are hashes of
 (photo_id, seed, epoch). Parquet files are opened inside the workers, never in the main process.
 """
@@ -28,7 +32,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from training.errors import SetupError
 
@@ -158,6 +162,44 @@ class SharedEpoch:
         return self.value.value
 
 
+class SharedResume:
+    """Where a resumed run goes on: (epoch, batches of it already trained), visible to persistent
+    DataLoader workers. It names its epoch, so that it applies to that epoch's iteration only,
+    whenever the workers start reading it."""
+
+    def __init__(self):
+        self.value = mp.Array("q", [-1, 0])
+
+    def set(self, epoch: int, done: int) -> None:
+        self.value[:] = [epoch, done]
+
+    def done(self, epoch: int) -> int:
+        """Batches of ``epoch`` to skip (0 unless the run resumes inside that epoch)."""
+        at, done = self.value[:]
+        return int(done) if at == epoch else 0
+
+
+def worker_skips(counts: Sequence[int], done: int) -> list[int]:
+    """How many of its first batches each DataLoader worker skips so that the loader resumes after
+    ``done`` batches. The loader takes one batch from each worker in turn (workers that have run
+    out drop from the turn), so the ``done`` first batches it yielded are the first rounds of that
+    turn, not the first batches of the plan."""
+    counts = np.asarray(counts, dtype=np.int64)
+    if done <= 0 or counts.size == 0:
+        return [0] * int(counts.size)
+    worker = np.repeat(np.arange(counts.size), counts)
+    turn = np.concatenate([np.arange(n) for n in counts])
+    order = np.lexsort((worker, turn))          # by turn, then worker: the loader's order
+    return np.bincount(worker[order[:done]], minlength=counts.size).tolist()
+
+
+class Skipped:
+    """What a worker yields in place of a batch a resumed run has already trained on: it keeps the
+    loader's turn among workers as it was, and :class:`PlannedLoader` drops it."""
+
+    __slots__ = ()
+
+
 def deal_window(sizes: Sequence[int], rng: np.random.Generator, shuffle: bool,
                 pool: int = 0) -> list[tuple[np.ndarray, Optional[np.ndarray]]]:
     """Rows of each batch of one window (positions in the window's rows laid end to end), and the
@@ -190,10 +232,16 @@ class PlannedStream(IterableDataset, abc.ABC):
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.world_size, self.rank = world_size, rank
         self.epoch = SharedEpoch(0)
+        self.resume = SharedResume()
         self.total_rows = sum(self.unit_rows)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch.set(epoch)
+
+    def resume_at(self, epoch: int, done: int) -> None:
+        """Go on inside ``epoch`` after its ``done`` first batches (a resumed run)."""
+        self.epoch.set(epoch)
+        self.resume.set(epoch, done)
 
     def __len__(self) -> int:
         return batches_per_rank(self.total_rows, self.world_size, self.batch_size)
@@ -202,11 +250,16 @@ class PlannedStream(IterableDataset, abc.ABC):
         return plan_epoch(self.unit_rows, batch_size=self.batch_size, world_size=self.world_size, rank=self.rank,
                           num_workers=num_workers, worker=worker, seed=self.seed, epoch=epoch, shuffle=self.shuffle)
 
-    def worker_draws(self, epoch: int) -> tuple[list[Batch], list[int]]:
-        """This DataLoader worker's batches for ``epoch`` and the seed of its random draws."""
+    def worker_draws(self, epoch: int) -> tuple[list[Batch], list[int], int]:
+        """This DataLoader worker's batches for ``epoch``, the seed of its random draws, and how many
+        of its first batches a resumed run has trained on already."""
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        return self.plan(epoch, worker, num_workers), [self.seed, epoch, self.rank, worker]
+        skip = 0
+        if done := self.resume.done(epoch):
+            counts = [len(self.plan(epoch, w, num_workers)) for w in range(num_workers)]
+            skip = worker_skips(counts, done)[worker]
+        return self.plan(epoch, worker, num_workers), [self.seed, epoch, self.rank, worker], skip
 
     #: Batches read and dealt together, rows drawn per batch into its sample pool, and whether the
     #: draws change with the epoch (subclasses set them).
@@ -230,26 +283,38 @@ class PlannedStream(IterableDataset, abc.ABC):
     def make_batch(self, rows: Any, take: np.ndarray, pool: Optional[np.ndarray], epoch: int, state: Any) -> Any:
         """The batch of the window's rows at positions ``take`` (and the sample pool ``pool``)."""
 
+    def skip_batch(self, take: np.ndarray, state: Any) -> None:
+        """Make the random draws :meth:`make_batch` would make from ``state`` for a batch of
+        ``take``'s rows, without reading them (a resumed run skipping a batch trained on already)."""
+
     def __iter__(self) -> Iterator[Any]:
         """The one loop of every stream: this worker's plan, a window at a time, rows dealt out again."""
         epoch = self.epoch.get() if self.varies_by_epoch else 0
-        plan, seed = self.worker_draws(epoch)
+        plan, seed, skip = self.worker_draws(epoch)
         state = self.worker_state(seed)
         rng = np.random.default_rng(seed)
-        for window, units in self.windows(plan, self.window, self.convert):
-            rows = self.window_rows(window, units)
+        for window, units in self.windows(plan, self.window, self.convert, skip=skip):
+            rows = self.window_rows(window, units) if units else None
             for take, pool in deal_window([b.size for b in window], rng, self.shuffle, self.pool):
-                yield self.make_batch(rows, take, pool, epoch, state)
+                if skip > 0:
+                    skip -= 1
+                    self.skip_batch(take, state)
+                    yield Skipped()
+                else:
+                    yield self.make_batch(rows, take, pool, epoch, state)
 
-    def windows(self, plan: Sequence[Batch], window: int,
-                convert: Callable[[pa.Table], Any] = lambda t: t) -> Iterator[tuple[list[Batch], dict[int, Any]]]:
+    def windows(self, plan: Sequence[Batch], window: int, convert: Callable[[pa.Table], Any] = lambda t: t,
+                skip: int = 0) -> Iterator[tuple[list[Batch], dict[int, Any]]]:
         """The plan's batches ``window`` at a time, with the work units they read: unit index ->
         ``convert(row group table)``. A unit is read and converted once while consecutive windows
-        need it."""
+        need it; a window of batches all among the ``skip`` first comes with no units (nothing read)."""
         files: dict[str, pq.ParquetFile] = {}
         cache: dict[int, Any] = {}
         for w in range(0, len(plan), max(1, window)):
             batches = list(plan[w:w + max(1, window)])
+            if w + len(batches) <= skip:
+                yield batches, {}
+                continue
             needed = {u for b in batches for u, _, _ in b.segments}
             cache = {u: t for u, t in cache.items() if u in needed}
             for u in sorted(needed - cache.keys()):
@@ -265,3 +330,45 @@ def window_table(batches: Sequence[Batch], units: dict[int, pa.Table]) -> pa.Tab
     return pa.concat_tables([units[u].slice(a, b - a) for bt in batches for u, a, b in bt.segments])
 
 
+
+
+# --- the loader ------------------------------------------------------------------------------------------
+
+def trained_position(trainer: Any) -> tuple[int, int]:
+    """A fitting Lightning trainer's epoch and the batches of it trained on so far (at a checkpoint
+    saved after a training batch, that batch included)."""
+    return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+
+class PlannedLoader(DataLoader):
+    """The training DataLoader of a :class:`PlannedStream`, which Lightning can resume inside an
+    epoch: its ``state_dict`` (saved in every checkpoint) is the epoch and the batches of it trained
+    on, read from ``position``; ``load_state_dict`` makes the stream go on at the next batch of the
+    same plan (a checkpoint from the end of an epoch: at the next epoch's first)."""
+
+    def __init__(self, dataset: PlannedStream, *, position: Callable[[], tuple[int, int]], **kwargs: Any):
+        super().__init__(dataset, batch_size=None, **kwargs)
+        self.position = position
+
+    def __iter__(self) -> Iterator[Any]:
+        return (batch for batch in super().__iter__() if not isinstance(batch, Skipped))
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, done = self.position()
+        stream = self.dataset
+        return {"epoch": int(epoch), "batches_done": int(done), "batches": len(self),
+                "world_size": stream.world_size, "batch_size": stream.batch_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        epoch, done, planned = int(state["epoch"]), int(state["batches_done"]), int(state["batches"])
+        stream = self.dataset
+        if done >= planned:                                       # saved at the end of its epoch
+            epoch, done = epoch + 1, 0
+        elif (planned, state.get("world_size"), state.get("batch_size")) != (len(self), stream.world_size,
+                                                                              stream.batch_size):
+            raise SetupError(
+                f"the checkpoint was saved after batch {done} of {planned} of epoch {epoch}, planned for "
+                f"{state.get('world_size')} rank(s) x {state.get('batch_size')} rows; this run plans {len(self)} "
+                f"batches for {stream.world_size} x {stream.batch_size}: resume inside an epoch with the "
+                "same number of ranks and data.batch_size, or from a checkpoint saved at the end of an epoch")
+        self.dataset.resume_at(epoch, done)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from functools import partial
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -22,8 +23,8 @@ from torch.utils.data import DataLoader
 from common.contract import SHARD_SCHEMA, Manifest, SplitInfo, read_manifest
 from common.metrics import TagSets
 from training.data.check import BadFile, CheckedFiles, parquet_problem
-from training.data.images import to_batch
-from training.data.plan import PlannedStream, per_rank_batch
+from training.data.images import to_batch, train_draws
+from training.data.plan import PlannedLoader, PlannedStream, per_rank_batch, trained_position
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,10 @@ class ShardStream(PlannedStream):
                    state: torch.Generator) -> dict[str, torch.Tensor]:
         return to_batch(rows, take=take, resize=self.resize, crop=self.crop, train=self.train, seed=self.seed,
                         epoch=epoch, gen=state)
+
+    def skip_batch(self, take: np.ndarray, state: torch.Generator) -> None:
+        if self.train:
+            train_draws(len(take), state)
 
 
 def read_split_columns(shards_dir: str | Path, split: str, columns: Sequence[str],
@@ -183,8 +188,12 @@ class ShardDataModule(CheckedFiles, pl.LightningDataModule):
         """Images per rank and step: the global ``batch_size`` split over ``world_size`` ranks."""
         return per_rank_batch(int(self.hparams.batch_size), world_size)
 
-    def stream(self, split: str, train: bool) -> ShardStream:
-        world_size, rank = self._world()
+    def train_batches(self, world_size: int) -> int:
+        """Batches every rank trains on in an epoch (without building the training loader)."""
+        return len(self.stream("train", train=True, world=(world_size, 0)))
+
+    def stream(self, split: str, train: bool, world: Optional[tuple[int, int]] = None) -> ShardStream:
+        world_size, rank = world or self._world()
         h = self.hparams
         return ShardStream(self.shards_dir, split, manifest=self.manifest,
                            batch_size=(self.per_rank_batch(world_size) if train or not h.eval_batch_size
@@ -193,7 +202,7 @@ class ShardDataModule(CheckedFiles, pl.LightningDataModule):
                            shuffle_window=h.shuffle_window, seed=h.seed,
                            world_size=world_size, rank=rank)
 
-    def _loader(self, dataset: ShardStream) -> DataLoader:
+    def _loader(self, dataset: ShardStream, train: bool = False) -> DataLoader:
         h = self.hparams
         workers = loader_workers(h.num_workers, self._local_ranks())
         pin = h.pin_memory if h.pin_memory is not None else self._on_gpu()
@@ -202,6 +211,8 @@ class ShardDataModule(CheckedFiles, pl.LightningDataModule):
             kwargs["persistent_workers"] = h.persistent_workers
             if h.prefetch_factor:
                 kwargs["prefetch_factor"] = h.prefetch_factor
+        if train:
+            return PlannedLoader(dataset, position=partial(trained_position, self.trainer), num_workers=workers, pin_memory=pin, **kwargs)
         return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin, **kwargs)
 
     def _local_ranks(self) -> int:
@@ -213,7 +224,9 @@ class ShardDataModule(CheckedFiles, pl.LightningDataModule):
         return trainer is not None and trainer.strategy.root_device.type == "cuda"
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.stream("train", train=True))
+        stream = self.stream("train", train=True)
+        stream.set_epoch(self.trainer.current_epoch if getattr(self, "trainer", None) is not None else 0)
+        return self._loader(stream, train=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.stream("val", train=False))

@@ -22,7 +22,7 @@ from common import metrics as M
 from training.callbacks.sigma_snapshots import LocationSchedule
 from training.data.shards import place_mask
 from training.evaluate.factorised import evaluate_factorised
-from training.evaluate.locsens import evaluate_locsens
+from training.evaluate.locsens import evaluate_locsens, scoring_precision
 from training.evaluate.rerank import PlacePrior
 from training.evaluate.runs import embeddings_tags, log_evaluation, model_tags
 from training.models.schedules import snapshot_name
@@ -47,7 +47,7 @@ def models_to_evaluate(cfg: DictConfig, model: StreamedModule, callbacks: list,
     if sampling and cfg.evaluation.get("snapshots", True) and schedule and schedule.saved:
         named = [(snapshot_name(v), v) for v, _ in model.sigma_schedule.stages]
         return {f"{cfg.task_name}_{name}": (schedule.saved[name], v) for name, v in named if name in schedule.saved}
-    best = next((c.best_model_path for c in callbacks if isinstance(c, ModelCheckpoint)), "")
+    best = next((c.best_model_path for c in callbacks if isinstance(c, ModelCheckpoint) and c.best_model_path), "")
     return {cfg.task_name: (best or None, None)}
 
 
@@ -96,7 +96,7 @@ def evaluate_after_fit(cfg: DictConfig, model: StreamedModule, datamodule, callb
             zero_location=model.variant == "zeroed", ks=list(ev.ks), min_images=ev.min_images,
             seed=ev.seed, max_queries=ev.get("max_queries"), pairs=int(ev.get("pairs", 1 << 20)), device=device,
             tagging=bool(ev.get("tagging", True)) and (last or bool(ev.get("snapshot_tagging", True))),
-            mode=ev.get("mode", "exact"), rerank=ev.get("rerank"), precision=str(ev.get("precision", "32")),
+            mode=ev.get("mode", "exact"), rerank=ev.get("rerank"), precision=str(ev.get("precision", "auto")),
             ranks=ranks, place_prior=prior)
         if not ranks.is_zero:
             continue
@@ -106,6 +106,8 @@ def evaluate_after_fit(cfg: DictConfig, model: StreamedModule, datamodule, callb
                                   "location": model.variant,
                                   "negatives_mode": model.hparams.get("negatives_mode"), "task_name": cfg.task_name,
                                   "checkpoint": checkpoint, "embeddings_dir": str(datamodule.embeddings_dir),
+                                  **({"scoring_precision": scoring_precision(str(ev.get("precision", "auto")), device)}
+                                     if score is evaluate_locsens else {}),
                                   **({"sigma": sigma} if sigma is not None else {})}
         if log_runs:
             links = {k: v for k, v in {"train_run_id": train_run_id, "checkpoint": checkpoint}.items() if v}

@@ -244,9 +244,19 @@ class LocSens(StreamedModule):
     def _sync_free(self, device: torch.device) -> bool:
         return device.type != "cpu" if self.sync_free is None else bool(self.sync_free)
 
-    def on_train_epoch_start(self) -> None:
-        super().on_train_epoch_start()
+    def start_epoch_draws(self) -> None:
         self._train_generator = draw_generator(self.hparams.seed, self.global_rank, self.current_epoch, self.device)
+
+    def draw_states(self) -> dict[str, Any]:
+        states = super().draw_states()
+        if self._train_generator is not None:
+            states["locsens"] = self._train_generator.get_state()
+        return states
+
+    def restore_draws(self, states: dict[str, Any]) -> None:
+        super().restore_draws(states)
+        if "locsens" in states and self._train_generator is not None:
+            self._train_generator.set_state(states["locsens"])
 
     def triplet_loss(self, batch: dict[str, torch.Tensor], train: bool,
                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
