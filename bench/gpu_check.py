@@ -39,7 +39,7 @@ from locsens_throughput import _sync, training_rate  # noqa: E402
 from common.markdown import table as md_table  # noqa: E402
 from common.markdown import write_block  # noqa: E402
 from training.data.shards import ShardStream, loader_workers  # noqa: E402
-from training.evaluate.locsens import autocast, tag_images_masked  # noqa: E402
+from training.evaluate.locsens import autocast, exact_tags  # noqa: E402
 from training.models.locsens import LocSensNet  # noqa: E402
 from training.models.mcc import MCC  # noqa: E402
 
@@ -101,8 +101,7 @@ def eval_rates(device: torch.device, args: argparse.Namespace) -> dict[str, floa
     out = {}
     for precision in ("bf16", "32"):
         def score():
-            with torch.no_grad(), autocast(device, precision):
-                tag_images_masked(net, images, loc, tags, 10, args.pairs, [None])
+            exact_tags(net, images, loc, tags, 10, args.pairs, [None], None, precision)
         out[precision] = _timed(score, max(1, args.steps // 4), device, args.eval_images * args.eval_tags)
     return out
 
