@@ -180,3 +180,30 @@ def test_a_sample_mixin_of_another_model_family_is_a_clear_error(tmp_path, shard
                   f"paths.shards_dir={shards}")
     with pytest.raises(SetupError, match="negative_pool.*check the data.* settings.*\\+sample=image goes with mcc"):
         train(cfg)
+
+
+def test_the_compile_switch_trains_a_compiled_backbone_that_scores_as_the_plain_one(tmp_path, image_cfg):
+    """model.compile=true: the backbone goes through torch.compile (inductor, on this CPU) for the
+    fit; the checkpoint's keys are the plain module's, so it loads without compile, and the
+    compiled backbone's features equal the plain one's on the same weights."""
+    from torch._dynamo.utils import counters
+
+    from training.models.mcc import MCC
+
+    counters.clear()
+    metrics = train(image_cfg("+experiment=mcc", "trainer.max_epochs=1", "model.compile=true", "evaluate=false",
+                              "export=false"))
+    assert counters["stats"]["unique_graphs"] > 0 and np.isfinite(metrics["best_val_loss"])
+    state = torch.load(tmp_path / "outputs" / "mcc" / "checkpoints" / "best.ckpt", map_location="cpu",
+                       weights_only=True)
+    assert not any("_orig_mod" in k for k in state["state_dict"])
+    plain = MCC(num_tags=state["state_dict"]["classifier.weight"].shape[0], optimizer=None,
+                **{k: v for k, v in state["hyper_parameters"].items() if k in ("backbone", "embedding_dim")})
+    plain.load_state_dict(state["state_dict"])
+    plain.eval()
+    images = torch.randint(0, 256, (4, 32, 32, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = plain.features(images)
+        plain.backbone.compile()
+        got = plain.features(images)
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)

@@ -45,21 +45,29 @@ class TagModel(StreamedModule, abc.ABC):
     def __init__(self, num_tags: int, backbone: Mapping[str, Any],
                  optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: Optional[Callable[..., Any]] = None, compile: bool = False,
-                 channels_last: bool = False):
+                 channels_last: Optional[bool] = None):
         super().__init__()
         self.num_tags = num_tags
         self.backbone, self.feature_dim, self.backbone_weights = build_backbone(**dict(backbone))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.channels_last = channels_last
+        self.channels_last = bool(channels_last)
+        self._channels_last = channels_last
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         self._compile = compile
 
     def setup(self, stage: str) -> None:
+        """``channels_last`` null: on for a GPU run (the layout its convolutions are fastest in, and
+        the loader's batches already are), off on the CPU. ``compile``: the backbone through
+        torch.compile for fitting (in place: the checkpoint's keys stay those of the plain module)."""
+        if self._channels_last is None and self._trainer is not None:
+            self.channels_last = self.trainer.strategy.root_device.type == "cuda"
+            if self.channels_last:
+                self.backbone = self.backbone.to(memory_format=torch.channels_last)
         if self._compile and stage == "fit":
-            self.backbone.compile()  # in place: checkpoint keys stay those of the plain module
+            self.backbone.compile()
 
     # --- shared pieces --------------------------------------------------------------------------
     def features(self, images: torch.Tensor, flip: Optional[torch.Tensor] = None) -> torch.Tensor:
