@@ -169,6 +169,31 @@ def test_resuming_inside_an_epoch_planned_for_other_ranks_stops_naming_both(shar
             {"epoch": 0, "batches_done": 2, "batches": 9, "world_size": 1, "batch_size": 8})
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_device_decode_gives_the_cpu_paths_pixels(shards, train):
+    """data.decode=device: the workers ship JPEG bytes and crop draws, the device decodes
+    (torchvision; here the CPU): the same pixels, crops and flips as the workers' PIL decode."""
+    from training.data.images import decode_batch
+
+    kw = dict(batch_size=8, crop=32, train=train, shuffle=train, seed=5)
+    cpu = list(ShardStream(shards, "train", **kw))
+    device = list(ShardStream(shards, "train", decode="device", **kw))
+    assert len(cpu) == len(device) and "image" not in device[0]
+    for a, b in zip(cpu, device):
+        assert torch.equal(a["photo_id"], b["photo_id"])
+        assert torch.equal(a.get("flip", a["tag"]), b.get("flip", b["tag"]))
+        pixels = decode_batch(b["jpeg"], b["jpeg_offsets"], 32, None, b.get("crop_draws"), "cpu")
+        assert torch.equal(pixels, a["image"][..., :3])
+    # Resized (short side 40 -> 48), or decoded at half scale (PIL's DCT scaling for 16 px crops):
+    # the device resizes as PIL does, closely but not bit for bit.
+    for crop, resize in ((32, 48), (16, None)):
+        a = next(iter(ShardStream(shards, "val", batch_size=8, crop=crop, resize=resize)))
+        b = next(iter(ShardStream(shards, "val", batch_size=8, crop=crop, resize=resize, decode="device")))
+        pixels = decode_batch(b["jpeg"], b["jpeg_offsets"], crop, resize, None, "cpu")
+        assert pixels.shape == a["image"][..., :3].shape
+        assert (pixels.float() - a["image"][..., :3].float()).abs().mean() < 4.0
+
+
 def test_eval_stream_is_deterministic_centre_crop(shards):
     ds = ShardStream(shards, "val", batch_size=10, crop=24, resize=30)
     a, b = list(ds), list(ds)

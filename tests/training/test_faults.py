@@ -110,7 +110,8 @@ def test_locsens_killed_in_a_later_sigma_stage_resumes_to_the_same_snapshots_and
                  if k.startswith(("locsens_sigma", "tagging", "retrieval")) and not k.endswith("/seconds")}
     assert evaluated and {k: resumed[k] for k in evaluated} == evaluated
     record("LocSens sigma-schedule run killed in a later sigma stage", f"SIGKILL {ran:.0f} s in, at epoch 2 batch 5 "
-           "(sigma=0.3 stage)", "resume=true from the mid-epoch last.ckpt (every 2 steps here): same sigma stages, snapshots "
+           "(sigma=0.3 stage)",
+           "resume=true from the mid-epoch last.ckpt (every 2 steps here): same sigma stages, snapshots "
            "(weights equal) and metrics", "0 steps", recovery)
 
 

@@ -207,3 +207,17 @@ def test_the_compile_switch_trains_a_compiled_backbone_that_scores_as_the_plain_
         plain.backbone.compile()
         got = plain.features(images)
     torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
+
+
+def test_a_run_decoding_on_the_device_trains_as_the_workers_decode(tmp_path, image_cfg):
+    """data.decode=device through Lightning (the data module decodes each batch on the training
+    device, here the CPU, in transfer_batch_to_device): the same pixels, so the same losses and export."""
+    runs = {}
+    for decode in ("cpu", "device"):
+        cfg = image_cfg("+experiment=mcc", "trainer.max_epochs=1", "trainer.deterministic=true", "evaluate=false",
+                        f"data.decode={decode}", f"paths.root_dir={tmp_path / decode}")
+        runs[decode] = train(cfg)
+    assert runs["device"]["best_val_loss"] == runs["cpu"]["best_val_loss"]
+    exports = [pq.read_table(tmp_path / d / "outputs" / "mcc" / "embeddings" / "images" / "test").sort_by("photo_id")
+               for d in ("cpu", "device")]
+    assert exports[0].column("embedding").equals(exports[1].column("embedding"))

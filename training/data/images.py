@@ -88,34 +88,44 @@ def decode_image(jpeg: bytes, resize: Optional[int], crop: int, train: bool,
     return out
 
 
-def train_draws(n: int, gen: Optional[torch.Generator]) -> tuple[list[list[int]], torch.Tensor]:
+def train_draws(n: int, gen: Optional[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
     """A training batch's random draws for ``n`` images, in the order they are made: each crop's two
-    numbers, then each flip. A resumed run skipping a batch makes them without decoding anything."""
-    crops = torch.randint(0, 1 << 30, (n, 2), generator=gen).tolist()
+    numbers (n, 2), then each flip (n,). A resumed run skipping a batch makes them without decoding."""
+    crops = torch.randint(0, 1 << 30, (n, 2), generator=gen)
     return crops, torch.rand(n, generator=gen) < 0.5
 
 
+#: Where the JPEGs are decoded (``data.decode``): in the loader's workers, or by the training
+#: device (torchvision's nvJPEG decoder on a GPU) from the bytes the workers ship.
+DECODE = ("cpu", "device")
+
+
 def to_batch(table: pa.Table, *, resize: Optional[int], crop: int, train: bool, seed: int, epoch: int,
-             gen: Optional[torch.Generator], take: Optional[np.ndarray] = None) -> dict[str, torch.Tensor]:
+             gen: Optional[torch.Generator], take: Optional[np.ndarray] = None,
+             decode: str = "cpu") -> dict[str, torch.Tensor]:
     """Rows ``take`` (all when None) of a pyarrow table of shard rows -> the batch dict every model
     consumes: ``image`` (B, H, W, 4) uint8 (RGB and PIL's padding byte, which the model drops on the
     device), and in training ``flip`` (B,) bool, for the device to apply. The JPEG column is read
-    row by row, never gathered into a copy of its own."""
+    row by row, never gathered into a copy of its own.
+
+    ``decode="device"``: no ``image``; the JPEG bytes instead (``jpeg``, ``jpeg_offsets``) and in
+    training the crops' draws (``crop_draws``), for :func:`decode_batch` on the training device."""
+    if decode not in DECODE:
+        raise ValueError(f"data.decode={decode!r}: use one of {DECODE}")
     rows = np.arange(table.num_rows) if take is None else np.asarray(take)
     light = table.drop_columns(["image"]).take(pa.array(rows))
     photo_id = light.column("photo_id").to_numpy().copy()  # arrow buffers are read-only
     tags = TagSets.from_arrow(light.column("tag_ids"))
-    jpegs = table.column("image")
-    images = torch.empty((rows.size, crop, crop, CHANNELS), dtype=torch.uint8)
-    if get_worker_info() is not None:
-        images.share_memory_()          # filled in place: the worker's pipe then sends a handle, not a copy
-    pixels = images.numpy()
-    crops, flip = train_draws(rows.size, gen) if train else ([None] * rows.size, None)
-    for i, r in enumerate(rows.tolist()):
-        decode_image(jpegs[r].as_py(), resize, crop, train, gen, out=pixels[i], draw=crops[i])
+    crops, flip = train_draws(rows.size, gen) if train else (None, None)
+    if decode == "device":
+        pixels = jpeg_bytes(table.column("image").take(pa.array(rows)))
+        if train:
+            pixels["crop_draws"] = crops
+    else:
+        pixels = {"image": decode_rows(table.column("image"), rows, resize, crop, crops)}
     batch = {
         "photo_id": torch.from_numpy(photo_id),
-        "image": images,
+        **pixels,
         "tag": torch.from_numpy(draw_one_tag(photo_id, tags.offsets, tags.values, seed, epoch)),
         "tag_values": torch.from_numpy(tags.values.copy()),
         "tag_offsets": torch.from_numpy(tags.offsets.copy()),
@@ -125,3 +135,73 @@ def to_batch(table: pa.Table, *, resize: Optional[int], crop: int, train: bool, 
     if train:
         batch["flip"] = flip
     return batch
+
+
+def decode_rows(jpegs: pa.ChunkedArray, rows: np.ndarray, resize: Optional[int], crop: int,
+                crops: Optional[torch.Tensor]) -> torch.Tensor:
+    """The (B, crop, crop, 4) uint8 pixels of JPEG rows ``rows``, decoded here (the CPU path); in a
+    DataLoader worker, in shared memory, so that the pipe sends a handle and not a copy."""
+    images = torch.empty((rows.size, crop, crop, CHANNELS), dtype=torch.uint8)
+    if get_worker_info() is not None:
+        images.share_memory_()
+    pixels = images.numpy()
+    draws = crops.tolist() if crops is not None else [None] * rows.size
+    for i, r in enumerate(rows.tolist()):
+        decode_image(jpegs[r].as_py(), resize, crop, crops is not None, None, out=pixels[i], draw=draws[i])
+    return images
+
+
+def jpeg_bytes(jpegs: pa.ChunkedArray) -> dict[str, torch.Tensor]:
+    """A batch's JPEGs laid end to end (``jpeg`` uint8) with their bounds (``jpeg_offsets``, B + 1)."""
+    column = jpegs.combine_chunks()
+    width = np.int64 if pa.types.is_large_binary(column.type) else np.int32
+    offsets = np.frombuffer(column.buffers()[1], dtype=width)[column.offset:column.offset + len(column) + 1]
+    offsets = offsets.astype(np.int64)
+    data = np.frombuffer(column.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+    return {"jpeg": torch.from_numpy(data.copy()), "jpeg_offsets": torch.from_numpy(offsets - offsets[0])}
+
+
+def _draft_size(w: int, h: int, target: int) -> tuple[int, int]:
+    """The size PIL's ``draft`` decodes a w x h JPEG at for ``target`` (DCT scaling by 1/2, 1/4 or
+    1/8 while both sides stay at least ``target``)."""
+    scale = min(w // target, h // target)
+    a = next(a for a in (8, 4, 2, 1) if scale >= a or a == 1)
+    return -(-w // a), -(-h // a)
+
+
+def fit_decoded(image: torch.Tensor, resize: Optional[int], crop: int) -> torch.Tensor:
+    """:func:`_decoded`'s sizing for a decoded (3, H, W) uint8 tensor: the same size, and the same
+    pixels where no scaling is needed (the shards' case: stored at the short side that is used).
+    Where the CPU path decodes at a reduced DCT scale or resizes, the result is a bilinear,
+    antialiased resize: close to PIL's, not equal."""
+    from torchvision.transforms.v2 import functional as TF
+
+    target = max(resize or 0, crop)
+    h, w = image.shape[-2:]
+    dw, dh = _draft_size(w, h, target)
+    if (dw, dh) != (w, h):
+        image, (w, h) = TF.resize(image, [dh, dw], antialias=True), (dw, dh)
+    short = min(w, h)
+    if (resize and short != resize) or short < crop:
+        scale = target / short
+        image = TF.resize(image, [max(crop, round(h * scale)), max(crop, round(w * scale))], antialias=True)
+    return image
+
+
+def decode_batch(jpeg: torch.Tensor, offsets: torch.Tensor, crop: int, resize: Optional[int],
+                 crop_draws: Optional[torch.Tensor], device: torch.device | str) -> torch.Tensor:
+    """The JPEGs of a ``decode="device"`` batch decoded on ``device`` (nvJPEG on a GPU, batched),
+    sized and cropped as the CPU path does (random crops from ``crop_draws``, else the centre):
+    (B, crop, crop, 3) uint8 on ``device``. On the CPU it gives the CPU path's pixels (tested)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    bounds = offsets.tolist()
+    data = [jpeg[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device) if data else []
+    out = torch.empty((len(data), crop, crop, 3), dtype=torch.uint8, device=device)
+    draws = crop_draws.tolist() if crop_draws is not None else [None] * len(data)
+    for i, image in enumerate(decoded):
+        image = fit_decoded(image, resize, crop)
+        x, y = _crop_box((image.shape[-1], image.shape[-2]), crop, draws[i])
+        out[i] = image[:, y:y + crop, x:x + crop].permute(1, 2, 0)
+    return out

@@ -23,8 +23,9 @@ from torch.utils.data import DataLoader
 from common.contract import SHARD_SCHEMA, Manifest, SplitInfo, read_manifest
 from common.metrics import TagSets
 from training.data.check import BadFile, CheckedFiles, parquet_problem
-from training.data.images import to_batch, train_draws
+from training.data.images import DECODE, decode_batch, to_batch, train_draws
 from training.data.plan import PlannedLoader, PlannedStream, per_rank_batch, trained_position
+from training.errors import SetupError
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,16 @@ class ShardStream(PlannedStream):
     def __init__(self, shards_dir: str | Path, split: str, *, batch_size: int, crop: int,
                  resize: Optional[int] = None, train: bool = False, shuffle: bool = False,
                  shuffle_window: int = 8, seed: int = 0, world_size: int = 1, rank: int = 0,
-                 manifest: Optional[Manifest] = None, columns: Sequence[str] = BATCH_COLUMNS):
+                 manifest: Optional[Manifest] = None, columns: Sequence[str] = BATCH_COLUMNS, decode: str = "cpu"):
         self.shards_dir = Path(shards_dir)
         manifest = manifest or read_manifest(self.shards_dir)
         self.split = split
         super().__init__(self.shards_dir, manifest.work_units(split), columns, batch_size=batch_size,
                          shuffle=shuffle, seed=seed, world_size=world_size, rank=rank)
         self.crop, self.resize = crop, resize
+        if decode not in DECODE:
+            raise SetupError(f"data.decode={decode!r}: use one of {DECODE}")
+        self.decode = decode
         self.train, self.window = train, max(1, shuffle_window)
         self.varies_by_epoch = train   # training draws change with the epoch; evaluation sees the same data
 
@@ -55,7 +59,7 @@ class ShardStream(PlannedStream):
     def make_batch(self, rows: pa.Table, take: np.ndarray, pool: Optional[np.ndarray], epoch: int,
                    state: torch.Generator) -> dict[str, torch.Tensor]:
         return to_batch(rows, take=take, resize=self.resize, crop=self.crop, train=self.train, seed=self.seed,
-                        epoch=epoch, gen=state)
+                        epoch=epoch, gen=state, decode=self.decode)
 
     def skip_batch(self, take: np.ndarray, state: torch.Generator) -> None:
         if self.train:
@@ -132,7 +136,8 @@ class ShardDataModule(CheckedFiles, pl.LightningDataModule):
                  crop: int = 224, resize: Optional[int] = None, num_workers: Optional[int] = 0,
                  shuffle_window: int = 8, seed: int = 0, pin_memory: Optional[bool] = False,
                  persistent_workers: bool = False, prefetch_factor: Optional[int] = None,
-                 predict_splits: Sequence[str] = ("train", "val", "test"), on_bad_file: str = "error"):
+                 predict_splits: Sequence[str] = ("train", "val", "test"), on_bad_file: str = "error",
+                 decode: str = "cpu"):
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.shards_dir = Path(shards_dir)
@@ -200,7 +205,16 @@ class ShardDataModule(CheckedFiles, pl.LightningDataModule):
                                        else h.eval_batch_size),
                            crop=h.crop, resize=h.resize, train=train, shuffle=train,
                            shuffle_window=h.shuffle_window, seed=h.seed,
-                           world_size=world_size, rank=rank)
+                           world_size=world_size, rank=rank, decode=h.decode)
+
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """``decode="device"``: the batch's JPEGs decoded on the training device (from host memory,
+        as nvJPEG takes them), then the rest moved as usual."""
+        if isinstance(batch, dict) and "jpeg" in batch:
+            batch = dict(batch)
+            batch["image"] = decode_batch(batch.pop("jpeg"), batch.pop("jpeg_offsets"), self.hparams.crop,
+                                          self.hparams.resize, batch.pop("crop_draws", None), device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def _loader(self, dataset: ShardStream, train: bool = False) -> DataLoader:
         h = self.hparams
@@ -212,7 +226,8 @@ class ShardDataModule(CheckedFiles, pl.LightningDataModule):
             if h.prefetch_factor:
                 kwargs["prefetch_factor"] = h.prefetch_factor
         if train:
-            return PlannedLoader(dataset, position=partial(trained_position, self.trainer), num_workers=workers, pin_memory=pin, **kwargs)
+            return PlannedLoader(dataset, position=partial(trained_position, self.trainer),
+                                 num_workers=workers, pin_memory=pin, **kwargs)
         return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin, **kwargs)
 
     def _local_ranks(self) -> int:
