@@ -23,6 +23,8 @@ import pyarrow as pa
 import torch
 from PIL import Image
 from torch.utils.data import get_worker_info
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms.v2 import functional as TF
 
 from common.metrics import TagSets
 from training.data.plan import draw_one_tag
@@ -174,8 +176,6 @@ def fit_decoded(image: torch.Tensor, resize: Optional[int], crop: int) -> torch.
     pixels where no scaling is needed (the shards' case: stored at the short side that is used).
     Where the CPU path decodes at a reduced DCT scale or resizes, the result is a bilinear,
     antialiased resize: close to PIL's, not equal."""
-    from torchvision.transforms.v2 import functional as TF
-
     target = max(resize or 0, crop)
     h, w = image.shape[-2:]
     dw, dh = _draft_size(w, h, target)
@@ -193,8 +193,6 @@ def decode_batch(jpeg: torch.Tensor, offsets: torch.Tensor, crop: int, resize: O
     """The JPEGs of a ``decode="device"`` batch decoded on ``device`` (nvJPEG on a GPU, batched),
     sized and cropped as the CPU path does (random crops from ``crop_draws``, else the centre):
     (B, crop, crop, 3) uint8 on ``device``. On the CPU it gives the CPU path's pixels (tested)."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-
     bounds = offsets.tolist()
     data = [jpeg[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device) if data else []
