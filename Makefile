@@ -26,14 +26,14 @@ PIPELINE_JOBS := clean_metadata build_vocab shard_dataset frequency_baselines
 PIPELINE_ARGS ?= paths.raw_dir=$(SAMPLE_DIR) shard.image_size=128 shard.rows_per_file=5000 shard.rows_per_row_group=250
 
 .PHONY: faults install demo test test-fast sample pipeline bench clean train-mcc train-mlc train-her report readme-results ui repeats search-index register serve browser \
-	worker-env dist cluster-up cluster-down img2dataset-env tracking-server tracking-server-stop gpu-check
+	worker-env pipeline-env dist cluster-up cluster-down img2dataset-env tracking-server tracking-server-stop gpu-check
 
 install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,bench]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[pipeline,synth,train,serve,test,bench]'
 	@touch $(STAMP)
 
 sample: install
@@ -242,6 +242,19 @@ cluster-up: worker-env dist
 cluster-down: install
 	$(PY) -m pipeline.cluster down --dir $(CLUSTER_DIR)
 
+# The Spark driver's install alone (pip install '.[pipeline]': no torch, Lightning or faiss), as a
+# user's edge node or cluster driver would have it; the cluster test submits every job with it.
+PIPELINE_VENV := .venv-pipeline
+PIPELINE_STAMP := $(PIPELINE_VENV)/.installed-stamp
+
+pipeline-env: $(PIPELINE_STAMP)
+
+$(PIPELINE_STAMP): setup.cfg pyproject.toml constraints.txt
+	@test -x $(PIPELINE_VENV)/bin/python || $(PYTHON) -m venv $(PIPELINE_VENV)
+	$(PIPELINE_VENV)/bin/pip install --quiet -c constraints.txt '.[pipeline]'
+	@rm -rf build
+	@touch $(PIPELINE_STAMP)
+
 # img2dataset (the image downloader) in its own environment, for the URL-list recipe in the README
 # and the end-to-end test that downloads from a loopback server.
 I2D_VENV := .venv-img2dataset
@@ -255,7 +268,7 @@ $(I2D_STAMP): $(STAMP) constraints-img2dataset.txt
 		xargs $(I2D_VENV)/bin/pip install --quiet -c constraints-img2dataset.txt
 	@touch $(I2D_STAMP)
 
-test: install worker-env img2dataset-env browser
+test: install worker-env pipeline-env img2dataset-env browser
 	$(PY) -m pytest
 
 # The fault tests alone (tests marked faults: SIGKILL of Spark jobs, of training and of a DDP

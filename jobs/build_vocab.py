@@ -34,7 +34,7 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
     max_tags = require_int(cfg, "vocab.max_tags", minimum=min_tags)
     test, val = split_size(cfg.splits.test, "splits.test"), split_size(cfg.splits.val, "splits.val")
     seed = require_int(cfg, "splits.seed")
-    spark = start_spark(cfg, "build_vocab")
+    spark = start_spark(cfg, "build_vocab", inputs=[cfg.outputs.clean])
     out = cfg.outputs
     io.require_outputs(spark, out, "clean", "place_names")
 

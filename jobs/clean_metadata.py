@@ -17,7 +17,7 @@ from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
 from pipeline import clean, io, parse, place_names
-from pipeline.config import PipelineError, run_job
+from pipeline.config import PipelineError, candidates, run_job
 from pipeline.geography import continent_table
 from pipeline.stage import ConservationCheck, check_conservation, markdown_table, stage, start_spark
 
@@ -58,7 +58,7 @@ def nothing_kept(dataset_path: str, n_input: int, by_reason: dict[str, int]) -> 
 
 
 def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None:
-    spark = start_spark(cfg, "clean_metadata")
+    spark = start_spark(cfg, "clean_metadata", inputs=[*candidates(cfg.clean.dataset), *candidates(cfg.clean.places)])
     c = cfg.clean
     dataset_path = io.single_existing(spark, c.dataset, "clean.dataset")
     places_path = io.single_existing(spark, c.places, "clean.places")

@@ -38,7 +38,7 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
     ks = list(cfg.baselines.k)
     if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
         raise PipelineError(f"setting baselines.k={ks!r}: expected a list of positive integers")
-    spark = start_spark(cfg, "frequency_baselines")
+    spark = start_spark(cfg, "frequency_baselines", inputs=[cfg.outputs.dataset])
     out = cfg.outputs
     io.require_outputs(spark, out, "dataset", "vocab", "place_names")
 

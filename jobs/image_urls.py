@@ -27,7 +27,7 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
     rows_per_file = require_int(cfg, "shard.rows_per_file", minimum=1)
     seed = require_int(cfg, "shard.seed")
     size = require_int(cfg, "shard.image_size", minimum=8)
-    spark = start_spark(cfg, "image_urls")
+    spark = start_spark(cfg, "image_urls", inputs=[cfg.outputs.dataset])
     out = cfg.outputs
     io.require_outputs(spark, out, "dataset")
 

@@ -100,7 +100,7 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
         raise PipelineError(f"setting shard.image_source={s.image_source!r}: expected one of {SOURCES}")
     if quality > 100:
         raise PipelineError(f"setting shard.jpeg_quality={quality}: expected 1..100")
-    spark = start_spark(cfg, "shard_dataset")
+    spark = start_spark(cfg, "shard_dataset", inputs=[cfg.outputs.dataset])
     out = cfg.outputs
     io.require_outputs(spark, out, "dataset", "vocab", "place_names")
 

@@ -44,6 +44,11 @@ def to_dict(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
+def candidates(value: Any) -> list[str]:
+    """A path setting that may list several candidates (``clean.dataset``), as a list."""
+    return [str(value)] if isinstance(value, str) else [str(v) for v in value]
+
+
 def require_int(cfg: DictConfig, key: str, *, minimum: int | None = None) -> int:
     """``cfg[key]`` as an int, or a :class:`PipelineError` naming the setting."""
     value = OmegaConf.select(cfg, key)

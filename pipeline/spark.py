@@ -12,8 +12,16 @@ import sys
 from pathlib import Path
 from typing import Mapping, Optional
 
+import pyspark
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
+
+from pipeline.config import PipelineError
+
+#: The oldest Spark the jobs run on: the parser uses Spark 4's ``try_url_decode``,
+#: ``is_valid_utf8``, ``make_valid_utf8`` and ``Column.try_cast``. Under spark-submit the
+#: cluster's own pyspark (``$SPARK_HOME/python``) is the one imported, whatever pip installed.
+MIN_SPARK = (4, 0)
 
 #: JVM options for batch Spark work: the parallel (throughput) collector, whose pauses do not
 #: matter to a batch job, where G1's concurrent bookkeeping cost ~10% of wall time on 2 cores.
@@ -26,6 +34,7 @@ def spark_session(app_name: str, master: Optional[str] = None, *, ui: bool = Tru
                   log_level: str = "WARN") -> SparkSession:
     """Create (or return the running) SparkSession; the project's settings apply where the user's
     Spark configuration says nothing (:func:`user_settings`)."""
+    require_spark(pyspark.__version__, f"pyspark imported from {Path(pyspark.__file__).parent}")
     submitted = _under_spark_submit()
     if master is None and not submitted:
         master = "local[*]"
@@ -55,8 +64,31 @@ def spark_session(app_name: str, master: Optional[str] = None, *, ui: bool = Tru
         if key not in given:
             builder = builder.config(key, str(value))
     spark = builder.getOrCreate()
+    require_spark(spark.version, f"the Spark JVM of master {spark.sparkContext.master}")
     spark.sparkContext.setLogLevel(log_level)
     return spark
+
+
+def auto_shuffle_partitions(input_bytes: int, cores: int, partition_bytes: int) -> int:
+    """Shuffle partitions for a cluster job: one per ``partition_bytes`` of input rows, at least two
+    per core. Adaptive execution (on) merges partitions that turn out small, so erring high costs
+    little; too few at 100M rows makes a handful of huge, spilling tasks."""
+    return max(2 * max(cores, 1), -(-max(input_bytes, 0) // max(partition_bytes, 1)))
+
+
+def require_spark(version: str, where: str) -> None:
+    """Stop with one line when ``version`` (of ``where``) is older than :data:`MIN_SPARK`: an
+    older Spark would otherwise fail mid-job on a missing function."""
+    try:
+        found = tuple(int(p) for p in version.split(".")[:2])
+    except ValueError:
+        raise PipelineError(f"cannot read the Spark version {version!r} of {where}; "
+                            f"the jobs need Spark >= {'.'.join(map(str, MIN_SPARK))}") from None
+    if found < MIN_SPARK:
+        need = ".".join(map(str, MIN_SPARK))
+        raise PipelineError(f"Spark {version} ({where}) is too old: the jobs need Spark >= {need} "
+                            f"(they use Spark 4's try_url_decode, is_valid_utf8 and try_cast); submit them "
+                            f"with a Spark >= {need} spark-submit, or pip install 'pyspark>={need},<4.4'")
 
 
 def user_settings() -> dict[str, str]:

@@ -5,7 +5,7 @@ import contextlib
 import json
 import logging
 import time
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import mlflow
 from omegaconf import DictConfig
@@ -13,17 +13,37 @@ from pyspark.sql import SparkSession
 
 from common.markdown import table
 from common.tracking import MetricBuffer, first_line, stage_run
-from pipeline.config import PipelineError, to_dict
-from pipeline.spark import spark_session
+from pipeline import io
+from pipeline.config import PipelineError, require_int, to_dict
+from pipeline.spark import auto_shuffle_partitions, spark_session, user_settings
 
 log = logging.getLogger("pipeline")
 
 
-def start_spark(cfg: DictConfig, app: str) -> SparkSession:
+def start_spark(cfg: DictConfig, app: str, inputs: Sequence[str] = ()) -> SparkSession:
     """The job's session: conf/pipeline.yaml's ``spark`` settings as defaults, under what the user
-    gave spark-submit (``--conf``) or ``spark-defaults.conf``."""
-    return spark_session(f"locsens-{app}", master=cfg.spark.master, shuffle_partitions=cfg.spark.shuffle_partitions,
-                         defaults={str(k): v for k, v in (cfg.spark.conf or {}).items()})
+    gave spark-submit (``--conf``) or ``spark-defaults.conf``. ``spark.shuffle_partitions: auto``
+    sizes shuffles by the master: the sample's ``local_shuffle_partitions`` on a local one, and from
+    the size of ``inputs`` (the job's input files) on a cluster."""
+    setting = cfg.spark.shuffle_partitions
+    if setting != "auto" and (isinstance(setting, bool) or not isinstance(setting, int) or setting < 1):
+        raise PipelineError(f"setting spark.shuffle_partitions={setting!r}: expected auto or an integer >= 1")
+    fixed = None if setting == "auto" else setting
+    user_gave = "spark.sql.shuffle.partitions" in user_settings()
+    spark = spark_session(f"locsens-{app}", master=cfg.spark.master, shuffle_partitions=fixed,
+                          defaults={str(k): v for k, v in (cfg.spark.conf or {}).items()})
+    if fixed is None and not user_gave:
+        sc = spark.sparkContext
+        if sc.master.startswith("local"):
+            n, why = require_int(cfg, "spark.local_shuffle_partitions", minimum=1), "a local master"
+        else:
+            size = io.input_bytes(spark, [p for p in inputs if p])
+            n = auto_shuffle_partitions(size, sc.defaultParallelism,
+                                        require_int(cfg, "spark.partition_mb", minimum=1) << 20)
+            why = f"{size / 2**30:.2f} GiB of input rows, {sc.defaultParallelism} cores"
+        spark.conf.set("spark.sql.shuffle.partitions", str(n))
+        log.info("%s: spark.sql.shuffle.partitions=%d (spark.shuffle_partitions=auto: %s)", app, n, why)
+    return spark
 
 
 class Stage:

@@ -1,7 +1,9 @@
 """The Spark jobs (the pipeline's four and image_urls) on a real standalone cluster (a master and two
 workers on 127.0.0.1, each worker in its own folder, with a Python that has the executors' dependencies but not this
-project), submitted with relative paths and the project's code shipped as a zip: the same rows,
-and shard files with the same bytes, as in local mode. Tear-down leaves no daemon behind."""
+project), submitted with relative paths and the project's code shipped as a zip, from the driver
+install alone (``pip install '.[pipeline]'``: no torch, Lightning or faiss): the same rows, and
+shard files with the same bytes, as in local mode with the whole install. Tear-down leaves no
+daemon behind."""
 from __future__ import annotations
 
 import json
@@ -10,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pyarrow.parquet as pq
 import pytest
 from helpers import ROOT
@@ -18,6 +21,7 @@ from helpers.spark_jobs import shard_digests
 from pipeline.cluster import _running, package, start_cluster, stop_cluster
 
 WORKER_PYTHON = ROOT / ".venv-workers" / "bin" / "python"
+DRIVER_BIN = ROOT / ".venv-pipeline" / "bin"      # make pipeline-env: pip install '.[pipeline]'
 JOBS = ["clean_metadata", "build_vocab", "image_urls", "shard_dataset", "frequency_baselines"]
 ARGS = ["paths.root_dir=.", "paths.raw_dir=raw", "shard.image_size=64", "shard.rows_per_file=100",
         "shard.rows_per_row_group=25"]
@@ -44,14 +48,16 @@ def world(tmp_path_factory) -> Path:
     return out
 
 
-def run_jobs(folder: Path, world: Path, spark_args: list[str]) -> None:
-    """The jobs through spark-submit from ``folder``, every path relative to it."""
+def run_jobs(folder: Path, world: Path, spark_args: list[str], driver_bin: Path = Path(sys.executable).parent) -> None:
+    """The jobs through ``driver_bin``'s spark-submit from ``folder``, every path relative to it,
+    with ``driver_bin``'s Python as the driver's."""
     folder.mkdir()
     (folder / "raw").symlink_to(world)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")}
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", SPARK_LOCAL_IP="127.0.0.1")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "VIRTUAL_ENV")}
+    env.update(PATH=f"{driver_bin}{os.pathsep}{env.get('PATH', '')}", SPARK_LOCAL_IP="127.0.0.1")
     for job in JOBS:
-        proc = subprocess.run(["spark-submit", *spark_args, "--conf", f"spark.pyspark.driver.python={sys.executable}",
+        proc = subprocess.run([str(driver_bin / "spark-submit"), *spark_args,
+                               "--conf", f"spark.pyspark.driver.python={driver_bin / 'python'}",
                                str(ROOT / "jobs" / f"{job}.py"), *ARGS], cwd=folder, env=env, capture_output=True,
                               text=True, timeout=900)
         assert proc.returncode == 0, f"{job} on {spark_args[1]}:\n{proc.stderr[-3000:]}"
@@ -64,11 +70,25 @@ def rows(path: Path, run_folder: Path) -> list[dict]:
     return sorted(text)
 
 
+def test_the_driver_install_has_no_training_stack():
+    """``pip install '.[pipeline]'`` gives the jobs' driver Spark, MLflow and Hydra, not the training stack."""
+    if not (DRIVER_BIN / "python").exists():
+        pytest.fail(f"{DRIVER_BIN / 'python'} is missing: make pipeline-env (make test builds it)")
+    probe = ("import importlib.util as u, json; print(json.dumps({m: u.find_spec(m) is not None for m in "
+             "['torch', 'torchvision', 'pytorch_lightning', 'lightning', 'faiss', 'pyspark', 'mlflow', 'hydra']}))")
+    found = json.loads(subprocess.run([str(DRIVER_BIN / "python"), "-c", probe], capture_output=True, text=True,
+                                      check=True).stdout)
+    assert found == {"torch": False, "torchvision": False, "pytorch_lightning": False, "lightning": False,
+                     "faiss": False, "pyspark": True, "mlflow": True, "hydra": True}
+
+
 def test_the_jobs_on_a_standalone_cluster_match_local_mode(cluster, world, tmp_path):
+    if not (DRIVER_BIN / "python").exists():
+        pytest.fail(f"{DRIVER_BIN / 'python'} is missing: make pipeline-env (make test builds it)")
     code = package(tmp_path / "locsens-pipeline.zip")
     run_jobs(tmp_path / "local", world, ["--master", "local[2]", "--conf", f"spark.pyspark.python={sys.executable}"])
     run_jobs(tmp_path / "cluster", world, ["--master", cluster.master_url, "--py-files", str(code),
-                                           "--conf", f"spark.pyspark.python={WORKER_PYTHON}"])
+                                           "--conf", f"spark.pyspark.python={WORKER_PYTHON}"], driver_bin=DRIVER_BIN)
     local, remote = tmp_path / "local" / "data" / "work", tmp_path / "cluster" / "data" / "work"
     for output in ("clean", "clean_rejects", "dataset", "dataset_rejects", "vocab.parquet", "place_names.parquet",
                    "shard_rejects", "image_urls"):
@@ -78,6 +98,12 @@ def test_the_jobs_on_a_standalone_cluster_match_local_mode(cluster, world, tmp_p
     assert pq.read_table(remote / "shard_rejects").num_rows == 0      # every image found by the workers
     assert json.loads((remote / "baselines" / "baselines.json").read_text()) == \
         json.loads((local / "baselines" / "baselines.json").read_text())
+    # On the cluster the shuffles were sized by spark.shuffle_partitions=auto: the input is tiny, so
+    # two per core (2 workers x 1 core), not the local master's 8.
+    for folder, expected in (("local", "8"), ("cluster", "4")):
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path / folder}/mlruns.db")
+        for run in mlflow.search_runs(search_all_experiments=True, output_format="list"):
+            assert run.data.params["effective.spark.sql.shuffle.partitions"] == expected, (folder, run.info.run_name)
     # The executors really ran on the two workers, from their own folders.
     apps = [p for p in Path(cluster.state_dir).glob("worker*/work/app-*")]
     assert {p.parent.parent.name for p in apps} == {"worker1", "worker2"}

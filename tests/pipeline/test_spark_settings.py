@@ -1,6 +1,7 @@
 """The user's Spark settings win over the project's: a real ``spark-submit`` of clean_metadata with
 ``--conf``, with a ``spark-defaults.conf``, and with neither (then conf/pipeline.yaml's small
-shuffle applies). What Spark ran with is recorded as ``effective.*`` parameters of the job's run."""
+shuffle applies: spark.shuffle_partitions=auto on a local master). What Spark ran with is
+recorded as ``effective.*`` parameters of the job's run."""
 from __future__ import annotations
 
 import os
@@ -43,6 +44,6 @@ def test_spark_submit_settings_win_over_the_project_defaults(tmp_path, how, expe
         (conf_dir / "spark-defaults.conf").write_text("spark.sql.shuffle.partitions   17\n")
         env = {"SPARK_CONF_DIR": str(conf_dir)}
     params = submit_clean(tmp_path, *args, env=env)
-    assert params["spark.shuffle_partitions"] == "8"               # the project's default, unchanged
+    assert params["spark.shuffle_partitions"] == "auto"            # the project's default, unchanged
     assert params["effective.spark.sql.shuffle.partitions"] == expected
     assert params["effective.spark.master"] == "local[1]"
