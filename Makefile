@@ -249,9 +249,11 @@ PIPELINE_STAMP := $(PIPELINE_VENV)/.installed-stamp
 
 pipeline-env: $(PIPELINE_STAMP)
 
-$(PIPELINE_STAMP): setup.cfg pyproject.toml constraints.txt
+# (a copy of the code, as pip installs it: made again when the jobs' code changes)
+$(PIPELINE_STAMP): setup.cfg pyproject.toml constraints.txt $(shell find pipeline common -name '*.py')
 	@test -x $(PIPELINE_VENV)/bin/python || $(PYTHON) -m venv $(PIPELINE_VENV)
 	$(PIPELINE_VENV)/bin/pip install --quiet -c constraints.txt '.[pipeline]'
+	$(PIPELINE_VENV)/bin/pip install --quiet --no-deps --force-reinstall .
 	@rm -rf build
 	@touch $(PIPELINE_STAMP)
 

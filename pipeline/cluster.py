@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pyspark
 
+from common.config import CONF_DIR
+
 STATE_FILE = "cluster.json"
 
 
@@ -136,17 +138,21 @@ def _running(pid: int) -> bool:
 
 
 def package(out: str | Path) -> Path:
-    """The zip of the code executors run (``pipeline`` and ``common``, with package data), for
-    ``spark-submit --py-files``: built from the installed packages, so it is the code the driver runs."""
+    """The zip of the code executors run (``pipeline`` and ``common``, with package data) and of the
+    settings the driver composes (``conf/``), for ``spark-submit --py-files``: built from the
+    installed packages, so it is the code the driver runs. With it a job also runs where the driver
+    has only the script and the zip (``--deploy-mode cluster``; see :func:`pipeline.config.job_conf_dir`)."""
+    if not (CONF_DIR / "pipeline.yaml").is_file():
+        raise SystemExit(f"{CONF_DIR}/pipeline.yaml not found: build the archive from a checkout (make dist)")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
+    trees = [(Path(importlib.import_module(name).__file__).parent, Path(name)) for name in ("pipeline", "common")]
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-        for name in ("pipeline", "common"):
-            root = Path(importlib.import_module(name).__file__).parent
+        for root, inside in [*trees, (CONF_DIR, Path("conf"))]:
             for f in sorted(root.rglob("*")):
                 if f.is_file() and "__pycache__" not in f.parts and f.suffix not in (".pyc", ".md"):
-                    z.write(f, Path(name) / f.relative_to(root))
+                    z.write(f, inside / f.relative_to(root))
     tmp.replace(out)
     return out
 

@@ -7,8 +7,12 @@ setting or file; :func:`run_job` prints it as one line and exits non-zero instea
 """
 from __future__ import annotations
 
+import atexit
 import logging
+import shutil
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -33,11 +37,42 @@ def load_config(argv: Sequence[str], config_name: str = "pipeline",
 
 
 def job_conf_dir() -> Path:
-    """``conf/`` beside the job script being run (``jobs/<job>.py`` -> ``conf/``): on a cluster the
-    package itself may come from the zip spark-submit ships (``--py-files``), which holds no
-    configuration."""
-    candidate = Path(sys.argv[0]).resolve().parents[1] / "conf"
-    return candidate if (candidate / "pipeline.yaml").is_file() else CONF_DIR
+    """The ``conf/`` a job composes its settings from: the one beside the job script (``jobs/<job>.py``
+    -> ``conf/``, a checkout in client mode), else this install's, else the one inside the code
+    archive the code itself came from (``spark-submit --py-files locsens-pipeline.zip``, where in
+    cluster deploy mode the driver runs on a cluster node that has only the script and the zip)."""
+    script = Path(sys.argv[0]).resolve()
+    beside = script.parents[1] / "conf" if len(script.parents) > 1 else None
+    for candidate in (beside, CONF_DIR):
+        if candidate is not None and (candidate / "pipeline.yaml").is_file():
+            return candidate
+    archived = archived_conf(CONF_DIR)
+    if archived is not None:
+        return archived
+    raise PipelineError(f"no conf/pipeline.yaml beside the job script ({beside}), in this install ({CONF_DIR}) "
+                        "or in a code archive: ship the archive make dist builds (dist/locsens-pipeline.zip) "
+                        "with spark-submit --py-files")
+
+
+def archived_conf(conf_dir: Path) -> Path | None:
+    """``conf_dir`` when it lies inside a zip on ``sys.path`` (``<archive>.zip/conf``): its files
+    extracted to a temporary folder (removed at exit), which Hydra can read; else None."""
+    archive = next((p for p in conf_dir.parents if p.is_file() and zipfile.is_zipfile(p)), None)
+    if archive is None:
+        return None
+    inside = conf_dir.relative_to(archive).as_posix().rstrip("/") + "/"
+    out = Path(tempfile.mkdtemp(prefix="locsens-conf-"))
+    atexit.register(shutil.rmtree, out, True)
+    with zipfile.ZipFile(archive) as z:
+        members = [m for m in z.namelist() if m.startswith(inside) and not m.endswith("/")]
+        for m in members:
+            target = out / m[len(inside):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(z.read(m))
+    if not (out / "pipeline.yaml").is_file():
+        return None
+    log.info("settings from %s inside %s", inside.rstrip("/"), archive)
+    return out
 
 
 def to_dict(cfg: DictConfig) -> dict[str, Any]:

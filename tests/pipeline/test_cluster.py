@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import ROOT
 from helpers.spark_jobs import shard_digests
+from helpers.yfcc import TOWNS, at, write_raw
 
 from pipeline.cluster import _running, package, start_cluster, stop_cluster
 
@@ -107,3 +110,33 @@ def test_the_jobs_on_a_standalone_cluster_match_local_mode(cluster, world, tmp_p
     # The executors really ran on the two workers, from their own folders.
     apps = [p for p in Path(cluster.state_dir).glob("worker*/work/app-*")]
     assert {p.parent.parent.name for p in apps} == {"worker1", "worker2"}
+
+
+def test_a_job_with_only_its_script_and_the_archive_finds_its_settings_inside(tmp_path):
+    """Where the driver has the job script and the code archive but no checkout (as in
+    ``--deploy-mode cluster``), the job composes its settings from the archive's ``conf/``; without
+    the archive it stops with one line saying what to ship."""
+    code = package(tmp_path / "locsens-pipeline.zip")
+    driver = tmp_path / "node" / "work"
+    driver.mkdir(parents=True)
+    shutil.copy(ROOT / "jobs" / "clean_metadata.py", driver / "clean_metadata.py")
+    raw = write_raw(tmp_path / "raw", [at("nyc", 1, tags="cat,dog"), at("paris", 2, tags="eiffel")],
+                    {1: TOWNS["nyc"], 2: TOWNS["paris"]})
+    env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "VIRTUAL_ENV")}
+    env.update(SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=str(DRIVER_BIN / "python"))
+
+    def submit(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(DRIVER_BIN / "spark-submit"), "--master", "local[1]", *args, "clean_metadata.py",
+                               f"paths.root_dir={tmp_path / 'out'}", f"paths.raw_dir={raw}"],
+                              cwd=driver, env=env, capture_output=True, text=True, timeout=600)
+
+    shipped = submit("--py-files", str(code))
+    assert shipped.returncode == 0, shipped.stderr[-3000:]
+    # (spark-submit passes on the Python driver's stderr as its stdout)
+    assert re.search(r"settings from conf inside \S*locsens-pipeline\.zip", shipped.stdout), shipped.stdout[-3000:]
+    assert pq.read_table(tmp_path / "out" / "data" / "work" / "clean").num_rows == 2
+    alone = submit()
+    assert alone.returncode == 2
+    said = [line for line in alone.stdout.splitlines() if line.startswith("error:")]
+    assert len(said) == 1 and said[0].startswith("error: no conf/pipeline.yaml beside the job script"), alone.stdout
+    assert "--py-files" in said[0]
