@@ -63,13 +63,18 @@ def resize_short_side(data: bytes, short_side: int, quality: int) -> tuple[bytes
     """Decode any PIL-readable image, resize so the short side is ``short_side``, encode as JPEG.
 
     JPEG draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale when the target is much
-    smaller, which is most of the cost saved on large originals.
+    smaller, which is most of the cost saved on large originals. An RGB JPEG already at the size
+    (img2dataset's, downloaded at the shard size) is decoded in full, to check it, and passed
+    through byte for byte: re-encoding would only lose quality and time.
     """
     try:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
             if w <= 0 or h <= 0:
                 raise ImageError("undecodable_image")
+            if im.format == "JPEG" and im.mode == "RGB" and min(w, h) == short_side:
+                im.load()
+                return data, w, h
             scale = short_side / min(w, h)
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
             if scale < 1:

@@ -110,13 +110,20 @@ def test_img2dataset_download_then_shards(spark, tmp_path, synth_world, image_se
                        **{i: reason for i, reason in world.items() if reason}}
     assert set(world.values()) == {None, "download_failed", "undecodable_image"}
     m = read_manifest(cfg.shard.output)
-    shard_of = {}
+    shard_of, stored = {}, {}
     for info in m.splits.values():
         for f in info.files:
             t = pq.read_table(Path(cfg.shard.output) / f.path, columns=["photo_id", "image"])
             shard_of.update({i: f.path for i in t["photo_id"].to_pylist()})
+            stored.update(zip(t["photo_id"].to_pylist(), t["image"].to_pylist()))
             assert min(Image.open(pa.BufferReader(t["image"][0].as_py())).size) == 32
     assert len(shard_of) + len(rejects) == len(dataset)
+    # img2dataset downloaded at the shard size: the shards hold its JPEGs byte for byte.
+    downloaded = {}
+    for f in i2d_files:
+        t = pq.read_table(f, columns=["photo_id", "jpg"])
+        downloaded.update(zip(t["photo_id"].to_pylist(), t["jpg"].to_pylist()))
+    assert stored and all(stored[i] == downloaded[i] for i in stored)
     # Downloaded from image_urls' list, each img2dataset file holds the photos of one shard file,
     # and each shard task read one img2dataset file (as the tasks counted it themselves).
     import mlflow

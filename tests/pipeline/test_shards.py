@@ -40,6 +40,22 @@ def test_resize_short_side_keeps_aspect():
     assert images.resize_short_side(png.getvalue(), 20, 90)[1:] == (20, 20)
 
 
+def test_a_jpeg_already_at_the_shard_size_passes_through_byte_for_byte():
+    at_size = jpeg(48, 32, 3)
+    assert images.resize_short_side(at_size, 32, 90) == (at_size, 48, 32)
+    assert images.resize_short_side(at_size, 30, 90)[0] != at_size           # another size: resized
+    grey = io.BytesIO()
+    Image.new("L", (48, 32), 128).save(grey, format="JPEG")
+    data, w, h = images.resize_short_side(grey.getvalue(), 32, 90)           # not RGB: made RGB
+    assert (w, h) == (48, 32) and Image.open(io.BytesIO(data)).mode == "RGB"
+    png = io.BytesIO()
+    Image.new("RGB", (48, 32)).save(png, format="PNG")
+    data, _, _ = images.resize_short_side(png.getvalue(), 32, 90)            # not a JPEG: encoded
+    assert Image.open(io.BytesIO(data)).format == "JPEG"
+    with pytest.raises(images.ImageError, match="undecodable_image"):       # checked, not trusted
+        images.resize_short_side(at_size[:len(at_size) // 2], 32, 90)
+
+
 @pytest.mark.parametrize("data", [b"", b"not an image", jpeg(64, 64, 2)[:200]])
 def test_undecodable_bytes_are_a_reason(data):
     with pytest.raises(images.ImageError) as exc:
