@@ -15,6 +15,7 @@ import logging
 import mlflow
 import numpy as np
 from omegaconf import DictConfig
+from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
 from common.metrics import NOPLACES, accuracy_metric_name, mlflow_metrics
@@ -54,9 +55,12 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
         if test.isEmpty():
             raise PipelineError(f"{out.dataset}: the test split is empty (check splits.test)")
         with st.timed("baselines"):
+            # Built once: scored here and measured for fallbacks below.
             preds = baselines.with_predictions(test, train, max(ks), place_ids, bool(cfg.baselines.fallback))
-            result = [r.asDict() for r in baselines.evaluate(preds, vocab_size, mask, ks).collect()]
+            preds = preds.persist(StorageLevel.MEMORY_AND_DISK)
+            result = baselines.evaluate(preds, np.flatnonzero(mask).tolist(), ks)
             fb = preds.agg(*[F.avg(F.col(f"fallback_{lv}").cast("double")).alias(lv) for lv in ("country", "town")]).first()
+            preds.unpersist()
             unscored = baselines.unscored_images(test, place_ids)
         n_test = test.count()
         rows = table_rows(result, ks)

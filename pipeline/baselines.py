@@ -2,23 +2,21 @@
 
 Global ranks by frequency over all training images; country and town rank by frequency among
 the training images of the test image's country / town (town = town, region, country, since town
-names repeat). Evaluation uses :func:`common.metrics.accuracy_at_k`, the same code training
-uses, applied per Arrow batch on the executors; only per-batch hit counts reach the driver.
+names repeat). A@k (:func:`common.metrics.accuracy_at_k`'s definition: an image counts when one
+of its top k is in its ground truth; images without ground truth are left out) is one SQL
+aggregate over the test images, built from Spark's array functions: no Python on the executors,
+and one row of counts reaches the driver.
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
-import numpy as np
-import pyarrow as pa
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
-
-from common import metrics
+from pyspark.sql import types as T
 
 LEVELS: tuple[str, ...] = ("global", "country", "town")
 VARIANTS: tuple[str, ...] = ("all", "no_places")
-RESULT_SCHEMA = "level string, variant string, k int, hits long, images long"
 
 
 def location_key(level: str) -> Column:
@@ -63,49 +61,6 @@ def with_predictions(test: DataFrame, train: DataFrame, k: int, place_ids: DataF
     return df
 
 
-def dense_ranked(lists: pa.Array, width: int, pad: int) -> np.ndarray:
-    """A ragged ``list<int>`` Arrow array as an (n, width) int64 matrix, short rows padded."""
-    if isinstance(lists, pa.ChunkedArray):
-        lists = lists.combine_chunks()
-    n = len(lists)
-    out = np.full((n, width), pad, dtype=np.int64)
-    filled = lists.fill_null(pa.scalar([], type=lists.type)) if lists.null_count else lists
-    offsets = np.asarray(filled.offsets, dtype=np.int64)
-    values = np.asarray(filled.values, dtype=np.int64)[offsets[0]:offsets[-1]]
-    offsets = offsets - offsets[0]
-    lengths = np.minimum(np.diff(offsets), width)
-    rows = np.repeat(np.arange(n), lengths)
-    cols = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    out[rows, cols] = values[np.repeat(offsets[:-1], lengths) + cols]
-    return out
-
-
-def evaluate_batches(vocab_size: int, place_mask: np.ndarray, ks: Sequence[int]):
-    """The ``mapInArrow`` function: per batch, A@k hit counts of every level and variant."""
-    width = max(ks)
-    pad = vocab_size  # an index no image carries; metrics run over vocab_size + 1 "tags"
-    mask = np.zeros(vocab_size + 1, dtype=bool)
-    mask[:vocab_size] = place_mask
-
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            truth_all = metrics.TagSets.from_arrow(batch.column("tag_ids"))
-            truths = {"all": truth_all, "no_places": truth_all.without(mask)}
-            rows = []
-            for variant, truth in truths.items():
-                n = int((truth.counts > 0).sum())
-                for level in LEVELS:
-                    ranked = dense_ranked(batch.column(f"pred_{level}_{variant}"), width, pad)
-                    acc = metrics.accuracy_at_k(ranked, truth, vocab_size + 1, ks) if n else {k: 0.0 for k in ks}
-                    rows += [{"level": level, "variant": variant, "k": k, "hits": round(acc[k] * n / 100.0),
-                              "images": n} for k in ks]
-            yield pa.RecordBatch.from_pylist(rows, schema=pa.schema([
-                ("level", pa.string()), ("variant", pa.string()), ("k", pa.int32()),
-                ("hits", pa.int64()), ("images", pa.int64())]))
-
-    return run
-
-
 def unscored_images(test: DataFrame, place_ids: DataFrame) -> dict[str, int]:
     """Per variant, the test images A@k cannot score: no tags (``all``), only place tags (``no_places``).
 
@@ -121,9 +76,28 @@ def unscored_images(test: DataFrame, place_ids: DataFrame) -> dict[str, int]:
     return {variant: int(row[variant] or 0) for variant in VARIANTS}
 
 
-def evaluate(predictions: DataFrame, vocab_size: int, place_mask: np.ndarray, ks: Sequence[int]) -> DataFrame:
-    """``level, variant, k, accuracy`` (percent), summed over all test images."""
-    cols = ["tag_ids"] + [f"pred_{lv}_{v}" for v in VARIANTS for lv in LEVELS]
-    counts = predictions.select(*cols).mapInArrow(evaluate_batches(vocab_size, place_mask, ks), RESULT_SCHEMA)
-    return (counts.groupBy("level", "variant", "k")
-            .agg((100.0 * F.sum("hits") / F.sum("images")).alias("accuracy"), F.sum("images").alias("images")))
+def evaluate(predictions: DataFrame, place_ids: Sequence[int], ks: Sequence[int]) -> list[dict]:
+    """``level, variant, k, accuracy`` (percent; NaN without any image to score) and ``images``
+    (the images scored), over all test images: ``no_places`` scores against the ground truth
+    without ``place_ids``."""
+    ids = T.ArrayType(T.LongType())
+    empty = F.array().cast(ids)
+    places = F.array(*[F.lit(int(i)) for i in sorted(set(place_ids))]).cast(ids) if len(place_ids) else empty
+    truth_all = F.coalesce(F.col("tag_ids").cast(ids), empty)
+    truths = {"all": truth_all, "no_places": F.array_except(truth_all, places)}
+    counts = []
+    for variant, truth in truths.items():
+        scored = F.size(truth) > 0
+        counts.append(F.count_if(scored).alias(f"images/{variant}"))
+        for level in LEVELS:
+            ranked = F.coalesce(F.col(f"pred_{level}_{variant}").cast(ids), empty)
+            counts += [F.count_if(scored & (F.size(F.array_intersect(F.slice(ranked, 1, k), truth)) > 0))
+                       .alias(f"hits/{level}/{variant}/{k}") for k in ks]
+    row = predictions.agg(*counts).first().asDict()
+    out = []
+    for variant in VARIANTS:
+        n = int(row[f"images/{variant}"])
+        for level in LEVELS:
+            out += [{"level": level, "variant": variant, "k": int(k), "images": n,
+                     "accuracy": 100.0 * row[f"hits/{level}/{variant}/{k}"] / n if n else float("nan")} for k in ks]
+    return out
