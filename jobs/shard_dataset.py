@@ -95,6 +95,8 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
     rows_per_file = require_int(cfg, "shard.rows_per_file", minimum=1)
     rows_per_group = require_int(cfg, "shard.rows_per_row_group", minimum=1)
     threads = require_int(cfg, "shard.read_threads", minimum=1)
+    decoders = 0 if s.decode_threads is None else require_int(cfg, "shard.decode_threads", minimum=1)
+    in_flight = require_int(cfg, "shard.images_in_flight", minimum=1)
     seed = require_int(cfg, "shard.seed")
     if s.image_source not in SOURCES:
         raise PipelineError(f"setting shard.image_source={s.image_source!r}: expected one of {SOURCES}")
@@ -122,7 +124,8 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
             io.remove(spark, records_path)
             settings = shards.ShardSettings(out_dir=tmp, image_source=str(s.image_source), image_root=image_root,
                                             short_side=size, quality=quality, rows_per_group=rows_per_group,
-                                            read_threads=threads)
+                                            read_threads=threads, decode_threads=decoders,
+                                            images_in_flight=in_flight)
             with st.timed("shard"):
                 shards.write_shards(spark, df, n_files, settings).write.parquet(records_path)
             records = spark.read.parquet(records_path)

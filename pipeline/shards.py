@@ -96,7 +96,8 @@ def spread(spark: SparkSession, df: DataFrame, n_files: dict[str, int]) -> DataF
 
 @dataclasses.dataclass(frozen=True)
 class ShardSettings:
-    """What the writer needs besides the rows. All but ``read_threads`` decide the files' bytes."""
+    """What the writer needs besides the rows. The last three bound a task's threads and memory
+    and do not change the files' bytes (they are left out of :meth:`fingerprint`)."""
 
     out_dir: str                  # qualified URI of the staging folder
     image_source: str             # mmcommons | img2dataset
@@ -104,13 +105,20 @@ class ShardSettings:
     short_side: int
     quality: int
     rows_per_group: int
-    read_threads: int = 8
+    read_threads: int = 8         # images read at once (I/O: hides remote storage's latency)
+    decode_threads: int = 0       # threads decoding and resizing; 0: the task's cores (spark.task.cpus)
+    images_in_flight: int = 64    # source images a task holds at once
 
     def fingerprint(self) -> str:
         fields = dataclasses.asdict(self)
-        for k in ("out_dir", "read_threads"):
+        for k in ("out_dir", "read_threads", "decode_threads", "images_in_flight"):
             fields.pop(k)
         return json.dumps(fields, sort_keys=True)
+
+    def decoders(self, task_cpus: Optional[int]) -> int:
+        """Threads that decode and resize in a task given ``task_cpus`` cores (None: outside Spark, 1):
+        more would compete with the other tasks of the executor for cores Spark did not give it."""
+        return self.decode_threads or max(1, task_cpus or 1)
 
 
 class _FileWriter:
@@ -171,7 +179,7 @@ def _locator(row: dict, source: str) -> Optional[str]:
 
 
 def _write_shard(split: str, shard: int, rows: list[dict], settings: ShardSettings, fs, base: str,
-                 progress: ShardProgress, pool: Executor, attempt: str) -> Iterator[dict]:
+                 progress: ShardProgress, pool: Executor, decoders: Executor, attempt: str) -> Iterator[dict]:
     """Write (or, when already complete and verified, skip) one shard file; its records."""
     rel = shard_path(split, shard)
     want = digest(settings.fingerprint(), rows)
@@ -181,12 +189,12 @@ def _write_shard(split: str, shard: int, rows: list[dict], settings: ShardSettin
         return
     writer = _FileWriter(fs, base, split, shard, settings.rows_per_group, attempt)
     records: list[dict] = []
-    window = settings.rows_per_group   # bounds the images held in memory, whatever the batch size
+    window = max(1, settings.images_in_flight)   # bounds the source images held in memory
     for start in range(0, len(rows), window):
         chunk = rows[start:start + window]
         sources = _fetch(chunk, settings, pool)
-        for row, image in zip(chunk, pool.map(lambda s: images.resized(s, settings.short_side, settings.quality),
-                                              sources)):
+        for row, image in zip(chunk, decoders.map(lambda s: images.resized(s, settings.short_side,
+                                                                           settings.quality), sources)):
             if isinstance(image, images.ImageError):
                 records.append({"kind": "reject", "split": split, "path": _locator(row, settings.image_source),
                                 "row_groups": None, "photo_id": row["photo_id"], "reason": image.reason})
@@ -213,10 +221,13 @@ def shard_writer(settings: ShardSettings) -> Callable[[Iterator[pa.RecordBatch]]
         attempt = f"{ctx.stageId()}-{ctx.partitionId()}-{ctx.attemptNumber()}" if ctx else "local"
         fs, base = images.filesystem(settings.out_dir)
         progress = ShardProgress(fs, base)
-        with ThreadPoolExecutor(max_workers=settings.read_threads) as pool:
+        threads = settings.decoders(ctx.cpus() if ctx else None)
+        with ThreadPoolExecutor(max_workers=settings.read_threads) as pool, \
+                ThreadPoolExecutor(max_workers=threads) as decoders:
             # Rows come sorted by (split, shard): one run per shard file (one run, after spread()).
             for (split, shard), run in itertools.groupby(rows, key=lambda r: (r["split"], r["shard"])):
-                records = list(_write_shard(split, shard, list(run), settings, fs, base, progress, pool, attempt))
+                records = list(_write_shard(split, shard, list(run), settings, fs, base, progress, pool, decoders,
+                                            attempt))
                 yield pa.RecordBatch.from_pylist(records, schema=_RECORD_ARROW)
 
     return write

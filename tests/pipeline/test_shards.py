@@ -2,6 +2,7 @@
 exact contract schema and row groups, reproducible random order, and a manifest that adds up."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers.spark_jobs import digests, hidden_entries, job_config, refuse
+from helpers.spark_jobs import digests, hidden_entries, job_config, refuse, shard_digests
 from PIL import Image
 from helpers.yfcc import TOWNS, at, photo_hash, write_raw
 
@@ -101,6 +102,28 @@ def _pipeline(spark, tmp_path, raw, *extra):
     build_vocab(cfg)
     shard_dataset(cfg)
     return cfg
+
+
+def test_a_tasks_threads_and_memory_bounds_leave_the_bytes_alone():
+    """Threads and images in flight are left out of the resume fingerprint (a rerun with other
+    bounds keeps the finished files); decoding uses the task's cores unless told otherwise."""
+    from pipeline.shards import ShardSettings
+
+    base = ShardSettings(out_dir="file:/a", image_source="mmcommons", image_root="file:/i", short_side=300,
+                         quality=90, rows_per_group=1000)
+    other = dataclasses.replace(base, out_dir="file:/b", read_threads=2, decode_threads=4, images_in_flight=5)
+    assert base.fingerprint() == other.fingerprint()
+    assert base.fingerprint() != dataclasses.replace(base, quality=80).fingerprint()
+    assert (base.decoders(None), base.decoders(1), base.decoders(4), other.decoders(1)) == (1, 1, 4, 4)
+
+
+@pytest.mark.slow
+def test_other_thread_and_memory_bounds_write_the_same_shards(spark, tmp_path):
+    raw = _world(tmp_path)
+    default = _pipeline(spark, tmp_path / "default", raw)
+    bounded = _pipeline(spark, tmp_path / "bounded", raw, "shard.images_in_flight=3", "shard.decode_threads=2",
+                        "shard.read_threads=1")
+    assert shard_digests(bounded.shard.output) == shard_digests(default.shard.output)
 
 
 @pytest.mark.slow
