@@ -29,13 +29,13 @@ log = logging.getLogger("pipeline.shard_dataset")
 SOURCES = ("mmcommons", "img2dataset")
 
 
-def image_source(spark, cfg: DictConfig, dataset):
+def image_source(spark, cfg: DictConfig, dataset, s3: images.S3Options = ()):
     """The dataset with ``image_path`` (image tree) or img2dataset locators, and the qualified
     image root (mmcommons). No image bytes: each shard task reads its own rows' images."""
     s = cfg.shard
     if s.image_source == "mmcommons":
         root = io.qualify(spark, str(s.image_root))
-        fs, path = images.filesystem(root)
+        fs, path = images.filesystem(root, s3)
         if fs.get_file_info(path).type != pa.fs.FileType.Directory:
             raise PipelineError(f"setting shard.image_root: {s.image_root} is not a directory")
         return dataset.withColumn("image_path", shards.image_relpath_col()), root
@@ -75,9 +75,9 @@ def remove_stale(spark, tmp: str, files: list[dict]) -> int:
     return len(stale)
 
 
-def write_small_tables(spark, cfg: DictConfig, base_uri: str) -> int:
+def write_small_tables(spark, cfg: DictConfig, base_uri: str, s3: images.S3Options = ()) -> int:
     """vocab.parquet and place_names.parquet in the contract's exact schemas; returns V."""
-    fs, base = images.filesystem(base_uri)
+    fs, base = images.filesystem(base_uri, s3)
     vocab = spark.read.parquet(cfg.outputs.vocab).orderBy("index").toArrow()
     vocab = pa.table([vocab[c].cast(VOCAB_SCHEMA.field(c).type) for c in VOCAB_SCHEMA.names], schema=VOCAB_SCHEMA)
     pq.write_table(vocab, f"{base}/vocab.parquet", filesystem=fs)
@@ -114,7 +114,9 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
         max_tags = max((int(r["max_tags"]) for r in counts), default=0)   # loaders pad tag lists to it
         n_input = sum(split_rows.values())
         n_files = shards.files_per_split(split_rows, rows_per_file)
-        df, image_root = image_source(spark, cfg, dataset)
+        # How pyarrow (here and in the shard tasks) reaches an S3 store: as the job's s3a settings say.
+        s3 = images.s3_options(io.hadoop_settings(spark, list(images.S3A_SETTINGS)))
+        df, image_root = image_source(spark, cfg, dataset, s3)
         df = shards.assign_shards(df, n_files, seed)
 
         with io.staged_outputs(spark) as staged:
@@ -125,7 +127,7 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
             settings = shards.ShardSettings(out_dir=tmp, image_source=str(s.image_source), image_root=image_root,
                                             short_side=size, quality=quality, rows_per_group=rows_per_group,
                                             read_threads=threads, decode_threads=decoders,
-                                            images_in_flight=in_flight)
+                                            images_in_flight=in_flight, s3=s3)
             with st.timed("shard"):
                 shards.write_shards(spark, df, n_files, settings).write.parquet(records_path)
             records = spark.read.parquet(records_path)
@@ -137,7 +139,7 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
                 log.info("resumed: %d of %d shard files were already complete and verified", resumed, len(files))
             rejects = records.where(F.col("kind") == "reject").select("photo_id", "split", "reason", "path")
             staged.write_parquet(rejects.repartition("photo_id"), out.shard_rejects, sort_by=["photo_id"])
-            vocab_size = write_small_tables(spark, cfg, tmp)
+            vocab_size = write_small_tables(spark, cfg, tmp, s3)
             manifest = Manifest(vocab_size=vocab_size, image_size=size, splits=shards.splits_from_records(files),
                                 max_tags=max_tags,
                                 extra={"image_source": str(s.image_source), "seed": seed,

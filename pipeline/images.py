@@ -16,7 +16,7 @@ import math
 import os
 import urllib.parse
 from concurrent.futures import Executor
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -26,6 +26,38 @@ from PIL import Image, UnidentifiedImageError
 IMAGE_REASONS: tuple[str, ...] = ("missing_image", "undecodable_image", "download_failed")
 _URI_ALIASES = {"s3a://": "s3://", "s3n://": "s3://"}
 
+#: Hadoop's s3a settings the executors' pyarrow needs to reach the same store as the driver's
+#: Hadoop (the job reads them from its Hadoop configuration, i.e. ``spark.hadoop.fs.s3a.*``):
+#: without them an ``s3a://`` path on MinIO or any other endpoint would be looked for on AWS.
+S3A_SETTINGS = {"fs.s3a.endpoint": "endpoint", "fs.s3a.endpoint.region": "region",
+                "fs.s3a.path.style.access": "path_style", "fs.s3a.connection.ssl.enabled": "ssl",
+                "fs.s3a.access.key": "access_key", "fs.s3a.secret.key": "secret_key",
+                "fs.s3a.session.token": "session_token"}
+
+#: ``(option, value)`` pairs of :data:`S3A_SETTINGS` (hashable, for the per-process cache).
+S3Options = tuple[tuple[str, str], ...]
+
+
+def s3_options(hadoop: Mapping[str, Optional[str]]) -> S3Options:
+    """The s3a settings given in ``hadoop`` (a Hadoop configuration's values by key)."""
+    return tuple(sorted((ours, str(hadoop[key])) for key, ours in S3A_SETTINGS.items() if hadoop.get(key)))
+
+
+def s3_filesystem(options: S3Options) -> pafs.S3FileSystem:
+    """pyarrow's S3 filesystem as Hadoop's s3a would reach the store: endpoint (with its scheme, or
+    https unless ssl is off), path-style or virtual-host addressing, region and credentials (when
+    none are given, pyarrow's own chain: AWS_* variables, profiles, instance roles)."""
+    o = dict(options)
+    kwargs: dict[str, object] = {k: o[k] for k in ("access_key", "secret_key", "session_token", "region") if k in o}
+    if "endpoint" in o:
+        scheme = "http" if o.get("ssl", "true").lower() == "false" else "https"
+        endpoint = urllib.parse.urlparse(o["endpoint"] if "://" in o["endpoint"] else f"{scheme}://{o['endpoint']}")
+        kwargs.update(endpoint_override=endpoint.netloc, scheme=endpoint.scheme)
+        # s3a addresses buckets as virtual hosts unless path style is on; pyarrow, given an
+        # endpoint, uses path style unless told otherwise.
+        kwargs["force_virtual_addressing"] = o.get("path_style", "false").lower() != "true"
+    return pafs.S3FileSystem(**kwargs)
+
 
 class ImageError(Exception):
     def __init__(self, reason: str):
@@ -34,8 +66,11 @@ class ImageError(Exception):
 
 
 @functools.lru_cache(maxsize=16)
-def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
-    """(pyarrow filesystem, path inside it) for a local path or a URI; cached per process."""
+def filesystem(root: str, s3: S3Options = ()) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path inside it) for a local path or a URI; cached per process. ``s3``:
+    the job's s3a settings (:func:`s3_options`), for s3a://, s3n:// and s3:// URIs."""
+    if s3 and root.startswith(("s3://", "s3a://", "s3n://")):
+        return s3_filesystem(s3), root.split("://", 1)[1]
     for alias, scheme in _URI_ALIASES.items():
         if root.startswith(alias):
             root = scheme + root[len(alias):]
@@ -91,11 +126,11 @@ def resize_short_side(data: bytes, short_side: int, quality: int) -> tuple[bytes
         raise ImageError("undecodable_image") from None
 
 
-def read_under(root: str, path: Optional[str]) -> bytes | ImageError:
+def read_under(root: str, path: Optional[str], s3: S3Options = ()) -> bytes | ImageError:
     """The bytes of ``path`` under ``root`` (a multimedia-commons tree), or why there are none."""
     if path is None:
         return ImageError("missing_image")
-    fs, base = filesystem(root)
+    fs, base = filesystem(root, s3)
     try:
         return read_bytes(fs, f"{base.rstrip('/')}/{path}")
     except ImageError as exc:
@@ -117,8 +152,8 @@ I2D_STATUS_REASONS: dict[str, str] = {"failed_to_download": "download_failed", "
 
 
 @functools.lru_cache(maxsize=8)
-def _row_group_starts(file: str) -> tuple[int, ...]:
-    fs, path = filesystem(file)
+def _row_group_starts(file: str, s3: S3Options = ()) -> tuple[int, ...]:
+    fs, path = filesystem(file, s3)
     with fs.open_input_file(path) as fh:
         meta = pq.ParquetFile(fh).metadata
     starts, n = [], 0
@@ -128,15 +163,15 @@ def _row_group_starts(file: str) -> tuple[int, ...]:
     return tuple(starts + [n])
 
 
-def _read_group(file: str, group: int, offsets: Sequence[int]) -> list[Optional[bytes]]:
-    fs, path = filesystem(file)
+def _read_group(file: str, group: int, offsets: Sequence[int], s3: S3Options = ()) -> list[Optional[bytes]]:
+    fs, path = filesystem(file, s3)
     with fs.open_input_file(path) as fh:
         column = pq.ParquetFile(fh).read_row_group(group, columns=["jpg"]).column("jpg")
     return column.take(list(offsets)).to_pylist()
 
 
 def read_img2dataset(locators: Sequence[tuple[Optional[str], Optional[int], Optional[str]]],
-                 pool: Executor) -> list[bytes | ImageError]:
+                     pool: Executor, s3: S3Options = ()) -> list[bytes | ImageError]:
     """The ``jpg`` bytes of each (file, row, status) locator of :func:`pipeline.img2dataset.locate`,
     or the reason it has none.
 
@@ -151,12 +186,12 @@ def read_img2dataset(locators: Sequence[tuple[Optional[str], Optional[int], Opti
         if status != "success":
             out[i] = ImageError(I2D_STATUS_REASONS.get(status or "", "download_failed"))
             continue
-        starts = _row_group_starts(file)
+        starts = _row_group_starts(file, s3)
         group = max(0, bisect.bisect_right(starts, row) - 1)
         wanted[(file, group)].append((i, row - starts[group]))
     groups = list(wanted.items())
-    for ((_, _), rows), values in zip(groups, pool.map(lambda g: _read_group(g[0][0], g[0][1], [o for _, o in g[1]]),
-                                                          groups)):
+    read = pool.map(lambda g: _read_group(g[0][0], g[0][1], [o for _, o in g[1]], s3), groups)
+    for ((_, _), rows), values in zip(groups, read):
         for (i, _), value in zip(rows, values):
             out[i] = value if value is not None else ImageError("missing_image")
     return out

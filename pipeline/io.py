@@ -13,7 +13,7 @@ import contextlib
 import logging
 import uuid
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 from py4j.protocol import Py4JJavaError
 from pyspark.sql import DataFrame, SparkSession
@@ -100,6 +100,12 @@ def input_bytes(spark: SparkSession, paths: Sequence[str]) -> int:
             if status.isFile() and not name.startswith((".", "_")):
                 total += status.getLen() * EXPANSION.get(Path(name).suffix.lower(), 1.0)
     return int(total)
+
+
+def hadoop_settings(spark: SparkSession, keys: Sequence[str]) -> dict[str, Optional[str]]:
+    """Values of ``keys`` in the job's Hadoop configuration (``spark.hadoop.*`` settings land there)."""
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    return {k: conf.get(k) for k in keys}
 
 
 def exists(spark: SparkSession, path: str) -> bool:

@@ -96,8 +96,8 @@ def spread(spark: SparkSession, df: DataFrame, n_files: dict[str, int]) -> DataF
 
 @dataclasses.dataclass(frozen=True)
 class ShardSettings:
-    """What the writer needs besides the rows. The last three bound a task's threads and memory
-    and do not change the files' bytes (they are left out of :meth:`fingerprint`)."""
+    """What the writer needs besides the rows. The last four (a task's threads and memory, and how
+    to reach an S3 store) do not change the files' bytes: they are left out of :meth:`fingerprint`."""
 
     out_dir: str                  # qualified URI of the staging folder
     image_source: str             # mmcommons | img2dataset
@@ -108,10 +108,12 @@ class ShardSettings:
     read_threads: int = 8         # images read at once (I/O: hides remote storage's latency)
     decode_threads: int = 0       # threads decoding and resizing; 0: the task's cores (spark.task.cpus)
     images_in_flight: int = 64    # source images a task holds at once
+    # The job's s3a settings (pipeline.images.s3_options), credentials among them: not shown.
+    s3: images.S3Options = dataclasses.field(default=(), repr=False)
 
     def fingerprint(self) -> str:
         fields = dataclasses.asdict(self)
-        for k in ("out_dir", "read_threads", "decode_threads", "images_in_flight"):
+        for k in ("out_dir", "read_threads", "decode_threads", "images_in_flight", "s3"):
             fields.pop(k)
         return json.dumps(fields, sort_keys=True)
 
@@ -168,9 +170,10 @@ class _FileWriter:
 def _fetch(rows: list[dict], settings: ShardSettings, pool: Executor) -> list[bytes | images.ImageError]:
     """The source bytes of ``rows``' images (or why there are none), read ``read_threads`` at a time."""
     if settings.image_source == "img2dataset":
-        return images.read_img2dataset([(r["i2d_file"], r["i2d_row"], r["i2d_status"]) for r in rows], pool)
+        return images.read_img2dataset([(r["i2d_file"], r["i2d_row"], r["i2d_status"]) for r in rows], pool,
+                                       settings.s3)
     root = settings.image_root
-    return list(pool.map(lambda r: images.read_under(root, r["image_path"]), rows))
+    return list(pool.map(lambda r: images.read_under(root, r["image_path"], settings.s3), rows))
 
 
 def _locator(row: dict, source: str) -> Optional[str]:
@@ -219,7 +222,7 @@ def shard_writer(settings: ShardSettings) -> Callable[[Iterator[pa.RecordBatch]]
         rows = pa.Table.from_batches(batches).to_pylist()
         ctx = TaskContext.get()
         attempt = f"{ctx.stageId()}-{ctx.partitionId()}-{ctx.attemptNumber()}" if ctx else "local"
-        fs, base = images.filesystem(settings.out_dir)
+        fs, base = images.filesystem(settings.out_dir, settings.s3)
         progress = ShardProgress(fs, base)
         threads = settings.decoders(ctx.cpus() if ctx else None)
         with ThreadPoolExecutor(max_workers=settings.read_threads) as pool, \
