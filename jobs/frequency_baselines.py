@@ -13,7 +13,6 @@ import json
 import logging
 
 import mlflow
-import numpy as np
 from omegaconf import DictConfig
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
@@ -46,10 +45,8 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
     with stage(cfg, "frequency_baselines") as st, io.staged_outputs(spark) as staged:
         dataset = spark.read.parquet(out.dataset)
         vocab = spark.read.parquet(out.vocab)
-        vocab_size = vocab.count()
         place_ids = place_names.place_tag_ids(vocab, spark.read.parquet(out.place_names))
-        mask = np.zeros(vocab_size, dtype=bool)
-        mask[[r["index"] for r in place_ids.collect()]] = True
+        place_list = sorted(r["index"] for r in place_ids.collect())   # at most the vocabulary's size
         train = dataset.where(F.col("split") == "train")
         test = dataset.where(F.col("split") == "test").select("photo_id", "tag_ids", "town", "region", "country")
         if test.isEmpty():
@@ -58,7 +55,7 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
             # Built once: scored here and measured for fallbacks below.
             preds = baselines.with_predictions(test, train, max(ks), place_ids, bool(cfg.baselines.fallback))
             preds = preds.persist(StorageLevel.MEMORY_AND_DISK)
-            result = baselines.evaluate(preds, np.flatnonzero(mask).tolist(), ks)
+            result = baselines.evaluate(preds, place_list, ks)
             fb = preds.agg(*[F.avg(F.col(f"fallback_{lv}").cast("double")).alias(lv) for lv in ("country", "town")]).first()
             preds.unpersist()
             unscored = baselines.unscored_images(test, place_ids)
@@ -66,7 +63,7 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
         rows = table_rows(result, ks)
         for r in result:
             st.metric(accuracy_metric_name(r["k"], _suffix(r), prefix=f"baselines/{r['level']}/"), r["accuracy"])
-        st.metrics_from({"test_images": n_test, "place_tags": int(mask.sum()),
+        st.metrics_from({"test_images": n_test, "place_tags": len(place_list),
                          "fallback_share/country": fb["country"], "fallback_share/town": fb["town"]})
         table = markdown_table(rows, ["baseline", "place names", *[f"A@{k}" for k in ks]])
         st.artifact_text(table, "baselines.md")
