@@ -45,19 +45,27 @@ def qualify(spark: SparkSession, path: str) -> str:
     return uri
 
 
+def _file_statuses(spark: SparkSession, path: str, hidden: bool) -> Iterator:
+    """Hadoop ``FileStatus`` of the data files of ``path``: itself, or the files below a folder,
+    without hidden or ``_`` names unless ``hidden``."""
+    fs, hpath = _fs_and_path(spark, path)
+    status = fs.getFileStatus(hpath)
+    if status.isFile():
+        yield status
+        return
+    it = fs.listFiles(hpath, True)
+    while it.hasNext():
+        status = it.next()
+        if status.isFile() and (hidden or not status.getPath().getName().startswith((".", "_"))):
+            yield status
+
+
 def list_files(spark: SparkSession, path: str, *, hidden: bool = False) -> list[str]:
-    """The data files of ``path`` (itself, or the files below a folder, without hidden or ``_``
-    names unless ``hidden``), sorted, as qualified URIs."""
+    """The data files of ``path`` (:func:`_file_statuses`), sorted, as qualified URIs."""
     fs, hpath = _fs_and_path(spark, path)
     if fs.getFileStatus(hpath).isFile():
         return [qualify(spark, path)]
-    out, it = [], fs.listFiles(hpath, True)
-    while it.hasNext():
-        status = it.next()
-        name = status.getPath().getName()
-        if status.isFile() and (hidden or not name.startswith((".", "_"))):
-            out.append(str(status.getPath().toUri().toString()))
-    return sorted(out)
+    return sorted(str(st.getPath().toUri().toString()) for st in _file_statuses(spark, path, hidden))
 
 
 def head_lines(spark: SparkSession, uri: str, n: int) -> list[str]:
@@ -88,18 +96,8 @@ EXPANSION = {".bz2": 4.0, ".gz": 4.0, ".xz": 4.0, ".zst": 4.0, ".parquet": 2.0}
 def input_bytes(spark: SparkSession, paths: Sequence[str]) -> int:
     """The bytes the rows of ``paths`` (files or folders; missing ones count 0) take uncompressed,
     estimated from their sizes on disk (:data:`EXPANSION`): one listing on the driver, no read."""
-    total = 0.0
-    for path in paths:
-        if not exists(spark, path):
-            continue
-        fs, hpath = _fs_and_path(spark, path)
-        it = fs.listFiles(hpath, True)
-        while it.hasNext():
-            status = it.next()
-            name = status.getPath().getName()
-            if status.isFile() and not name.startswith((".", "_")):
-                total += status.getLen() * EXPANSION.get(Path(name).suffix.lower(), 1.0)
-    return int(total)
+    return int(sum(st.getLen() * EXPANSION.get(Path(st.getPath().getName()).suffix.lower(), 1.0)
+                   for path in paths if exists(spark, path) for st in _file_statuses(spark, path, hidden=False)))
 
 
 def hadoop_settings(spark: SparkSession, keys: Sequence[str]) -> dict[str, Optional[str]]:

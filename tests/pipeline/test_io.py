@@ -128,3 +128,17 @@ def test_every_output_names_the_job_that_writes_it(tmp_path):
     outputs = set(load_config([f"paths.root_dir={tmp_path}"]).outputs)
     assert set(io.PRODUCED_BY) == outputs
     assert all((ROOT / "jobs" / f"{job}.py").is_file() for job in io.PRODUCED_BY.values())
+
+
+def test_input_bytes_counts_data_files_with_their_expansion(spark, tmp_path):
+    """What spark.shuffle_partitions=auto sizes shuffles by: data files only (no hidden or ``_``
+    names), compressed text counted 4x and Parquet 2x, missing paths 0; the same files list_files lists."""
+    (tmp_path / "a.txt").write_bytes(b"x" * 1000)
+    (tmp_path / "b.bz2").write_bytes(b"y" * 100)
+    (tmp_path / "_SUCCESS").write_bytes(b"z" * 50)
+    (tmp_path / ".a.crc").write_bytes(b"z" * 50)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.parquet").write_bytes(b"w" * 10)
+    assert io.input_bytes(spark, [str(tmp_path), str(tmp_path / "missing")]) == 1000 + 4 * 100 + 2 * 10
+    assert io.input_bytes(spark, [str(tmp_path / "a.txt")]) == 1000
+    assert [Path(u).name for u in io.list_files(spark, str(tmp_path))] == ["a.txt", "b.bz2", "c.parquet"]
