@@ -60,19 +60,15 @@ def archived_conf(conf_dir: Path) -> Path | None:
     archive = next((p for p in conf_dir.parents if p.is_file() and zipfile.is_zipfile(p)), None)
     if archive is None:
         return None
-    inside = conf_dir.relative_to(archive).as_posix().rstrip("/") + "/"
+    inside = conf_dir.relative_to(archive).as_posix()
     out = Path(tempfile.mkdtemp(prefix="locsens-conf-"))
     atexit.register(shutil.rmtree, out, True)
     with zipfile.ZipFile(archive) as z:
-        members = [m for m in z.namelist() if m.startswith(inside) and not m.endswith("/")]
-        for m in members:
-            target = out / m[len(inside):]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(z.read(m))
-    if not (out / "pipeline.yaml").is_file():
+        z.extractall(out, members=[m for m in z.namelist() if m.startswith(f"{inside}/")])
+    if not (out / inside / "pipeline.yaml").is_file():
         return None
-    log.info("settings from %s inside %s", inside.rstrip("/"), archive)
-    return out
+    log.info("settings from %s inside %s", inside, archive)
+    return out / inside
 
 
 def to_dict(cfg: DictConfig) -> dict[str, Any]:
