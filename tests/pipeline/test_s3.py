@@ -8,16 +8,14 @@ Spark's own s3a reads are not run here: pyspark ships without Hadoop's S3 connec
 cannot be downloaded on these machines."""
 from __future__ import annotations
 
-import io
 import shutil
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+from helpers.images import jpeg
 from moto.server import ThreadedMotoServer
-from PIL import Image
 
 from pipeline import images, shards
 
@@ -38,13 +36,6 @@ def hadoop(endpoint: str) -> dict[str, str]:
     return {"fs.s3a.endpoint": endpoint, "fs.s3a.path.style.access": "true", "fs.s3a.access.key": "tester",
             "fs.s3a.secret.key": "not-a-secret", "fs.s3a.endpoint.region": "us-east-1",
             "fs.s3a.connection.maximum": "64"}
-
-
-def jpeg(w: int, h: int, seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, size=(h, w, 3), dtype=np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="JPEG")
-    return out.getvalue()
 
 
 def rows(paths: list[str]) -> list[dict]:

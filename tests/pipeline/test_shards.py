@@ -7,10 +7,10 @@ import hashlib
 import io
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers.images import jpeg
 from helpers.spark_jobs import digests, hidden_entries, job_config, refuse, shard_digests
 from PIL import Image
 from helpers.yfcc import TOWNS, at, photo_hash, write_raw
@@ -20,14 +20,6 @@ from pipeline import images, yfcc
 from pipeline.config import PipelineError
 
 pytestmark = pytest.mark.spark
-
-
-def jpeg(w: int, h: int, seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    arr = rng.integers(0, 255, size=(h, w, 3), dtype=np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(arr).save(out, format="JPEG")
-    return out.getvalue()
 
 
 def test_resize_short_side_keeps_aspect():
