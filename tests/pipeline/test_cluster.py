@@ -51,13 +51,18 @@ def world(tmp_path_factory) -> Path:
     return out
 
 
+def driver_env(driver_bin: Path, **extra: str) -> dict[str, str]:
+    """This environment with ``driver_bin`` first on PATH and no Python choice of its own for Spark."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "VIRTUAL_ENV")}
+    return {**env, "PATH": f"{driver_bin}{os.pathsep}{env.get('PATH', '')}", "SPARK_LOCAL_IP": "127.0.0.1", **extra}
+
+
 def run_jobs(folder: Path, world: Path, spark_args: list[str], driver_bin: Path = Path(sys.executable).parent) -> None:
     """The jobs through ``driver_bin``'s spark-submit from ``folder``, every path relative to it,
     with ``driver_bin``'s Python as the driver's."""
     folder.mkdir()
     (folder / "raw").symlink_to(world)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "VIRTUAL_ENV")}
-    env.update(PATH=f"{driver_bin}{os.pathsep}{env.get('PATH', '')}", SPARK_LOCAL_IP="127.0.0.1")
+    env = driver_env(driver_bin)
     for job in JOBS:
         proc = subprocess.run([str(driver_bin / "spark-submit"), *spark_args,
                                "--conf", f"spark.pyspark.driver.python={driver_bin / 'python'}",
@@ -105,7 +110,9 @@ def test_the_jobs_on_a_standalone_cluster_match_local_mode(cluster, world, tmp_p
     # two per core (2 workers x 1 core), not the local master's 8.
     for folder, expected in (("local", "8"), ("cluster", "4")):
         mlflow.set_tracking_uri(f"sqlite:///{tmp_path / folder}/mlruns.db")
-        for run in mlflow.search_runs(search_all_experiments=True, output_format="list"):
+        runs = mlflow.search_runs(experiment_names=[f"pipeline/{job}" for job in JOBS], output_format="list")
+        assert len(runs) == len(JOBS), folder
+        for run in runs:
             assert run.data.params["effective.spark.sql.shuffle.partitions"] == expected, (folder, run.info.run_name)
     # The executors really ran on the two workers, from their own folders.
     apps = [p for p in Path(cluster.state_dir).glob("worker*/work/app-*")]
@@ -122,8 +129,7 @@ def test_a_job_with_only_its_script_and_the_archive_finds_its_settings_inside(tm
     shutil.copy(ROOT / "jobs" / "clean_metadata.py", driver / "clean_metadata.py")
     raw = write_raw(tmp_path / "raw", [at("nyc", 1, tags="cat,dog"), at("paris", 2, tags="eiffel")],
                     {1: TOWNS["nyc"], 2: TOWNS["paris"]})
-    env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "VIRTUAL_ENV")}
-    env.update(SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=str(DRIVER_BIN / "python"))
+    env = driver_env(DRIVER_BIN, PYSPARK_PYTHON=str(DRIVER_BIN / "python"))
 
     def submit(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([str(DRIVER_BIN / "spark-submit"), "--master", "local[1]", *args, "clean_metadata.py",
