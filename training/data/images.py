@@ -111,9 +111,8 @@ def to_batch(table: pa.Table, *, resize: Optional[int], crop: int, train: bool, 
     row by row, never gathered into a copy of its own.
 
     ``decode="device"``: no ``image``; the JPEG bytes instead (``jpeg``, ``jpeg_offsets``) and in
-    training the crops' draws (``crop_draws``), for :func:`decode_batch` on the training device."""
-    if decode not in DECODE:
-        raise ValueError(f"data.decode={decode!r}: use one of {DECODE}")
+    training the crops' draws (``crop_draws``), for :func:`decode_batch` on the training device.
+    (``data.decode`` is checked once, when the stream is set up.)"""
     rows = np.arange(table.num_rows) if take is None else np.asarray(take)
     light = table.drop_columns(["image"]).take(pa.array(rows))
     photo_id = light.column("photo_id").to_numpy().copy()  # arrow buffers are read-only
