@@ -52,8 +52,10 @@ def world(tmp_path_factory) -> Path:
 
 
 def driver_env(driver_bin: Path, **extra: str) -> dict[str, str]:
-    """This environment with ``driver_bin`` first on PATH and no Python choice of its own for Spark."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "VIRTUAL_ENV")}
+    """This environment with ``driver_bin`` first on PATH, no Python choice of its own for Spark, and
+    no tracking URI (MLflow puts one there for child processes): each run folder keeps its own store."""
+    dropped = ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "VIRTUAL_ENV", "MLFLOW_TRACKING_URI")
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     return {**env, "PATH": f"{driver_bin}{os.pathsep}{env.get('PATH', '')}", "SPARK_LOCAL_IP": "127.0.0.1", **extra}
 
 
