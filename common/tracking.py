@@ -126,8 +126,20 @@ def get_or_create_experiment(name: str, artifact_root: Optional[str], descriptio
     client = mlflow.MlflowClient()
     for key, value in wanted.items():
         if exp.tags.get(key) != value:
-            client.set_experiment_tag(exp.experiment_id, key, value)
+            _set_experiment_tag(client, exp.experiment_id, key, value)
     return exp.experiment_id
+
+
+def _set_experiment_tag(client: mlflow.MlflowClient, experiment_id: str, key: str, value: str) -> None:
+    """Set one experiment tag, tolerating another process that sets it at the same moment: a
+    SQL store inserts a new tag, and the second insert of the same key fails on its unique
+    constraint. Whoever wrote it, the tag then holds a value from one of the writers."""
+    try:
+        client.set_experiment_tag(experiment_id, key, value)
+    except Exception:
+        if key not in client.get_experiment(experiment_id).tags:
+            raise
+        client.set_experiment_tag(experiment_id, key, value)   # now an update of the existing row
 
 
 def log_params(params: Mapping[str, Any]) -> None:
@@ -288,7 +300,9 @@ def first_line(exc: BaseException) -> str:
 class MetricBuffer:
     """Metrics on their way to a tracking server that may be unreachable for a while.
 
-    ``send(metrics, step)`` logs one batch (and raises when the server cannot take it). While the
+    ``send(metrics, step, timestamp_ms)`` logs one batch (and raises when the server cannot take
+    it), stamped with the time it was logged here: a batch the server stored just before the
+    connection broke is then sent again identical, and the store keeps one copy. While the
     server is down, batches are kept in order, one warning says so, and sending is tried again at
     most every ``retry_seconds``, so that the work logging them never waits in between; the first
     send that works sends everything kept, and a second warning says the server is back.
@@ -297,7 +311,7 @@ class MetricBuffer:
     (training/loggers.py) and the pipeline jobs (pipeline/stage.py).
     """
 
-    def __init__(self, send: Callable[[dict[str, float], Optional[int]], None], *, where: str,
+    def __init__(self, send: Callable[[dict[str, float], Optional[int], int], None], *, where: str,
                  retry_seconds: float = 30.0, unsent_path: Optional[str] = None):
         self.send, self.where = send, where
         self.retry_seconds, self.unsent_path = float(retry_seconds), unsent_path
@@ -313,9 +327,9 @@ class MetricBuffer:
     def flush(self) -> bool:
         """Send what is kept, oldest first; False (server down) at the first failure."""
         while self.pending:
-            metrics, step, _ = self.pending[0]
+            metrics, step, logged = self.pending[0]
             try:
-                self.send(metrics, step)
+                self.send(metrics, step, int(logged * 1000))
             except Exception as exc:       # connection refused, timeouts, 5xx: MLflow raises several kinds
                 self.went_down(exc)
                 return False

@@ -57,7 +57,7 @@ class Stage:
         self.name = name
         self.metrics: dict[str, float] = {}
         self._t0 = time.perf_counter()
-        self.buffer = MetricBuffer(lambda m, step: mlflow.log_metrics(m, step=step), where=where,
+        self.buffer = MetricBuffer(lambda m, step, ms: mlflow.log_metrics(m, step=step, timestamp=ms), where=where,
                                    retry_seconds=retry_seconds)
 
     def metric(self, key: str, value: float) -> None:

@@ -10,8 +10,10 @@ way; at the end it waits up to ``flush_timeout`` seconds, then writes what is st
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Mapping, Optional
 
+from lightning_fabric.utilities.logger import _add_prefix
 from pytorch_lightning.loggers import MLFlowLogger
 
 from common.tracking import TRAIN, MetricBuffer, first_line
@@ -28,9 +30,13 @@ class BufferedMLFlowLogger(MLFlowLogger):
         self.buffer = MetricBuffer(self._send, where=self._tracking_uri, retry_seconds=retry_seconds,
                                    unsent_path=unsent_path)
 
-    def _send(self, metrics: dict[str, float], step: Optional[int]) -> None:
-        """One batch to the server, as Lightning's logger sends it (a method: ddp_spawn pickles loggers)."""
-        MLFlowLogger.log_metrics(self, metrics, step)
+    def _send(self, metrics: dict[str, float], step: Optional[int], timestamp_ms: int) -> None:
+        """One batch to the server, named as Lightning's logger names it, stamped when it was logged
+        (a resend is then a duplicate the store drops); a method: ddp_spawn pickles loggers."""
+        from mlflow.entities import Metric
+        batch = [Metric(key=re.sub("[^a-zA-Z0-9_/. -]+", "", k), value=float(v), timestamp=timestamp_ms, step=step or 0)
+                 for k, v in _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR).items() if not isinstance(v, str)]
+        self.experiment.log_batch(run_id=self.run_id, metrics=batch, **self._log_batch_kwargs)
 
     def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
         if is_rank_zero():

@@ -147,8 +147,11 @@ def test_a_metric_buffer_keeps_metrics_while_the_server_is_down(tmp_path, caplog
 
     sent, up, tries = [], {"up": True}, []
 
-    def send(metrics, step):
+    stamps: dict[int, set] = {}
+
+    def send(metrics, step, timestamp_ms):
         tries.append(step)
+        stamps.setdefault(step, set()).add(timestamp_ms)
         if not up["up"]:
             raise ConnectionError("Connection refused")
         sent.append((step, metrics))
@@ -163,11 +166,34 @@ def test_a_metric_buffer_keeps_metrics_while_the_server_is_down(tmp_path, caplog
     assert buffer.flush() and [s for s, _ in sent] == [0, 1, 2, 3] and buffer.pending == []
     assert sum("unreachable" in r.message for r in caplog.records) == 1
     assert sum("is back after" in r.message for r in caplog.records) == 1
+    assert len(stamps[1]) == 1                                  # the retry of step 1 carried its first stamp
     up["up"] = False
     buffer.log({"a": 9.0}, 9)
     assert not buffer.close(timeout=0)
     assert json.loads((tmp_path / "u.jsonl").read_text())["step"] == 9
     assert any("1 metric batches not sent; kept in" in r.message for r in caplog.records)
+
+
+def test_a_batch_the_server_stored_before_the_connection_broke_is_kept_once(tmp_path):
+    """The send that fails may have reached the store (the reply was lost): the retry sends the
+    same batch with the same stamp, and a real SQL store keeps one copy of each metric."""
+    import mlflow
+
+    from common.tracking import MetricBuffer
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    run = client.create_run(client.create_experiment("x"))
+    lost = {"reply": True}
+
+    def send(metrics, step, timestamp_ms):
+        client.log_batch(run.info.run_id, [mlflow.entities.Metric(k, v, timestamp_ms, step) for k, v in metrics.items()])
+        if lost.pop("reply", False):
+            raise ConnectionError("Connection reset by peer")
+
+    buffer = MetricBuffer(send, where="test", retry_seconds=0)
+    buffer.log({"loss": 0.5}, 0)
+    assert len(buffer.pending) == 1 and buffer.flush()
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss")] == [(0, 0.5)]
 
 
 def test_with_a_tracking_server_artifacts_go_to_the_servers_root():
