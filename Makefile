@@ -39,26 +39,27 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 sample: install
 	$(PY) -m pipeline.synth --out $(SAMPLE_DIR) --photos $(SAMPLE_PHOTOS) --seed $(SAMPLE_SEED) --skip-existing
 
+# Each job publishes its outputs by a pointer file in each output folder (a new version beside the
+# old, nothing renamed); PIPELINE_MARKER is make's own stamp that every job of a run succeeded.
+PIPELINE_MARKER := data/work/pipeline.done
 pipeline: sample
+	@rm -f $(PIPELINE_MARKER)
 	@for job in $(PIPELINE_JOBS); do \
 		echo "pipeline: $$job"; \
 		$(SPARK_SUBMIT) --master '$(SPARK_MASTER)' --driver-java-options '$(SPARK_JAVA_OPTS)' \
 			jobs/$$job.py $(PIPELINE_ARGS) || exit 1; \
 	done
+	@touch $(PIPELINE_MARKER)
 
 # Image models on the sample's shards (CPU, a few minutes each): fit, export embeddings to
 # outputs/<model>/embeddings, evaluate; MLflow runs in mlruns.db. Any Hydra override in TRAIN_ARGS.
-SHARDS_MANIFEST ?= data/work/shards/manifest.json
 TRAIN_ARGS ?=
 # The CPU sample's settings for an experiment (conf/sample/): image models, LocSens, the
 # sigma-schedule LocSens (longer: five models in one run), and the factorised model.
 sample_of = $(if $(filter locsens,$1),locsens_sigma,$(if $(filter locsens_%,$1),locsens,$(if $(filter factorised,$1),factorised,image)))
 on_sample = +experiment=$1 +sample=$(call sample_of,$1)
 
-$(SHARDS_MANIFEST):
-	$(MAKE) pipeline
-
-train-mcc train-mlc train-her: train-%: install $(SHARDS_MANIFEST)
+train-mcc train-mlc train-her: train-%: install $(PIPELINE_MARKER)
 	$(PY) -m training.run $(call on_sample,$*) $(TRAIN_ARGS)
 
 # The demo: every stage on the embedded sample, as file targets: a stage runs when its output marker
@@ -96,7 +97,6 @@ DEMO_STAGES := sample pipeline $(foreach s,$(DEMO_SEEDS),$(call stage_of,$(s),mc
 	$(foreach m,$(DEMO_LOCSENS),$(call stage_of,$(s),$(m)))) $(DEMO_ONCE) search register report
 DEMO_PIPELINE_ARGS ?= $(PIPELINE_ARGS) vocab.size=$(DEMO_VOCAB)
 SAMPLE_MARKER := $(SAMPLE_DIR)/world.json
-PIPELINE_MARKER := data/work/baselines/baselines.json
 CHAIN_MARKERS := $(foreach s,$(DEMO_SEEDS),$(foreach m,mcc $(DEMO_LOCSENS),$(call seed_dir,$(s))/$(m)/metrics.json))
 ONCE_MARKERS := $(foreach m,$(DEMO_ONCE),outputs/$(m)/metrics.json)
 FIRST_CHAIN_MARKERS := $(foreach m,mcc $(DEMO_LOCSENS),outputs/$(m)/metrics.json)

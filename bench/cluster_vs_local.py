@@ -65,10 +65,12 @@ def run(raw: Path, root: Path, spark_args: list[str], settings: list[str]) -> di
 def counts(root: Path) -> dict[str, int]:
     import pyarrow.parquet as pq
 
+    from common.published import resolve
+
     work = root / "data" / "work"
-    out = {name: sum(pq.read_metadata(p).num_rows for p in (work / name).rglob("*.parquet"))
+    out = {name: sum(pq.read_metadata(p).num_rows for p in resolve(work / name).rglob("*.parquet"))
            for name in ("clean", "clean_rejects", "dataset", "dataset_rejects", "shard_rejects")}
-    out["sharded"] = sum(pq.read_metadata(p).num_rows for p in (work / "shards").glob("*/*.parquet"))
+    out["sharded"] = sum(pq.read_metadata(p).num_rows for p in resolve(work / "shards").glob("*/*.parquet"))
     return out
 
 

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common.config import compose_config  # noqa: E402
+from common.contract import shard_root  # noqa: E402
 from common.markdown import table, write_block  # noqa: E402
 from common.metrics import haversine_km  # noqa: E402
 from training.index.spatial import SpatialIndex  # noqa: E402
@@ -43,7 +44,7 @@ def main() -> None:
     ap.add_argument("--world", type=Path, default=ROOT / "data" / "sample" / "world_photos.parquet")
     ap.add_argument("--doc", type=Path, help="also write the table into this page's block world-scales")
     args = ap.parse_args()
-    shards = Path(compose_config("train").paths.shards_dir)
+    shards = shard_root(compose_config("train").paths.shards_dir)
     photos = pd.concat([ds.dataset(shards / split, format="parquet")
                         .to_table(columns=["photo_id", "latitude", "longitude"]).to_pandas()
                         for split in ("train", "val", "test")])

@@ -19,6 +19,7 @@ from typing import Iterator, Optional
 
 import pyarrow as pa
 
+from common import published
 from common.files import atomic_write
 
 MANIFEST_NAME = "manifest.json"
@@ -115,9 +116,21 @@ def write_manifest(directory: str | os.PathLike, manifest: Manifest) -> Path:
     return atomic_write(Path(directory) / MANIFEST_NAME, manifest.to_json())
 
 
+def shard_root(directory: str | os.PathLike) -> Path:
+    """The folder whose ``manifest.json`` describes the shards of ``directory``: the directory
+    itself when it holds one (shards written by hand or by tests), else the version that
+    shard_dataset published there (:mod:`common.published`). Idempotent, so every reader may
+    call it on whatever path it is given."""
+    directory = Path(directory)
+    if (directory / MANIFEST_NAME).exists():
+        return directory
+    pointer = published.published_pointer(directory)
+    return directory / pointer.version if pointer else directory
+
+
 def read_manifest(directory: str | os.PathLike) -> Manifest:
     """Read a shard directory's manifest, with a message that names the path when it is missing."""
-    path = Path(directory) / MANIFEST_NAME
+    path = shard_root(directory) / MANIFEST_NAME
     if not path.exists():
         raise FileNotFoundError(f"{path}: no shard manifest (run jobs/shard_dataset.py first)")
     try:

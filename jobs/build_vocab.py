@@ -36,10 +36,10 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
     seed = require_int(cfg, "splits.seed")
     spark = start_spark(cfg, "build_vocab", inputs=[cfg.outputs.clean])
     out = cfg.outputs
-    io.require_outputs(spark, out, "clean", "place_names")
+    inputs = io.require_outputs(spark, out, "clean", "place_names")
 
     with stage(cfg, "build_vocab") as st, io.staged_outputs(spark) as staged:
-        clean = spark.read.parquet(out.clean)
+        clean = spark.read.parquet(inputs["clean"])
         n_clean = clean.count()  # counted on its own: the check below must not trust the transform
         with st.timed("vocabulary"):
             voc, dropped = vocab.select_vocabulary(vocab.tag_counts(clean), drop_top, size)
@@ -66,7 +66,7 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
         by_split = {r["split"]: r["count"] for r in dataset.groupBy("split").count().collect()}
         stats = vocab.dataset_stats(applied, dataset, n_vocab)
         applied.unpersist()
-        names = spark.read.parquet(out.place_names)
+        names = spark.read.parquet(inputs["place_names"])
         stats.update({f"split/{k}": v for k, v in by_split.items()})
         stats.update({f"rejected/{k}": v for k, v in by_reason.items()})
         stats["place_names"] = names.count()

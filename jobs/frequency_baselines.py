@@ -40,12 +40,12 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
         raise PipelineError(f"setting baselines.k={ks!r}: expected a list of positive integers")
     spark = start_spark(cfg, "frequency_baselines", inputs=[cfg.outputs.dataset])
     out = cfg.outputs
-    io.require_outputs(spark, out, "dataset", "vocab", "place_names")
+    inputs = io.require_outputs(spark, out, "dataset", "vocab", "place_names")
 
     with stage(cfg, "frequency_baselines") as st, io.staged_outputs(spark) as staged:
-        dataset = spark.read.parquet(out.dataset)
-        vocab = spark.read.parquet(out.vocab)
-        place_ids = place_names.place_tag_ids(vocab, spark.read.parquet(out.place_names))
+        dataset = spark.read.parquet(inputs["dataset"])
+        vocab = spark.read.parquet(inputs["vocab"])
+        place_ids = place_names.place_tag_ids(vocab, spark.read.parquet(inputs["place_names"]))
         place_list = sorted(r["index"] for r in place_ids.collect())   # at most the vocabulary's size
         train = dataset.where(F.col("split") == "train")
         test = dataset.where(F.col("split") == "test").select("photo_id", "tag_ids", "town", "region", "country")

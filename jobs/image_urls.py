@@ -29,10 +29,10 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
     size = require_int(cfg, "shard.image_size", minimum=8)
     spark = start_spark(cfg, "image_urls", inputs=[cfg.outputs.dataset])
     out = cfg.outputs
-    io.require_outputs(spark, out, "dataset")
+    inputs = io.require_outputs(spark, out, "dataset")
 
     with stage(cfg, "image_urls") as st:
-        dataset = spark.read.parquet(out.dataset)
+        dataset = spark.read.parquet(inputs["dataset"])
         split_rows = {r["split"]: r["count"] for r in dataset.groupBy("split").count().collect()}
         n_input = sum(split_rows.values())
         n_files = shards.files_per_split(split_rows, rows_per_file)
@@ -42,7 +42,7 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
                 tmp = staged.stage(str(out.image_urls))
                 img2dataset.url_list(ordered).write.parquet(tmp)
             n_written = staged.read_parquet(out.image_urls).count()
-            cmd = img2dataset.command(str(out.image_urls), "<img2dataset_dir>", size)
+            cmd = img2dataset.command(tmp, "<img2dataset_dir>", size)
             st.metrics_from({"input_rows": n_input, "urls": n_written, "files": sum(n_files.values())})
             st.artifact_text(cmd + "\n", "img2dataset_command.txt")
             check("image_urls", n_input, {"urls": n_written})

@@ -75,13 +75,13 @@ def remove_stale(spark, tmp: str, files: list[dict]) -> int:
     return len(stale)
 
 
-def write_small_tables(spark, cfg: DictConfig, base_uri: str, s3: images.S3Options = ()) -> int:
+def write_small_tables(spark, inputs: dict[str, str], base_uri: str, s3: images.S3Options = ()) -> int:
     """vocab.parquet and place_names.parquet in the contract's exact schemas; returns V."""
     fs, base = images.filesystem(base_uri, s3)
-    vocab = spark.read.parquet(cfg.outputs.vocab).orderBy("index").toArrow()
+    vocab = spark.read.parquet(inputs["vocab"]).orderBy("index").toArrow()
     vocab = pa.table([vocab[c].cast(VOCAB_SCHEMA.field(c).type) for c in VOCAB_SCHEMA.names], schema=VOCAB_SCHEMA)
     pq.write_table(vocab, f"{base}/vocab.parquet", filesystem=fs)
-    names = spark.read.parquet(cfg.outputs.place_names).orderBy("level", "name").toArrow()
+    names = spark.read.parquet(inputs["place_names"]).orderBy("level", "name").toArrow()
     names = pa.table([names[c].cast(PLACE_NAMES_SCHEMA.field(c).type) for c in PLACE_NAMES_SCHEMA.names],
                      schema=PLACE_NAMES_SCHEMA)
     pq.write_table(names, f"{base}/place_names.parquet", filesystem=fs)
@@ -103,11 +103,15 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
     if quality > 100:
         raise PipelineError(f"setting shard.jpeg_quality={quality}: expected 1..100")
     spark = start_spark(cfg, "shard_dataset", inputs=[cfg.outputs.dataset])
+    if spark.conf.get("spark.speculation", "false").strip().lower() == "true":
+        raise PipelineError("setting spark.speculation=true: shard_dataset writes each shard file in place, where a "
+                            "speculative copy of a task would write the same file at once; run it with "
+                            "--conf spark.speculation=false")
     out = cfg.outputs
-    io.require_outputs(spark, out, "dataset", "vocab", "place_names")
+    inputs = io.require_outputs(spark, out, "dataset", "vocab", "place_names")
 
     with stage(cfg, "shard_dataset") as st:
-        dataset = spark.read.parquet(out.dataset)
+        dataset = spark.read.parquet(inputs["dataset"])
         counts = dataset.groupBy("split").agg(F.count(F.lit(1)).alias("count"),
                                               F.max(F.size("tag_ids")).alias("max_tags")).collect()
         split_rows = {r["split"]: r["count"] for r in counts}
@@ -139,7 +143,7 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
                 log.info("resumed: %d of %d shard files were already complete and verified", resumed, len(files))
             rejects = records.where(F.col("kind") == "reject").select("photo_id", "split", "reason", "path")
             staged.write_parquet(rejects.repartition("photo_id"), out.shard_rejects, sort_by=["photo_id"])
-            vocab_size = write_small_tables(spark, cfg, tmp, s3)
+            vocab_size = write_small_tables(spark, inputs, tmp, s3)
             manifest = Manifest(vocab_size=vocab_size, image_size=size, splits=shards.splits_from_records(files),
                                 max_tags=max_tags,
                                 extra={"image_source": str(s.image_source), "seed": seed,
@@ -147,7 +151,7 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
                                        "jpeg_quality": quality, "mlflow_run": producer()})
             io.remove(spark, records_path)
             n_stale = remove_stale(spark, tmp, files)
-            io.write_text(spark, f"{tmp}/{MANIFEST_NAME}", manifest.to_json())
+            io.write_text_file(spark, f"{tmp}/{MANIFEST_NAME}", manifest.to_json())
 
             rej = staged.read_parquet(out.shard_rejects)
             by_reason = {r["reason"]: r["count"] for r in rej.groupBy("reason").count().collect()}

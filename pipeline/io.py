@@ -1,24 +1,25 @@
 """Reading inputs and publishing outputs through Hadoop's FileSystem API.
 
 Paths may be local or any URI Spark reads (hdfs://, s3a://, ...), so existence checks and the
-final renames go through the JVM's ``FileSystem`` rather than :mod:`os`. A job writes every
-output into a hidden sibling temp (:class:`OutputSet`), checks what it wrote (counts read back
-from the temps: input = kept + rejected), and only then renames all of them into place together.
-A killed job or a failed check therefore leaves the previous outputs as they were and no
-half-written or unchecked table for the next job to read.
+final writes go through the JVM's ``FileSystem`` rather than :mod:`os`. A job writes every
+output into a new version folder of its own (:class:`OutputSet`), checks what it wrote (counts
+read back from them: input = kept + rejected), and only then publishes all of them, each by
+writing one small pointer file (:mod:`common.published`); nothing is renamed, which on object
+stores would mean copying. A killed job or a failed check therefore leaves the previous outputs
+as they were, and readers (:func:`require_outputs`) never see a half-written or unchecked table.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-import uuid
+import time
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 from py4j.protocol import Py4JJavaError
 from pyspark.sql import DataFrame, SparkSession
 
-from common import failpoints
+from common import failpoints, published
 from pipeline.config import PipelineError
 
 log = logging.getLogger(__name__)
@@ -144,10 +145,28 @@ PRODUCED_BY: dict[str, str] = {
 }
 
 
-def require_outputs(spark: SparkSession, outputs, *keys: str) -> None:
-    """The earlier jobs' outputs (``outputs.<key>``) a job reads, which must exist."""
+def require_outputs(spark: SparkSession, outputs, *keys: str) -> dict[str, str]:
+    """The published versions of the earlier jobs' outputs (``outputs.<key>``) a job reads, by key.
+
+    A missing output names the job to run. Outputs of one job must come from one run of it: a run
+    killed while publishing its pointers leaves some outputs of the new run and some of the one
+    before, each complete, but not to be read together."""
+    found: dict[str, published.Pointer] = {}
     for key in keys:
-        require_input(spark, outputs[key], f"outputs.{key}", f"jobs/{PRODUCED_BY[key]}.py")
+        target = str(outputs[key]).rstrip("/")
+        pointer = published_version(spark, target)
+        if pointer is None:
+            what = "does not exist" if not exists(spark, target) else "has no published version"
+            raise PipelineError(f"setting outputs.{key}: input {target} {what} "
+                                f"(run jobs/{PRODUCED_BY[key]}.py first)")
+        found[key] = pointer
+    for key, pointer in found.items():
+        for other, theirs in found.items():
+            if PRODUCED_BY[key] == PRODUCED_BY[other] and pointer.run != theirs.run and key < other:
+                raise PipelineError(
+                    f"outputs.{key} ({pointer.version}) and outputs.{other} ({theirs.version}) come from different "
+                    f"runs of jobs/{PRODUCED_BY[key]}.py (one was stopped while publishing): run it again")
+    return {key: f"{str(outputs[key]).rstrip('/')}/{pointer.version}" for key, pointer in found.items()}
 
 
 def remove(spark: SparkSession, path: str) -> None:
@@ -156,76 +175,96 @@ def remove(spark: SparkSession, path: str) -> None:
         fs.delete(hpath, True)
 
 
-def _temp_sibling(path: str, tag: str) -> str:
-    parent, _, name = path.rstrip("/").rpartition("/")
-    return f"{parent}/.{name}.{tag}-{uuid.uuid4().hex[:12]}" if parent else f".{name}.{tag}-{uuid.uuid4().hex[:12]}"
+def _names(spark: SparkSession, folder: str) -> list[str]:
+    """The entries of ``folder`` (none when it is missing): one listing, no recursion."""
+    fs, hpath = _fs_and_path(spark, folder)
+    if not fs.exists(hpath):
+        return []
+    return [str(st.getPath().getName()) for st in fs.listStatus(hpath)]
 
 
-def recover_leftovers(spark: SparkSession, target: str) -> None:
-    """Clean up after a run of the same job that was killed (SIGKILL, a lost machine): its temps
-    (``.<name>.tmp-*``) are deleted, so they never pile up; a previous output it had moved aside
-    (``.<name>.old-*``) goes back in place when the target is missing (killed mid-publish), else is
-    deleted. Two runs writing the same output at once are not supported (the later one wins)."""
-    parent, _, name = str(target).rstrip("/").rpartition("/")
-    fs, htarget = _fs_and_path(spark, str(target))
-    prefix = f"{parent}/.{name}" if parent else f".{name}"
-    for tag in ("old", "tmp"):
-        found = fs.globStatus(_fs_and_path(spark, f"{prefix}.{tag}-*")[1]) or []
-        for status in sorted(found, key=lambda st: st.getModificationTime(), reverse=True):
-            leftover = status.getPath()
-            if tag == "old" and not fs.exists(htarget) and fs.rename(leftover, htarget):
-                log.warning("restored %s from %s, moved aside by an interrupted run", target, leftover.getName())
-                continue
-            fs.delete(leftover, True)
-            log.warning("removed %s, left by an interrupted run", leftover.getName())
-
-
-def _rename(spark: SparkSession, src: str, dst: str) -> bool:
-    """Hadoop's rename; False where it fails, whether it says so or throws (e.g. a missing ``src``)."""
-    fs, hsrc = _fs_and_path(spark, src)
+def _read_bytes(spark: SparkSession, path: str) -> bytes:
+    fs, hpath = _fs_and_path(spark, path)
+    stream = fs.open(hpath)
     try:
-        return bool(fs.rename(hsrc, _fs_and_path(spark, dst)[1]))
-    except Py4JJavaError as exc:
-        log.error("cannot rename %s to %s: %s", src, dst, exc.java_exception)
-        return False
+        return bytes(spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
+    finally:
+        stream.close()
+
+
+def _pointer(spark: SparkSession, target: str, names: Sequence[str]) -> Optional[published.Pointer]:
+    def read(name: str) -> bytes:
+        try:
+            return _read_bytes(spark, f"{target}/{name}")
+        except Py4JJavaError:
+            return b""
+    return published.choose(names, read)
+
+
+def published_version(spark: SparkSession, target: str) -> Optional[published.Pointer]:
+    """The published pointer of output ``target`` (:mod:`common.published`), or None."""
+    target = str(target).rstrip("/")
+    return _pointer(spark, target, _names(spark, target))
+
+
+def recover_leftovers(spark: SparkSession, target: str, keep: Sequence[str] = (), *,
+                      superseded: bool = False) -> Optional[published.Pointer]:
+    """Delete what earlier runs left in output ``target``: superseded pointers and versions, and
+    the versions of runs killed before they published (except ``keep``, one being resumed).
+    The published version is never deleted. Returns the published pointer. ``superseded``: called
+    right after publishing, where what goes is the version just replaced (logged as such)."""
+    target = str(target).rstrip("/")
+    names = _names(spark, target)
+    pointer = _pointer(spark, target, names)
+    for name in published.leftovers(names, pointer, keep):
+        remove(spark, f"{target}/{name}")
+        if published.is_version(name):
+            log.log(logging.INFO if superseded else logging.WARNING, "removed %s/%s, %s", target, name,
+                    "the version it replaced" if superseded else "left unpublished by an interrupted run")
+    return pointer
 
 
 class OutputSet:
-    """The outputs of one job, staged in hidden temp siblings and published together.
+    """The outputs of one job run, each written to a new version folder and published together.
 
-    ``stage(target)`` gives the temp path to write ``target`` into; the ``write_*`` helpers
+    ``stage(target)`` gives the version folder to write ``target`` into; the ``write_*`` helpers
     write there and ``read_parquet`` reads it back, so the job counts what it actually wrote.
-    Nothing appears at a target until :meth:`publish`; use it through :func:`staged_outputs`,
-    which publishes on success and deletes every temp on any exception.
+    Readers see nothing of it until :meth:`publish` writes each target's pointer; nothing is
+    renamed (:mod:`common.published`). Use it through :func:`staged_outputs`, which publishes on
+    success and deletes the unpublished versions on any exception.
     """
 
     def __init__(self, spark: SparkSession):
         self.spark = spark
-        self.temps: dict[str, str] = {}   # target -> temp, in staging order
+        self.version = published.new_version()
+        self.temps: dict[str, str] = {}   # target -> its version folder, in staging order
         self.resumable: set[str] = set()
 
     def stage(self, target: str, *, resumable: bool = False) -> str:
-        """The temp to write ``target`` into. A resumable temp has a fixed name
-        (``.<name>.partial``) and survives a failed run, so the next run can carry on from it;
-        the writer must then check what it finds there (:mod:`pipeline.shard_progress`)."""
-        target = str(target)
+        """The version folder to write ``target`` into. A resumable one survives a failed run, and
+        the next run writes into it again (the newest unpublished version of ``target``), so it can
+        carry on from what it finds there; the writer must check that (:mod:`pipeline.shard_progress`)."""
+        target = str(target).rstrip("/")
         if target in self.temps:
             raise ValueError(f"output {target} is staged twice")
-        recover_leftovers(self.spark, target)
+        version = self.version
         if resumable:
-            parent, _, name = target.rstrip("/").rpartition("/")
-            self.temps[target] = f"{parent}/.{name}.partial" if parent else f".{name}.partial"
+            names = _names(self.spark, target)
+            unpublished = published.unpublished_versions(names, _pointer(self.spark, target, names))
+            if unpublished:
+                version = unpublished[0]
+                log.info("carrying on in %s/%s, left unpublished by an earlier run", target, version)
             self.resumable.add(target)
-        else:
-            self.temps[target] = _temp_sibling(target, "tmp")
+        recover_leftovers(self.spark, target, keep=[version])
+        self.temps[target] = f"{target}/{version}"
         return self.temps[target]
 
     def temp(self, target: str) -> str:
-        return self.temps[str(target)]
+        return self.temps[str(target).rstrip("/")]
 
     def write_parquet(self, df: DataFrame, target: str, *, partitions: int | None = None,
                       sort_by: Sequence[str] = ()) -> str:
-        """Write ``df`` as Parquet for ``target``, optionally coalesced and sorted; returns the temp.
+        """Write ``df`` as Parquet for ``target``, optionally coalesced and sorted; returns the version folder.
 
         Sorting within partitions by a key makes reruns write the same rows in the same order.
         """
@@ -241,70 +280,53 @@ class OutputSet:
         return self.spark.read.parquet(self.temp(target))
 
     def write_texts(self, target: str, files: dict[str, str]) -> str:
-        """Small text files (tables, stats) that make up the folder ``target``, published together:
-        its temp is a sibling of the folder, never a hidden file inside the published one."""
+        """Small text files (tables, stats) that make up the folder ``target``, published together."""
         tmp = self.stage(target)
         for name, text in files.items():
-            _write_text_file(self.spark, f"{tmp}/{name}", text)
-        return tmp
-
-    def write_text(self, target: str, text: str) -> str:
-        """Write a small text file (stats, tables) for ``target``; returns the temp."""
-        tmp = self.stage(target)
-        _write_text_file(self.spark, tmp, text)
+            write_text_file(self.spark, f"{tmp}/{name}", text)
         return tmp
 
     def publish(self) -> None:
-        """Rename every temp onto its target, replacing the previous outputs.
+        """Publish every staged version: one new pointer per target, then the superseded ones go.
 
-        All previous outputs are first moved aside, then all temps renamed into place, then the
-        old ones deleted. If a rename fails, the renames done so far are undone (new outputs back
-        to their temps, old ones back in place) before the error is raised.
+        Each pointer is created, never overwritten, under the next free number; a kill between two
+        targets leaves each of them a complete, checked version, and :func:`require_outputs` tells
+        a reader that they come from different runs.
         """
         failpoints.reach("publish")
-        aside: list[tuple[str, str]] = []    # (target, old)
-        placed: list[tuple[str, str]] = []   # (target, temp)
-        try:
-            for target in self.temps:
-                fs, htarget = _fs_and_path(self.spark, target)
-                parent = htarget.getParent()
-                if parent is not None and not fs.exists(parent):
-                    fs.mkdirs(parent)
-                if fs.exists(htarget):
-                    old = _temp_sibling(target, "old")
-                    if not _rename(self.spark, target, old):
-                        raise PipelineError(f"cannot move the previous output {target} aside")
-                    aside.append((target, old))
-            for target, tmp in self.temps.items():
-                if not _rename(self.spark, tmp, target):
-                    raise PipelineError(f"cannot rename {tmp} to {target}")
-                placed.append((target, tmp))
-        except BaseException:
-            for target, tmp in reversed(placed):
-                with contextlib.suppress(Exception):
-                    _rename(self.spark, target, tmp)
-            for target, old in reversed(aside):
-                with contextlib.suppress(Exception):
-                    if not _rename(self.spark, old, target):
-                        log.error("could not restore the previous output %s (it is at %s)", target, old)
-            raise
-        for _, old in aside:
-            remove(self.spark, old)
-        for target in self.temps:
-            log.info("wrote %s", target)
-        self.temps = {}
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        job = self.spark.sparkContext.appName
+        for target, tmp in list(self.temps.items()):
+            version = tmp.rsplit("/", 1)[1]
+            pointer = published.Pointer(published.next_seq(_names(self.spark, target)), version,
+                                        run=published.run_of(self.version), job=job, published=stamp)
+            path = f"{target}/{published.pointer_name(pointer.seq)}"
+            try:
+                write_text_file(self.spark, path, pointer.to_json(), overwrite=False)
+            except Py4JJavaError as exc:
+                raise PipelineError(f"cannot publish {target}: writing {path} failed "
+                                    f"({first_line_of(exc)}); is another run writing it?") from None
+            del self.temps[target]              # published: no longer this run's to discard
+            recover_leftovers(self.spark, target, superseded=True)
+            log.info("published %s (%s)", target, version)
 
     def discard(self, *, resumable: bool = False) -> None:
-        """Delete every temp (best effort: a cleanup failure must not hide the original error);
-        resumable temps are kept for the next run unless ``resumable`` is true."""
+        """Delete every unpublished version (best effort: a cleanup failure must not hide the
+        original error); resumable ones are kept for the next run unless ``resumable`` is true."""
         for target, tmp in self.temps.items():
             if target in self.resumable and not resumable:
-                log.warning("kept the partial output %s: a rerun with the same inputs and settings carries on "
+                log.warning("kept the unpublished %s: a rerun with the same inputs and settings carries on "
                             "from it", tmp)
                 continue
             with contextlib.suppress(Exception):
                 remove(self.spark, tmp)
+                if not _names(self.spark, target):     # made by this run for nothing
+                    remove(self.spark, target)
         self.temps = {}
+
+
+def first_line_of(exc: Py4JJavaError) -> str:
+    return str(exc.java_exception).splitlines()[0][:200]
 
 
 @contextlib.contextmanager
@@ -322,13 +344,6 @@ def staged_outputs(spark: SparkSession) -> Iterator[OutputSet]:
         raise
 
 
-@contextlib.contextmanager
-def atomic_output(spark: SparkSession, target: str) -> Iterator[str]:
-    """Yield a temp path to write ``target`` into; publish it on success, delete it on failure."""
-    with staged_outputs(spark) as outputs:
-        yield outputs.stage(target)
-
-
 def write_parquet(spark: SparkSession, df: DataFrame, target: str, *, partitions: int | None = None,
                   sort_by: Sequence[str] = ()) -> None:
     """Write and publish one Parquet output on its own (see :meth:`OutputSet.write_parquet`)."""
@@ -344,17 +359,13 @@ def read_text_lines(spark: SparkSession, path: str) -> DataFrame:
     return spark.read.option("wholetext", "false").text(path)
 
 
-def _write_text_file(spark: SparkSession, path: str, text: str) -> None:
+def write_text_file(spark: SparkSession, path: str, text: str, *, overwrite: bool = True) -> None:
+    """Write one small text file in place (one create: a PUT on object stores). Without
+    ``overwrite`` the create fails when the file exists."""
     fs, hpath = _fs_and_path(spark, path)
     fs.setWriteChecksum(False)  # no .crc side files next to small outputs on local disks
-    out = fs.create(hpath, True)
+    out = fs.create(hpath, overwrite)
     try:
         out.write(bytearray(text.encode("utf-8")))
     finally:
         out.close()
-
-
-def write_text(spark: SparkSession, path: str, text: str) -> None:
-    """Write and publish one small text file on its own (see :meth:`OutputSet.write_text`)."""
-    with staged_outputs(spark) as outputs:
-        outputs.write_text(path, text)

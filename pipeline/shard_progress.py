@@ -1,10 +1,10 @@
 """Resuming shard_dataset: which shard files a killed run already finished, checked before reuse.
 
-Writing shards is the pipeline's longest stage. Each shard task, after moving its finished file
-into place, writes a small marker (``_progress/<split>/part-NNNNN.json``) holding a digest of
-everything that decides the file's bytes (the settings and every input row with its image
+Writing shards is the pipeline's longest stage. Each shard task writes its file in place in the
+unpublished version folder and, once it is closed, a small marker
+(``_progress/<split>/part-NNNNN.json``) holding a digest of everything that decides the file's bytes (the settings and every input row with its image
 locator), the file's size and row groups, and the task's records (the file and its rejected rows).
-A rerun over the same staging folder skips a shard whose marker has the same digest and whose file
+A rerun in the same version folder skips a shard whose marker has the same digest and whose file
 still has that size and those row groups, and replays the recorded records, so the manifest and
 the rejects come out as from an uninterrupted run. Anything else is written again.
 """
@@ -57,14 +57,12 @@ class ShardProgress:
         except (OSError, ValueError, KeyError, TypeError):
             return None   # no marker, a torn one, or a damaged file: write it again
 
-    def mark(self, rel: str, want: str, records: list[dict], row_groups: list[int], attempt: str) -> None:
-        """Record shard ``rel`` as finished (after its file is in place), atomically; the temp is
-        the task attempt's own, as a speculative copy of the task may be writing the same marker."""
+    def mark(self, rel: str, want: str, records: list[dict], row_groups: list[int]) -> None:
+        """Record shard ``rel`` as finished, after its file is complete: one small write in place (a
+        PUT on object stores; a marker torn by a kill does not parse, and the shard is written again)."""
         size = self.fs.get_file_info(f"{self.base}/{rel}").size if row_groups else 0
         marker = self._marker(rel)
         self.fs.create_dir(marker.rpartition("/")[0], recursive=True)
-        tmp = f"{marker}.{attempt}.inprogress"
-        with self.fs.open_output_stream(tmp) as fh:
+        with self.fs.open_output_stream(marker) as fh:
             fh.write(json.dumps({"digest": want, "size": size, "row_groups": row_groups,
                                  "records": records}).encode())
-        self.fs.move(tmp, marker)

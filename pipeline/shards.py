@@ -124,13 +124,13 @@ class ShardSettings:
 
 
 class _FileWriter:
-    """One shard file being written: buffered rows flushed as whole row groups, under a temp name
-    of this task attempt, moved into place by :meth:`close`."""
+    """One shard file being written in place (never moved: on object stores a move is a copy),
+    buffered rows flushed as whole row groups. Until its progress marker is written after
+    :meth:`close`, a file there is not taken as done: a killed task's file is written again."""
 
-    def __init__(self, fs, base: str, split: str, shard: int, rows_per_group: int, attempt: str):
+    def __init__(self, fs, base: str, split: str, shard: int, rows_per_group: int):
         self.fs, self.rel = fs, shard_path(split, shard)
         self.final = f"{base}/{self.rel}"
-        self.tmp = f"{base}/{split}/.part-{shard:05d}.parquet.{attempt}.inprogress"
         fs.create_dir(f"{base}/{split}", recursive=True)
         self.split, self.rows_per_group = split, rows_per_group
         self.rows: dict[str, list] = {name: [] for name in SHARD_SCHEMA.names}
@@ -151,7 +151,7 @@ class _FileWriter:
         if self.writer is None:
             compression = {name: ("NONE" if name == "image" else "ZSTD") for name in SHARD_SCHEMA.names}
             # Non-compliant nested names keep list<item> so the files read back as SHARD_SCHEMA exactly.
-            self.writer = pq.ParquetWriter(self.tmp, SHARD_SCHEMA, filesystem=self.fs, compression=compression,
+            self.writer = pq.ParquetWriter(self.final, SHARD_SCHEMA, filesystem=self.fs, compression=compression,
                                            use_compliant_nested_type=False)
         self.writer.write_table(table, row_group_size=n)
         self.groups.append(n)
@@ -162,7 +162,6 @@ class _FileWriter:
         if self.writer is None:
             return None
         self.writer.close()
-        self.fs.move(self.tmp, self.final)
         return {"kind": "file", "split": self.split, "path": self.rel, "row_groups": self.groups,
                 "photo_id": None, "reason": None}
 
@@ -182,7 +181,7 @@ def _locator(row: dict, source: str) -> Optional[str]:
 
 
 def _write_shard(split: str, shard: int, rows: list[dict], settings: ShardSettings, fs, base: str,
-                 progress: ShardProgress, pool: Executor, decoders: Executor, attempt: str) -> Iterator[dict]:
+                 progress: ShardProgress, pool: Executor, decoders: Executor) -> Iterator[dict]:
     """Write (or, when already complete and verified, skip) one shard file; its records."""
     rel = shard_path(split, shard)
     want = digest(settings.fingerprint(), rows)
@@ -190,7 +189,7 @@ def _write_shard(split: str, shard: int, rows: list[dict], settings: ShardSettin
     if done is not None:
         yield from ({**r, "resumed": True} for r in done)
         return
-    writer = _FileWriter(fs, base, split, shard, settings.rows_per_group, attempt)
+    writer = _FileWriter(fs, base, split, shard, settings.rows_per_group)
     records: list[dict] = []
     window = max(1, settings.images_in_flight)   # bounds the source images held in memory
     for start in range(0, len(rows), window):
@@ -208,7 +207,7 @@ def _write_shard(split: str, shard: int, rows: list[dict], settings: ShardSettin
         if settings.image_source == "img2dataset":   # how many img2dataset files this shard read
             file["sources"] = len({r["i2d_file"] for r in rows if r["i2d_file"] is not None})
         records.insert(0, file)
-    progress.mark(rel, want, records, file["row_groups"] if file else [], attempt)
+    progress.mark(rel, want, records, file["row_groups"] if file else [])
     yield from ({**r, "resumed": False} for r in records)
 
 
@@ -221,7 +220,6 @@ def shard_writer(settings: ShardSettings) -> Callable[[Iterator[pa.RecordBatch]]
             return
         rows = pa.Table.from_batches(batches).to_pylist()
         ctx = TaskContext.get()
-        attempt = f"{ctx.stageId()}-{ctx.partitionId()}-{ctx.attemptNumber()}" if ctx else "local"
         fs, base = images.filesystem(settings.out_dir, settings.s3)
         progress = ShardProgress(fs, base)
         threads = settings.decoders(ctx.cpus() if ctx else None)
@@ -229,8 +227,7 @@ def shard_writer(settings: ShardSettings) -> Callable[[Iterator[pa.RecordBatch]]
                 ThreadPoolExecutor(max_workers=threads) as decoders:
             # Rows come sorted by (split, shard): one run per shard file (one run, after spread()).
             for (split, shard), run in itertools.groupby(rows, key=lambda r: (r["split"], r["shard"])):
-                records = list(_write_shard(split, shard, list(run), settings, fs, base, progress, pool, decoders,
-                                            attempt))
+                records = list(_write_shard(split, shard, list(run), settings, fs, base, progress, pool, decoders))
                 yield pa.RecordBatch.from_pylist(records, schema=_RECORD_ARROW)
 
     return write

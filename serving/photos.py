@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from common.contract import read_manifest
+from common.contract import read_manifest, shard_root
 
 
 class UnknownPhoto(LookupError):
@@ -24,7 +24,7 @@ class PhotoStore:
     group it reads, so an eviction by another thread cannot pull it away."""
 
     def __init__(self, shards_dir: str | Path, split: str = "test", cache_groups: int = 8):
-        self.dir = Path(shards_dir)
+        self.dir = shard_root(shards_dir)
         manifest = read_manifest(self.dir)
         ids, where = [], []
         for f, info in enumerate(manifest.splits[split].files):

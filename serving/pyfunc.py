@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from mlflow.models import infer_signature
 from PIL import Image
 
+from common.contract import shard_root
 from common.embeddings import arrow_to_embeddings
 from serving.gallery import Gallery
 from serving.scorers import ImageEmbedder, Scorer
@@ -133,7 +134,7 @@ class PhotoRetriever(mlflow.pyfunc.PythonModel):
 def example_jpeg(shards_dir: Optional[str | Path]) -> tuple[bytes, float, float]:
     """A test photo (JPEG bytes, latitude, longitude) for the input example: the first of the test
     shards when there are shards, else a small grey JPEG at (0, 0)."""
-    files = sorted(Path(shards_dir).glob("test/*.parquet")) if shards_dir else []
+    files = sorted(shard_root(shards_dir).glob("test/*.parquet")) if shards_dir else []
     if files:
         pf = pq.ParquetFile(files[0])
         if pf.metadata.num_rows:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 import sys
 import uuid
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import mlflow
@@ -43,6 +42,7 @@ from fastapi.responses import JSONResponse, Response
 from omegaconf import DictConfig
 
 from common.config import ConfigError, compose_config
+from common.contract import MANIFEST_NAME, shard_root
 from common.tracking import check_uri, first_line
 from serving import web
 from serving.admission import Admission, Busy
@@ -100,7 +100,7 @@ class Service:
         else:
             self.retrieval = mlflow.pyfunc.load_model(retrieval) if retrieval else None
         self.photos = (PhotoStore(shards_dir, cache_groups=cache_groups)
-                       if shards_dir and Path(shards_dir, "manifest.json").exists() else None)
+                       if shards_dir and (shard_root(shards_dir) / MANIFEST_NAME).exists() else None)
         self.max_bytes, self.max_k, self.max_pixels = max_bytes, max_k, max_pixels
         self.names = {"tagging": tagging, "retrieval": retrieval}
 

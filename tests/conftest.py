@@ -53,6 +53,34 @@ def synth_world(tmp_path_factory) -> Path:
     return out
 
 
+class _NoRenames:
+    """A Hadoop FileSystem that refuses renames, as publishing on an object store must work
+    without them; everything else goes to the real one."""
+
+    def __init__(self, fs):
+        self._fs = fs
+
+    def rename(self, *args):
+        raise AssertionError(f"rename{args}: publishing must not rename")
+
+    def __getattr__(self, name):
+        return getattr(self._fs, name)
+
+
+@pytest.fixture
+def no_renames(monkeypatch):
+    """Every Hadoop FileSystem the jobs' publishing uses (pipeline.io) refuses renames."""
+    from pipeline import io
+
+    real = io._fs_and_path
+
+    def fs_and_path(spark, path):
+        fs, hpath = real(spark, path)
+        return _NoRenames(fs), hpath
+
+    monkeypatch.setattr(io, "_fs_and_path", fs_and_path)
+
+
 def pytest_terminal_summary(terminalreporter):
     """The fault table (tests/helpers/faults.py), when fault tests ran."""
     if not faults.ROWS:

@@ -97,7 +97,7 @@ def test_unscored_images_match_brute_force(spark):
 @pytest.mark.slow
 def test_baselines_job_checks_every_test_image_before_publishing(spark, tmp_path):
     """Every test image is scored or has no tag left to score; a failed check publishes nothing."""
-    from helpers.spark_jobs import digests, hidden_entries, job_config, refuse
+    from helpers.spark_jobs import digests, job_config, leftovers, output_path, refuse
     from helpers.yfcc import TOWNS, at, write_raw
 
     from jobs.build_vocab import main as build_vocab
@@ -114,9 +114,9 @@ def test_baselines_job_checks_every_test_image_before_publishing(spark, tmp_path
     build_vocab(cfg)
     frequency_baselines(cfg)
     out = Path(cfg.outputs.baselines)
-    assert {p.name for p in out.iterdir()} == {"baselines.md", "baselines.json"}
+    assert {p.name for p in output_path(out).iterdir()} == {"baselines.md", "baselines.json"}
     before = digests(out)
     with pytest.raises(PipelineError, match="frequency_baselines .*: refused"):
         frequency_baselines(job_config(tmp_path, raw, "baselines.k=[1,2]"), check=refuse)
     assert digests(out) == before
-    assert hidden_entries(out) == [] and hidden_entries(out.parent) == []
+    assert leftovers(out.parent) == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 import bz2
 
 import pytest
-from helpers.spark_jobs import digests, hidden_entries, job_config, refuse
+from helpers.spark_jobs import digests, job_config, leftovers, output_path, refuse
 from pyspark.sql import functions as F
 from helpers.yfcc import TOWNS, at, line, photo_hash, write_raw
 
@@ -47,7 +47,7 @@ def _run_clean(spark, tmp_path, raw, *extra):
 
     cfg = job_config(tmp_path, raw, *extra)
     main(cfg)
-    return cfg, spark.read.parquet(cfg.outputs.clean), spark.read.parquet(cfg.outputs.clean_rejects)
+    return cfg, spark.read.parquet(str(output_path(cfg.outputs.clean))), spark.read.parquet(str(output_path(cfg.outputs.clean_rejects)))
 
 
 def test_crafted_lines_and_reasons(spark, tmp_path):
@@ -88,8 +88,7 @@ def test_rerun_gives_the_same_output(spark, tmp_path):
     first = (sorted(map(tuple, kept1.collect())), sorted(map(tuple, rej1.collect())))
     _, kept2, rej2 = _run_clean(spark, tmp_path, raw)
     assert (sorted(map(tuple, kept2.collect())), sorted(map(tuple, rej2.collect()))) == first
-    leftovers = [p.name for p in (tmp_path / "data" / "work").iterdir() if p.name.startswith(".")]
-    assert leftovers == []
+    assert leftovers(tmp_path / "data" / "work") == []
 
 
 @pytest.mark.slow
@@ -189,7 +188,7 @@ def test_place_names_from_every_places_record(spark, tmp_path):
     assert sorted(r["photo_id"] for r in kept.collect()) == [1, 2]
     assert [(r["photo_id"], r["reason"]) for r in rej.collect()] == [(3, "video")]
     assert kept.where(F.col("photo_id") == 1).first()["country"] == "England"   # the first Country entry
-    names = {(r["name"], r["level"]) for r in spark.read.parquet(cfg.outputs.place_names).collect()}
+    names = {(r["name"], r["level"]) for r in spark.read.parquet(str(output_path(cfg.outputs.place_names))).collect()}
     assert names == {
         ("london", "town"), ("greaterlondon", "region"), ("england", "country"), ("unitedkingdom", "country"),
         ("lettershea", "town"), ("galway", "region"), ("ireland", "country"),
@@ -234,10 +233,10 @@ def test_failed_check_publishes_nothing(spark, tmp_path):
     with pytest.raises(PipelineError, match="clean_metadata: refused"):
         main(job_config(tmp_path, other), check=refuse)
     assert [digests(p) for p in outputs] == before
-    assert hidden_entries(tmp_path / "data" / "work") == []
+    assert leftovers(tmp_path / "data" / "work") == []
     main(job_config(tmp_path, other))                    # the real check passes and publishes all three
     assert [digests(p) for p in outputs] != before
-    assert {r["name"] for r in spark.read.parquet(cfg.outputs.place_names).collect()} >= {"lettershea", "galway"}
+    assert {r["name"] for r in spark.read.parquet(str(output_path(cfg.outputs.place_names))).collect()} >= {"lettershea", "galway"}
 
 
 def test_a_folder_mixing_layouts_stops_before_the_parse_naming_a_file_of_each(spark, tmp_path):

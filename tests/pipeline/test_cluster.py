@@ -18,7 +18,7 @@ import mlflow
 import pyarrow.parquet as pq
 import pytest
 from helpers import ROOT
-from helpers.spark_jobs import shard_digests
+from helpers.spark_jobs import output_path, shard_digests
 from helpers.yfcc import TOWNS, at, write_raw
 
 from pipeline.cluster import _running, package, start_cluster, stop_cluster
@@ -76,7 +76,7 @@ def run_jobs(folder: Path, world: Path, spark_args: list[str], driver_bin: Path 
 def rows(path: Path, run_folder: Path) -> list[dict]:
     """An output's rows, sorted, with the run's own folder (in rejects' ``file``) written as ``<run>``."""
     text = [json.dumps(r, sort_keys=True, default=str).replace(str(run_folder), "<run>")
-            for r in pq.read_table(path).to_pylist()]
+            for r in pq.read_table(output_path(path)).to_pylist()]
     return sorted(text)
 
 
@@ -105,9 +105,9 @@ def test_the_jobs_on_a_standalone_cluster_match_local_mode(cluster, world, tmp_p
         assert rows(remote / output, tmp_path / "cluster") == rows(local / output, tmp_path / "local"), output
     shards = shard_digests(local / "shards")
     assert len(shards) > 5 and shard_digests(remote / "shards") == shards
-    assert pq.read_table(remote / "shard_rejects").num_rows == 0      # every image found by the workers
-    assert json.loads((remote / "baselines" / "baselines.json").read_text()) == \
-        json.loads((local / "baselines" / "baselines.json").read_text())
+    assert pq.read_table(output_path(remote / "shard_rejects")).num_rows == 0      # every image found by the workers
+    assert json.loads((output_path(remote / "baselines") / "baselines.json").read_text()) == \
+        json.loads((output_path(local / "baselines") / "baselines.json").read_text())
     # On the cluster the shuffles were sized by spark.shuffle_partitions=auto: the input is tiny, so
     # two per core (2 workers x 1 core), not the local master's 8.
     for folder, expected in (("local", "8"), ("cluster", "4")):
@@ -142,7 +142,7 @@ def test_a_job_with_only_its_script_and_the_archive_finds_its_settings_inside(tm
     assert shipped.returncode == 0, shipped.stderr[-3000:]
     # (spark-submit passes on the Python driver's stderr as its stdout)
     assert re.search(r"settings from conf inside \S*locsens-pipeline\.zip", shipped.stdout), shipped.stdout[-3000:]
-    assert pq.read_table(tmp_path / "out" / "data" / "work" / "clean").num_rows == 2
+    assert pq.read_table(output_path(tmp_path / "out" / "data" / "work" / "clean")).num_rows == 2
     alone = submit()
     assert alone.returncode == 2
     said = [line for line in alone.stdout.splitlines() if line.startswith("error:")]

@@ -2,30 +2,34 @@
 each test adds its rows to the fault table (tests/helpers/faults.py, ``make faults``)."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import pytest
 from helpers import ROOT
 from helpers.faults import MlflowServer, kill_when, record, spark_env
-from helpers.spark_jobs import job_config
+from helpers.spark_jobs import job_config, output_path
 
+from common import published
 from common.failpoints import ENV as FAILPOINT_ENV
 
 pytestmark = [pytest.mark.spark, pytest.mark.faults]
 SETTINGS = ["vocab.drop_top=0", "vocab.size=2000"]
 
 
-def _rows(spark, path: str) -> list[tuple]:
-    """An output's rows, sorted (a Parquet folder or file; text outputs by line)."""
-    if Path(path).suffix == ".json" or (Path(path).is_dir() and not any(Path(path).rglob("*.parquet"))):
+def _rows(spark, target: str) -> list[tuple]:
+    """A published output's rows, sorted (Parquet; text outputs by line)."""
+    path = output_path(target)
+    if not any(Path(path).rglob("*.parquet")):
         return sorted((str(p.relative_to(path)), p.read_text()) for p in Path(path).rglob("*") if p.is_file())
-    return sorted(tuple(map(str, r)) for r in spark.read.parquet(path).collect())
+    return sorted(tuple(map(str, r)) for r in spark.read.parquet(str(path)).collect())
 
 
 def _temps(folder: Path) -> list[str]:
-    """Temps and set-aside outputs under ``folder`` (pipeline/io.py names them ``.<name>.tmp-*``, ``.old-*``)."""
-    return sorted(p.name for p in folder.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name)
+    """Versions not published (yet) in the output folders under ``folder``, as ``<output>/<version>``."""
+    return sorted(f"{d.name}/{v}" for d in folder.iterdir() if d.is_dir()
+                  for v in published.unpublished_versions(os.listdir(d), published.published_pointer(d)))
 
 
 JOBS = {   # job -> the outputs it publishes (conf/pipeline.yaml outputs.*)
@@ -37,9 +41,9 @@ JOBS = {   # job -> the outputs it publishes (conf/pipeline.yaml outputs.*)
 
 def test_each_spark_job_killed_mid_write_reruns_to_the_same_outputs(spark, tmp_path, synth_world):
     """For each job in pipeline order: a run as reference; the same job under spark-submit,
-    SIGKILLed as soon as its first temp output appears on disk (mid-write); the published outputs
-    must be the reference's, untouched; rerunning the same job must clear the temps and publish
-    the same rows again."""
+    SIGKILLed as soon as its first new version appears on disk (mid-write); the published outputs
+    must be the reference's, untouched; rerunning the same job must remove the unpublished versions
+    and publish the same rows again."""
     import importlib
 
     cfg = job_config(tmp_path, synth_world, *SETTINGS)
@@ -52,7 +56,7 @@ def test_each_spark_job_killed_mid_write_reruns_to_the_same_outputs(spark, tmp_p
         reference = {o: _rows(spark, cfg.outputs[o]) for o in outputs}
         submit = ["spark-submit", "--master", "local[1]", "--conf", "spark.ui.enabled=false",
                   str(ROOT / "jobs" / f"{job}.py"), *args]
-        # Killed when a temp output appears (Spark writing), or at the latest with every output
+        # Killed when a new version appears (Spark writing), or at the latest with every output
         # written and none published (the publish failpoint: jobs whose outputs are small files).
         marker = tmp_path / f"{job}.publishing"
         env = {**spark_env(), FAILPOINT_ENV: f"publish:{marker}"}
@@ -64,11 +68,11 @@ def test_each_spark_job_killed_mid_write_reruns_to_the_same_outputs(spark, tmp_p
         t0 = time.perf_counter()
         main(cfg)                                                                     # the same job again
         recovery = time.perf_counter() - t0
-        assert _temps(work) == []                                                     # the killed run's temps gone
+        assert _temps(work) == []                                             # the killed run's versions gone
         assert {o: _rows(spark, cfg.outputs[o]) for o in outputs} == reference
-        point = "at publish (every output written)" if marker.exists() else f"when {left[0].split('.tmp-')[0]} appeared"
+        point = "at publish (every output written)" if marker.exists() else f"when a version of {left[0].split('/')[0]} appeared"
         record(f"{job} killed mid-write", f"SIGKILL to spark-submit's process group {ran:.0f} s in, {point}",
-               f"outputs untouched; rerun removed {len(left)} temp(s)", "0 rows", recovery)
+               f"outputs untouched; rerun removed {len(left)} unpublished version(s)", "0 rows", recovery)
 
 
 

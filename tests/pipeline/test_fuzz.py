@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from helpers.faults import record
-from helpers.spark_jobs import job_config
+from helpers.spark_jobs import job_config, output_path
 from helpers.yfcc import TOWNS, at
 
 from pipeline import clean
@@ -95,8 +95,8 @@ def test_every_fuzzed_line_is_kept_or_rejected_with_a_reason(spark, tmp_path_fac
     (raw / "yfcc100m_places").write_text("".join(f"{k}\t{v}\n" for k, v in places.items()))
     cfg = job_config(tmp, raw)
     main(cfg)
-    kept = spark.read.parquet(cfg.outputs.clean)
-    rejects = spark.read.parquet(cfg.outputs.clean_rejects)
+    kept = spark.read.parquet(str(output_path(cfg.outputs.clean)))
+    rejects = spark.read.parquet(str(output_path(cfg.outputs.clean_rejects)))
     n_kept, n_rejected = kept.count(), rejects.count()
     assert n_kept + n_rejected == hadoop_lines(data)
     reasons = {r["reason"] for r in rejects.select("reason").distinct().collect()}

@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from helpers import ROOT
-from helpers.spark_jobs import job_config
+from helpers.spark_jobs import job_config, output_path
 from PIL import Image
 
-from common.contract import read_manifest
+from common.contract import read_manifest, shard_root
 from pipeline import img2dataset, yfcc
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -82,9 +82,9 @@ def test_img2dataset_download_then_shards(spark, tmp_path, synth_world, image_se
     clean_metadata(cfg)
     build_vocab(cfg)
     image_urls(cfg)
-    urls = Path(cfg.outputs.image_urls)
+    urls = output_path(cfg.outputs.image_urls)
     url_files = sorted(urls.glob("*.parquet"))
-    dataset = pq.read_table(cfg.outputs.dataset, columns=["photo_id", "photo_hash", "split"]).to_pylist()
+    dataset = pq.read_table(output_path(cfg.outputs.dataset), columns=["photo_id", "photo_hash", "split"]).to_pylist()
     assert sum(pq.read_metadata(f).num_rows for f in url_files) == len(dataset)
     assert len(url_files) == sum(1 for _ in expected_shard_files(dataset, 100))
 
@@ -104,7 +104,7 @@ def test_img2dataset_download_then_shards(spark, tmp_path, synth_world, image_se
 
     shard_dataset(job_config(tmp_path, synth_world, *SETTINGS, "shard.image_source=img2dataset",
                              f"shard.img2dataset_dir={out}"))
-    rejects = {r["photo_id"]: r["reason"] for r in pq.read_table(cfg.outputs.shard_rejects).to_pylist()}
+    rejects = {r["photo_id"]: r["reason"] for r in pq.read_table(output_path(cfg.outputs.shard_rejects)).to_pylist()}
     world = {i: _own_reason(_Images.files[f"/p/{i}.jpg"]) for i in ids[7:]}   # the world's own bad images
     assert rejects == {**{i: "download_failed" for i in ids[:5]}, **{i: "undecodable_image" for i in ids[5:7]},
                        **{i: reason for i, reason in world.items() if reason}}
@@ -113,7 +113,7 @@ def test_img2dataset_download_then_shards(spark, tmp_path, synth_world, image_se
     shard_of, stored = {}, {}
     for info in m.splits.values():
         for f in info.files:
-            t = pq.read_table(Path(cfg.shard.output) / f.path, columns=["photo_id", "image"])
+            t = pq.read_table(shard_root(cfg.shard.output) / f.path, columns=["photo_id", "image"])
             shard_of.update({i: f.path for i in t["photo_id"].to_pylist()})
             stored.update(zip(t["photo_id"].to_pylist(), t["image"].to_pylist()))
             assert min(Image.open(pa.BufferReader(t["image"][0].as_py())).size) == 32

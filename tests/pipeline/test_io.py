@@ -1,12 +1,14 @@
-"""pipeline.io: a job's outputs are staged, checked and published together, or not at all."""
+"""pipeline.io: a job's outputs are written to new versions, checked, and published by pointers, without renames."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from helpers import ROOT
-from helpers.spark_jobs import digests, hidden_entries
+from helpers.spark_jobs import digests, leftovers, output_path
 
+from common import published
 from pipeline import io
 from pipeline.config import PipelineError, load_config
 from pipeline.stage import check_conservation
@@ -21,11 +23,11 @@ def _write_set(staged: io.OutputSet, work: Path, ids: list[int], rejected: int) 
                          partitions=1, sort_by=["photo_id"])
     staged.write_parquet(spark.createDataFrame([(i, "bad") for i in range(rejected)], "photo_id long, reason string"),
                          str(work / "rejects"), partitions=1)
-    staged.write_text(str(work / "stats" / "job.json"), f'{{"kept": {len(ids)}}}')
+    staged.write_texts(str(work / "stats"), {"job.json": f'{{"kept": {len(ids)}}}'})
 
 
 def _outputs(work: Path) -> list[dict[str, str]]:
-    return [digests(work / "kept"), digests(work / "rejects"), digests(work / "stats" / "job.json")]
+    return [digests(work / "kept"), digests(work / "rejects"), digests(work / "stats")]
 
 
 def _publish(spark, work: Path, ids: list[int], rejected: int) -> list[dict[str, str]]:
@@ -36,27 +38,33 @@ def _publish(spark, work: Path, ids: list[int], rejected: int) -> list[dict[str,
 
 
 def _assert_no_leftovers(work: Path) -> None:
-    assert hidden_entries(work) == [] and hidden_entries(work / "stats") == []
+    assert leftovers(work) == []
+    for name in ("kept", "rejects", "stats"):    # one pointer, one version
+        assert len(os.listdir(work / name)) == 2, os.listdir(work / name)
 
 
-def test_outputs_appear_together_after_the_check(spark, tmp_path):
+def test_outputs_appear_together_after_the_check(spark, tmp_path, no_renames):
     work = tmp_path / "work"
     with io.staged_outputs(spark) as staged:
         staged.write_parquet(spark.createDataFrame([(1,), (2,)], "photo_id long"), str(work / "kept"))
         staged.write_parquet(spark.createDataFrame([(3, "bad")], "photo_id long, reason string"), str(work / "rejects"))
-        staged.write_text(str(work / "stats" / "job.json"), "{}")
-        # Nothing is visible while the job counts its temps and checks them.
-        assert not (work / "kept").exists() and not (work / "rejects").exists()
-        assert not (work / "stats" / "job.json").exists()
+        staged.write_texts(str(work / "stats"), {"job.json": "{}"})
+        # Nothing is published while the job counts what it wrote and checks it.
+        assert all(published.published_pointer(work / n) is None for n in ("kept", "rejects", "stats"))
+        with pytest.raises(PipelineError, match="outputs.clean: input .*kept has no published version"):
+            io.require_outputs(spark, {"clean": str(work / "kept")}, "clean")
         n_kept = staged.read_parquet(str(work / "kept")).count()
         n_rejected = staged.read_parquet(str(work / "rejects")).count()
         check_conservation("test", 3, {"kept": n_kept, "rejected": n_rejected})
-    assert sorted(r["photo_id"] for r in spark.read.parquet(str(work / "kept")).collect()) == [1, 2]
-    assert (work / "stats" / "job.json").read_text() == "{}"
+    found = io.require_outputs(spark, {"clean": str(work / "kept"), "clean_rejects": str(work / "rejects")},
+                               "clean", "clean_rejects")
+    assert sorted(r["photo_id"] for r in spark.read.parquet(found["clean"]).collect()) == [1, 2]
+    assert found["clean"] == str(output_path(work / "kept"))
+    assert (output_path(work / "stats") / "job.json").read_text() == "{}"
     _assert_no_leftovers(work)
 
 
-def test_failed_check_keeps_the_previous_outputs(spark, tmp_path):
+def test_failed_check_keeps_the_previous_outputs(spark, tmp_path, no_renames):
     work = tmp_path / "work"
     before = _publish(spark, work, [1, 2], 1)
     with pytest.raises(PipelineError, match="3 input rows but kept 3 \\+ rejected 2 = 5"):
@@ -70,17 +78,72 @@ def test_failed_check_keeps_the_previous_outputs(spark, tmp_path):
     _assert_no_leftovers(work)
 
 
-def test_a_failed_rename_puts_every_previous_output_back(spark, tmp_path):
-    """Publishing is all or nothing: when one output cannot be renamed, those already renamed
-    go back and the previous ones return."""
+def test_a_torn_pointer_is_never_followed(spark, tmp_path, no_renames):
+    """A kill while the pointer was being written leaves a file that does not parse: readers keep
+    the version published before, and the next run removes it and publishes."""
     work = tmp_path / "work"
     before = _publish(spark, work, [1, 2], 1)
-    with pytest.raises(PipelineError, match="cannot rename"):
-        with io.staged_outputs(spark) as staged:
-            _write_set(staged, work, [4, 5, 6], 2)
-            io.remove(spark, staged.temp(str(work / "stats" / "job.json")))    # lost: its rename fails
+    first = published.published_pointer(work / "kept")
+    (work / "kept" / published.pointer_name(first.seq + 1)).write_text('{"version": "v2026')   # torn
+    assert published.published_pointer(work / "kept") == first
+    assert io.published_version(spark, str(work / "kept")) == first
     assert _outputs(work) == before
+    _publish(spark, work, [7], 0)        # the torn pointer is removed when the run starts, and its number reused
+    assert published.published_pointer(work / "kept").seq == first.seq + 1
     _assert_no_leftovers(work)
+
+
+def test_recovery_removes_unpublished_versions_and_never_the_published_one(spark, tmp_path, no_renames):
+    """What a killed run leaves, for each place it can be killed: a version not yet published (deleted by
+    the next run); a new pointer written but the old version not yet deleted (the new one stays, the old
+    goes). The published version is never deleted."""
+    work = tmp_path / "work"
+    before = _publish(spark, work, [1, 2], 1)
+    v1 = published.published_pointer(work / "kept").version
+    killed = work / "kept" / published.new_version()
+    (killed / "part-0.parquet").parent.mkdir()
+    (killed / "part-0.parquet").write_bytes(b"half")
+    assert io.recover_leftovers(spark, str(work / "kept")).version == v1
+    assert not killed.exists() and _outputs(work) == before
+    # Killed after publishing, before removing what it replaced: both versions are there, the new one published.
+    kept_old = work / "kept_old"
+    import shutil
+    shutil.copytree(work / "kept", kept_old)
+    _publish(spark, work, [4, 5], 0)
+    new = published.published_pointer(work / "kept")
+    for name in os.listdir(kept_old):
+        if not (work / "kept" / name).exists():
+            shutil.copytree(kept_old / name, work / "kept" / name) if (kept_old / name).is_dir() else \
+                shutil.copy(kept_old / name, work / "kept" / name)
+    assert sorted(os.listdir(work / "kept")) == sorted([published.pointer_name(1), v1, published.pointer_name(2), new.version])
+    assert published.published_pointer(work / "kept") == new
+    io.recover_leftovers(spark, str(work / "kept"))
+    assert sorted(os.listdir(work / "kept")) == [published.pointer_name(2), new.version]
+
+
+def test_outputs_of_one_job_from_different_runs_are_refused_together(spark, tmp_path, monkeypatch):
+    """A run killed between its outputs' pointers: each output is a whole, checked version, but
+    a reader of both stops with one line naming the job to run again."""
+    work = tmp_path / "work"
+    _publish(spark, work, [1, 2], 1)
+    outputs = {"clean": str(work / "kept"), "clean_rejects": str(work / "rejects")}
+    assert set(io.require_outputs(spark, outputs, "clean", "clean_rejects")) == {"clean", "clean_rejects"}
+    real = io.write_text_file
+
+    def dies_at_the_second_pointer(spark, path, text, **kw):
+        if "rejects/_published-" in path:
+            raise PipelineError("killed")
+        real(spark, path, text, **kw)
+
+    monkeypatch.setattr(io, "write_text_file", dies_at_the_second_pointer)
+    with pytest.raises(PipelineError, match="killed"):
+        _publish(spark, work, [4, 5], 0)
+    monkeypatch.undo()
+    assert sorted(r["photo_id"] for r in spark.read.parquet(str(output_path(work / "kept"))).collect()) == [4, 5]
+    with pytest.raises(PipelineError, match="outputs.clean .* and outputs.clean_rejects .* come from different runs "
+                                            "of jobs/clean_metadata.py"):
+        io.require_outputs(spark, outputs, "clean", "clean_rejects")
+    assert len([n for n in os.listdir(work / "rejects") if published.is_version(n)]) == 1   # its new version went
 
 
 def test_single_existing_refuses_two_candidates(spark, tmp_path):

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers.spark_jobs import job_config
+from helpers.spark_jobs import job_config, output_path
 
 from common.contract import read_manifest
 from pipeline.config import run_job
@@ -62,7 +62,7 @@ def test_synthetic_world_end_to_end(spark, tmp_path):
         [mlflow.MlflowClient(uri).get_experiment_by_name("pipeline/shard_dataset").experiment_id])[0]
     assert m.extra["mlflow_run"]["run_id"] == job_run.info.run_id          # the training runs link back to it
 
-    rows = json.loads((Path(cfg.outputs.baselines) / "baselines.json").read_text())
+    rows = json.loads((output_path(cfg.outputs.baselines) / "baselines.json").read_text())
     a = {(r["baseline"].split()[0], r["place names"]): r for r in rows}
     assert a[("town", "kept")]["A@1"] > a[("country", "kept")]["A@1"] > a[("global", "kept")]["A@1"]
     for level in ("town", "country"):

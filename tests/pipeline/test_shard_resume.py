@@ -17,9 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import ROOT
 from helpers.faults import record
-from helpers.spark_jobs import hidden_entries, job_config, shard_digests
+from helpers.spark_jobs import job_config, leftovers, output_path, shard_digests
 from pyspark.sql import functions as F
 
+from common import published
+from common.contract import shard_root
 from pipeline import shards
 
 pytestmark = pytest.mark.spark
@@ -43,8 +45,9 @@ def test_every_task_writes_exactly_one_shard_file(spark):
     assert [r["_order"] for r in order] == sorted(r["_order"] for r in order)   # in file order
 
 
-def _markers(partial: Path) -> int:
-    return len(list(partial.glob("_progress/*/*.json")))
+def _markers(out: Path) -> int:
+    """Progress markers in the unpublished version(s) of the shard output ``out``."""
+    return len(list(out.glob("v*/_progress/*/*.json")))
 
 
 @pytest.mark.slow
@@ -66,7 +69,7 @@ def test_a_killed_shard_run_resumes_to_the_uninterrupted_result(spark, tmp_path,
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
     submit = ["spark-submit", "--master", "local[1]", str(ROOT / "jobs" / "shard_dataset.py"), *args]
-    partial = Path(cfg.shard.output).parent / f".{Path(cfg.shard.output).name}.partial"
+    partial = Path(cfg.shard.output)
 
     log = open(tmp_path / "killed.log", "w")
     proc = subprocess.Popen(submit, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -81,7 +84,7 @@ def test_a_killed_shard_run_resumes_to_the_uninterrupted_result(spark, tmp_path,
     proc.wait(timeout=60)
     log.close()
     done_before = _markers(partial)
-    assert done_before >= 10 and not Path(cfg.shard.output).exists()
+    assert done_before >= 10 and published.published_pointer(cfg.shard.output) is None
 
     # The Python driver's log reaches spark-submit's stdout.
     t0 = time.perf_counter()
@@ -95,9 +98,9 @@ def test_a_killed_shard_run_resumes_to_the_uninterrupted_result(spark, tmp_path,
 
     out, ref = Path(cfg.shard.output), tmp_path / "reference"
     assert shard_digests(out) == shard_digests(ref)      # shard bytes; the manifest but for its MLflow run
-    assert sorted(map(str, pq.read_table(cfg.outputs.shard_rejects).to_pylist())) == \
-        sorted(map(str, pq.read_table(tmp_path / "reference_rejects").to_pylist()))
-    assert hidden_entries(out.parent) == [] and not (out / "_progress").exists()
+    assert sorted(map(str, pq.read_table(output_path(cfg.outputs.shard_rejects)).to_pylist())) == \
+        sorted(map(str, pq.read_table(output_path(tmp_path / "reference_rejects")).to_pylist()))
+    assert leftovers(out.parent) == [] and not (shard_root(out) / "_progress").exists()
     record("shard_dataset killed mid-write", f"SIGKILL to spark-submit's process group after {done_before} of "
            f"{resumed.group(2)} shard files", f"rerun resumed {resumed.group(1)} verified files; shard bytes equal "
            "the uninterrupted run's", "0 rows", recovery)
@@ -116,7 +119,7 @@ def test_a_marker_is_trusted_only_while_its_file_matches(tmp_path):
     pq.write_table(pa.table({"x": [1, 2, 3]}), tmp_path / rel, row_group_size=2)
     progress = ShardProgress(pafs.LocalFileSystem(), str(tmp_path))
     records = [{"kind": "file", "split": "train", "path": rel, "row_groups": [2, 1]}]
-    progress.mark(rel, "digest-1", records, [2, 1], "0-0-0")
+    progress.mark(rel, "digest-1", records, [2, 1])
     assert progress.completed(rel, "digest-1") == records
     assert progress.completed(rel, "digest-2") is None
     assert progress.completed("train/part-00001.parquet", "digest-1") is None     # no marker

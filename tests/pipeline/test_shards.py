@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from helpers.images import jpeg
-from helpers.spark_jobs import digests, hidden_entries, job_config, refuse, shard_digests
+from helpers.spark_jobs import digests, job_config, leftovers, output_path, refuse, shard_digests
 from PIL import Image
 from helpers.yfcc import TOWNS, at, photo_hash, write_raw
 
-from common.contract import SHARD_SCHEMA, VOCAB_SCHEMA, read_manifest
+from common.contract import SHARD_SCHEMA, VOCAB_SCHEMA, read_manifest, shard_root
 from pipeline import images, yfcc
 from pipeline.config import PipelineError
 
@@ -119,13 +119,13 @@ def test_other_thread_and_memory_bounds_write_the_same_shards(spark, tmp_path):
 
 
 @pytest.mark.slow
-def test_shard_job_writes_contract_shards(spark, tmp_path):
+def test_shard_job_writes_contract_shards(spark, tmp_path, no_renames):
     raw = _world(tmp_path)
     cfg = _pipeline(spark, tmp_path, raw)
-    shards = Path(cfg.shard.output)
+    shards = shard_root(cfg.shard.output)
     m = read_manifest(shards)
     assert m.image_size == 32 and set(m.splits) == {"train", "val", "test"}
-    rejects = pq.read_table(cfg.outputs.shard_rejects).to_pylist()
+    rejects = pq.read_table(output_path(cfg.outputs.shard_rejects)).to_pylist()
     assert sorted((r["photo_id"], r["reason"]) for r in rejects) == \
         [(7, "missing_image"), (8, "missing_image"), (9, "undecodable_image")]
     assert sum(s.rows for s in m.splits.values()) + len(rejects) == N
@@ -150,17 +150,20 @@ def test_shard_job_writes_contract_shards(spark, tmp_path):
     before = {p.relative_to(shards): hashlib.md5(p.read_bytes()).hexdigest() for p in shards.rglob("*.parquet")}
     from jobs.shard_dataset import main as shard_dataset
     shard_dataset(cfg)
+    assert not shards.exists() and shard_root(cfg.shard.output) != shards   # a new version; the one it replaced is gone
+    shards = shard_root(cfg.shard.output)
     after = {p.relative_to(shards): hashlib.md5(p.read_bytes()).hexdigest() for p in shards.rglob("*.parquet")}
     assert after == before                          # a rerun writes the same bytes
 
     # A failed conservation check publishes neither the new shards nor their rejects.
+    shards = Path(cfg.shard.output)
     published = [digests(shards), digests(cfg.outputs.shard_rejects)]
     other = job_config(tmp_path, raw, "vocab.drop_top=0", "splits.test=0.2", "splits.val=0.1",
                        "shard.image_size=16", "shard.rows_per_file=30", "shard.rows_per_row_group=8")
     with pytest.raises(PipelineError, match="shard_dataset: refused"):
         shard_dataset(other, check=refuse)
     assert [digests(shards), digests(cfg.outputs.shard_rejects)] == published
-    assert hidden_entries(shards.parent) == []
+    assert leftovers(shards.parent) == []
 
 
 def _i2d_output(folder: Path, *, with_photo_id: bool = True) -> Path:
@@ -195,13 +198,13 @@ def test_img2dataset_source(spark, tmp_path, join):
     cfg = _pipeline(spark, tmp_path, raw, "shard.image_source=img2dataset", f"shard.img2dataset_dir={i2d}",
                     f"shard.img2dataset_join={join}")
     m = read_manifest(cfg.shard.output)
-    rejects = pq.read_table(cfg.outputs.shard_rejects).to_pylist()
+    rejects = pq.read_table(output_path(cfg.outputs.shard_rejects)).to_pylist()
     assert sorted((r["photo_id"], r["reason"]) for r in rejects) == I2D_REJECTS
     assert {r["path"] for r in rejects} == {f"http://farm1.staticflickr.com/1/{i}_abc.jpg" for i, _ in I2D_REJECTS}
     assert sum(s.rows for s in m.splits.values()) == N - len(I2D_REJECTS)
     for info in m.splits.values():
         for f in info.files:
-            t = pq.read_table(Path(cfg.shard.output) / f.path)
+            t = pq.read_table(shard_root(cfg.shard.output) / f.path)
             for pid, img in zip(t["photo_id"].to_pylist()[:3], t["image"].to_pylist()[:3]):
                 assert Image.open(io.BytesIO(img)).size == (43, 32)   # 64x48 -> short side 32
 
@@ -222,4 +225,4 @@ def test_bad_img2dataset_join_is_one_line_naming_the_setting(spark, tmp_path, se
     with pytest.raises(PipelineError, match=message) as err:
         shard_dataset(bad)
     assert "\n" not in str(err.value)
-    assert Path(cfg.shard.output, "manifest.json").exists()    # the earlier shards are untouched
+    assert (shard_root(cfg.shard.output) / "manifest.json").exists()    # the earlier shards are untouched

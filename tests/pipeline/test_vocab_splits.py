@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers.spark_jobs import digests, hidden_entries, job_config, refuse
+from helpers.spark_jobs import digests, job_config, leftovers, output_path, refuse
 from helpers.yfcc import TOWNS, at, write_raw
 
 from pipeline import place_names, splits, vocab
@@ -103,16 +103,16 @@ def test_build_vocab_job_conserves_and_writes_contract_tables(spark, tmp_path):
     cfg = job_config(tmp_path, raw, "vocab.drop_top=2", "vocab.size=50", "splits.test=30", "splits.val=20")
     clean_metadata(cfg)
     build_vocab(cfg)
-    voc = spark.read.parquet(cfg.outputs.vocab).orderBy("index").collect()
+    voc = spark.read.parquet(str(output_path(cfg.outputs.vocab))).orderBy("index").collect()
     assert "common" not in [r["tag"] for r in voc] and voc[0]["index"] == 0
-    ds = spark.read.parquet(cfg.outputs.dataset)
-    rej = spark.read.parquet(cfg.outputs.dataset_rejects)
+    ds = spark.read.parquet(str(output_path(cfg.outputs.dataset)))
+    rej = spark.read.parquet(str(output_path(cfg.outputs.dataset_rejects)))
     assert ds.count() + rej.count() == 300 and rej.count() == 7
     assert {r["split"]: r["count"] for r in ds.groupBy("split").count().collect()} == \
         {"test": 30, "val": 20, "train": 243}
-    stats = json.loads((tmp_path / "data" / "work" / "stats" / "build_vocab.json").read_text())
+    stats = json.loads((output_path(tmp_path / "data" / "work" / "stats") / "build_vocab.json").read_text())
     assert stats["images"] == 293 and stats["place_tags_in_vocab"] == 2  # paris, galway (a County)
-    names = {(r["name"], r["level"]) for r in spark.read.parquet(cfg.outputs.place_names).collect()}
+    names = {(r["name"], r["level"]) for r in spark.read.parquet(str(output_path(cfg.outputs.place_names))).collect()}
     assert ("lettershea", "town") in names and ("ireland", "country") in names
     with pytest.raises(PipelineError, match="vocab.max_tags"):
         build_vocab(job_config(tmp_path, raw, "vocab.max_tags=0"))
@@ -130,12 +130,12 @@ def test_build_vocab_failed_check_publishes_nothing(spark, tmp_path):
     clean_metadata(cfg)
     build_vocab(cfg)
     out = cfg.outputs
-    outputs = [out.vocab, out.dataset, out.dataset_rejects, f"{out.stats}/build_vocab.json"]
+    outputs = [out.vocab, out.dataset, out.dataset_rejects, out.stats]
     before = [digests(p) for p in outputs]
     other = job_config(tmp_path, raw, "vocab.drop_top=1", "splits.test=10", "splits.val=5")
     with pytest.raises(PipelineError, match="build_vocab: refused"):
         build_vocab(other, check=refuse)
     assert [digests(p) for p in outputs] == before
-    assert hidden_entries(tmp_path / "data" / "work") == [] and hidden_entries(out.stats) == []
+    assert leftovers(tmp_path / "data" / "work") == []
     build_vocab(other)
     assert [digests(p) for p in outputs] != before

@@ -28,7 +28,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from common.contract import MANIFEST_NAME, read_manifest
+from common.contract import MANIFEST_NAME, read_manifest, shard_root
 from common.embeddings import (EmbeddingsManifest, arrow_to_embeddings, image_schema, read_image_embeddings,
                                read_tag_embeddings, tag_schema)
 from common.metrics import TagSets
@@ -168,7 +168,7 @@ class LocSensDataModule(CheckedFiles, pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.embeddings_dir = Path(embeddings_dir)
-        self.shards_dir = Path(shards_dir) if shards_dir else None
+        self.shards_dir = shard_root(shards_dir) if shards_dir else None
         self._manifest: Optional[EmbeddingsManifest] = None
         self._tags: Optional[np.ndarray] = None
         self._max_tags: Optional[int] = None

@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from common.contract import SHARD_SCHEMA, Manifest, SplitInfo, read_manifest
+from common.contract import SHARD_SCHEMA, Manifest, SplitInfo, read_manifest, shard_root
 from common.metrics import TagSets
 from training.data.check import BadFile, CheckedFiles, parquet_problem
 from training.data.images import DECODE, decode_batch, to_batch, train_draws
@@ -40,7 +40,7 @@ class ShardStream(PlannedStream):
                  resize: Optional[int] = None, train: bool = False, shuffle: bool = False,
                  shuffle_window: int = 8, seed: int = 0, world_size: int = 1, rank: int = 0,
                  manifest: Optional[Manifest] = None, columns: Sequence[str] = BATCH_COLUMNS, decode: str = "cpu"):
-        self.shards_dir = Path(shards_dir)
+        self.shards_dir = shard_root(shards_dir)
         manifest = manifest or read_manifest(self.shards_dir)
         self.split = split
         super().__init__(self.shards_dir, manifest.work_units(split), columns, batch_size=batch_size,
@@ -69,6 +69,7 @@ class ShardStream(PlannedStream):
 def read_split_columns(shards_dir: str | Path, split: str, columns: Sequence[str],
                        manifest: Optional[Manifest] = None) -> pa.Table:
     """Some (light) columns of a whole split, in manifest order: tags and locations, not images."""
+    shards_dir = shard_root(shards_dir)
     manifest = manifest or read_manifest(shards_dir)
     tables = [pq.read_table(Path(shards_dir) / f.path, columns=list(columns))
               for f in manifest.splits[split].files]
@@ -81,6 +82,7 @@ def read_split_images(shards_dir: str | Path, split: str, photo_ids: Sequence[in
                       manifest: Optional[Manifest] = None) -> dict[int, bytes]:
     """The JPEG bytes of a few photos of a split, by photo_id: a filtered read, so only the
     row groups whose statistics may hold them are decoded, not the split's every image."""
+    shards_dir = shard_root(shards_dir)
     manifest = manifest or read_manifest(shards_dir)
     wanted = sorted({int(i) for i in photo_ids})
     out: dict[int, bytes] = {}
@@ -94,12 +96,14 @@ def read_split_images(shards_dir: str | Path, split: str, photo_ids: Sequence[in
 
 
 def read_vocab(shards_dir: str | Path, manifest: Optional[Manifest] = None) -> pa.Table:
+    shards_dir = shard_root(shards_dir)
     manifest = manifest or read_manifest(shards_dir)
     return pq.read_table(Path(shards_dir) / manifest.vocab_path).sort_by("index")
 
 
 def place_mask(shards_dir: str | Path, manifest: Optional[Manifest] = None) -> np.ndarray:
     """Boolean vocabulary mask of the tags that are place names (supplement, Table 2)."""
+    shards_dir = shard_root(shards_dir)
     manifest = manifest or read_manifest(shards_dir)
     vocab = read_vocab(shards_dir, manifest)
     path = Path(shards_dir) / manifest.place_names_path
@@ -140,7 +144,7 @@ class ShardDataModule(CheckedFiles, pl.LightningDataModule):
                  decode: str = "cpu"):
         super().__init__()
         self.save_hyperparameters(logger=False)
-        self.shards_dir = Path(shards_dir)
+        self.shards_dir = shard_root(shards_dir)   # the published version: every rank reads the same one
         self._manifest: Optional[Manifest] = None
         self.predict_splits = list(predict_splits)
 

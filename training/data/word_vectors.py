@@ -20,7 +20,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as sla
 import torch
 
-from common.contract import read_manifest
+from common.contract import read_manifest, shard_root
 from common.files import atomic_write
 from common.metrics import TagSets
 from training.data.shards import read_split_columns, read_vocab
@@ -104,6 +104,7 @@ def build_word_vectors(shards_dir: str, dim: int = 300, glove_path: Optional[str
                        smoothing: float = 0.75, seed: int = 0,
                        cache_dir: Optional[str] = None) -> torch.Tensor:
     """The (V, dim) word-vector matrix for a shard directory's vocabulary (used from config)."""
+    shards_dir = str(shard_root(shards_dir))
     manifest = read_manifest(shards_dir)
     key = json.dumps({"shards": str(Path(shards_dir).resolve()), "manifest": manifest.to_json(),
                       "dim": dim, "glove": str(glove_path), "smoothing": smoothing, "seed": seed},
