@@ -226,3 +226,21 @@ def test_bad_img2dataset_join_is_one_line_naming_the_setting(spark, tmp_path, se
         shard_dataset(bad)
     assert "\n" not in str(err.value)
     assert (shard_root(cfg.shard.output) / "manifest.json").exists()    # the earlier shards are untouched
+
+
+def test_speculative_tasks_are_refused_as_shard_files_are_written_in_place(tmp_path):
+    """Shard files are written where they stay (no temp and move, which on object stores is a
+    copy): two copies of one task would write the same file, so the job refuses speculation in
+    one line, before it reads anything."""
+    import subprocess
+
+    from helpers import ROOT
+    from helpers.faults import spark_env
+
+    proc = subprocess.run(["spark-submit", "--master", "local[1]", "--conf", "spark.speculation=true",
+                           "--conf", "spark.ui.enabled=false", str(ROOT / "jobs" / "shard_dataset.py"),
+                           f"paths.root_dir={tmp_path}", f"paths.mlflow_tracking_uri=sqlite:///{tmp_path}/m.db"],
+                          cwd=ROOT, env=spark_env(), capture_output=True, text=True, timeout=300)
+    said = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(said) == 1, proc.stderr[-2000:]
+    assert said[0].startswith("error: setting spark.speculation=true") and "spark.speculation=false" in said[0]
