@@ -14,6 +14,7 @@ import logging
 
 from omegaconf import DictConfig
 from pyspark import StorageLevel
+from pyspark.sql import Observation
 from pyspark.sql import functions as F
 
 from pipeline import clean, io, parse, place_names
@@ -70,9 +71,11 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
     with stage(cfg, "clean_metadata") as st:
         log.info("reading %s (%d columns), %s%s", dataset_path, layout, places_path,
                  f", {hash_path}" if hash_path else "")
-        raw = io.read_text_lines(spark, dataset_path)
-        with st.timed("count_input"):
-            n_input = raw.count()  # counted on its own: the check below must not trust the transform
+        # Lines are counted as they are read, in the same pass as the parse (an Observation on the
+        # raw lines, before any transform): the check below must not trust the transform, and a
+        # separate count would decompress the whole input twice.
+        read = Observation("input")
+        raw = io.read_text_lines(spark, dataset_path).observe(read, F.count(F.lit(1)).alias("lines"))
         lines = raw.select("value", F.col("_metadata.file_path").alias("file"))
         if c.dictionary is not None:
             lines = lines.withColumn("_row_id", F.monotonically_increasing_id())
@@ -98,6 +101,7 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
                 staged.write_parquet(clean.rejects(classified), cfg.outputs.clean_rejects,
                                      sort_by=["photo_id", "reason", "file", "line"])
             classified.unpersist()
+            n_input = int(read.get["lines"])      # complete once the kept table's write has run
             with st.timed("place_names"):
                 staged.write_parquet(place_names.place_names(places_lines, continents), cfg.outputs.place_names,
                                      partitions=1, sort_by=["level", "name"])
