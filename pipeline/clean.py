@@ -74,24 +74,15 @@ def classify(parsed: DataFrame, places: DataFrame, continents: DataFrame, *,
     ``places`` from :func:`pipeline.parse.parse_places_lines`, ``hashes`` (23-column layout only)
     from :func:`pipeline.parse.parse_hash_lines`. Left joins on de-duplicated right sides keep
     exactly one output row per input line.
-
-    Lines rejected by what the line alone shows (unparsable, video, no coordinates, no tags:
-    about 70% of YFCC100M) are split off first and added back at the end, without place fields:
-    they skip the joins, the duplicate window and their shuffles. That changes no reason, since
-    a rejected line never outranks a kept one for its photo_id.
     """
-    r = F.col("reason")
     df = parsed
+    r = F.col("reason")
     df = df.withColumn("reason", _or_reason(r, F.col("marker") == yfcc.MARKER_VIDEO, "video"))
     df = df.withColumn("reason", _or_reason(r, F.col("latitude").isNull(), "no_geo"))
     df = df.withColumn("reason", _or_reason(r, F.col("n_raw_tags") == 0, "no_tags"))
-    early = [df.where(r.isNotNull())]
-    df = df.where(r.isNull())
     if dictionary is not None:
         df = filter_by_dictionary(df, dictionary)
     df = df.withColumn("reason", _or_reason(r, F.size("tags") == 0, "no_usable_tags"))
-    early.append(df.where(r.isNotNull()))
-    df = df.where(r.isNull())
 
     place = one_per_photo(places, "places_reason", "town", "region", "country")
     df = df.join(place.withColumn("_has_places", F.lit(True)), "photo_id", "left")
@@ -111,10 +102,7 @@ def classify(parsed: DataFrame, places: DataFrame, continents: DataFrame, *,
                                                "line_hash")
     df = df.withColumn("_rank", F.when(F.col("photo_id").isNotNull(), F.row_number().over(w)))
     df = df.withColumn("reason", _or_reason(r, F.col("_rank") > 1, "duplicate_photo_id"))
-    df = df.drop("_has_places", "places_reason", "_rank")
-    for rejected in early:
-        df = df.unionByName(rejected, allowMissingColumns=True)
-    return df
+    return df.drop("_has_places", "places_reason", "_rank")
 
 
 def kept(classified: DataFrame) -> DataFrame:
