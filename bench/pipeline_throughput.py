@@ -19,6 +19,9 @@ the smallest (flat = scales linearly; with fixed start-up costs it falls as size
 the marginal cost of the extra lines.
 
 Spark runs as ``make pipeline`` runs it: ``local[2]``, 4 GB driver, the parallel garbage collector.
+Each Spark run also reports the bytes its shuffles wrote and the driver's peak JVM heap (from
+Spark's event log) and the JVM's peak RSS. ``--spark-only`` skips DuckDB: the scaling table (time,
+shuffle bytes and driver memory by input size). ``--doc docs/benchmarks.md`` writes the tables there.
 
 For ``.bz2`` input Spark splits the file and decompresses the parts in parallel; DuckDB's CSV
 reader has no bzip2 codec (gzip and zstd only), so its time includes a single-threaded
@@ -44,6 +47,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 import duckdb_pipeline  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from common.markdown import table as md_table  # noqa: E402
+from common.markdown import write_block  # noqa: E402
+from common.published import resolve  # noqa: E402
 from pipeline.geography import country_continents  # noqa: E402
 from pipeline.spark import BATCH_JVM_OPTIONS  # noqa: E402
 
@@ -56,25 +62,56 @@ def world(work: Path, n: int, seed: int, compress: bool) -> Path:
     return out
 
 
-def run_spark(raw: Path, work: Path, master: str, partitions: int) -> tuple[float, dict]:
+def event_log_figures(folder: Path) -> dict[str, float]:
+    """Shuffle bytes written (all tasks) and the driver's peak JVM heap, from Spark's event logs
+    in ``folder``: what the jobs did, measured by Spark itself."""
+    shuffle, heap = 0, 0
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):   # Spark 4 rolls logs into a folder per app
+        with path.open() as fh:
+            for line in fh:
+                if '"SparkListenerTaskEnd"' in line:
+                    metrics = json.loads(line).get("Task Metrics") or {}
+                    shuffle += metrics.get("Shuffle Write Metrics", {}).get("Shuffle Bytes Written", 0)
+                elif '"SparkListenerStageExecutorMetrics"' in line:
+                    event = json.loads(line)
+                    if event.get("Executor ID") == "driver":
+                        heap = max(heap, event.get("Executor Metrics", {}).get("JVMHeapMemory", 0))
+    return {"shuffle_bytes": shuffle, "driver_peak_heap_bytes": heap}
+
+
+def run_spark(raw: Path, work: Path, master: str, partitions: int | str) -> tuple[float, dict]:
+    """Seconds of clean_metadata + build_vocab through spark-submit, and the jobs' statistics with
+    shuffle bytes, the driver's peak JVM heap and the peak RSS of the largest process (the JVM:
+    in local mode driver and executors)."""
     root = work / f"spark_{raw.name}"
     shutil.rmtree(root, ignore_errors=True)
+    events = root / "events"
+    events.mkdir(parents=True)
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
            "PYSPARK_DRIVER_PYTHON": sys.executable}
     args = [f"paths.root_dir={root}", f"paths.raw_dir={raw}", f"paths.mlflow_tracking_uri=sqlite:///{root}/mlruns.db",
             f"spark.shuffle_partitions={partitions}"]
     submit = str(Path(sys.executable).with_name("spark-submit"))
     java_opts = f"{BATCH_JVM_OPTIONS} -Dlog4j2.configurationFile={ROOT}/conf/log4j2.properties"
-    t = time.perf_counter()
+    t, peak_rss = time.perf_counter(), 0
     for job in ("clean_metadata", "build_vocab"):
-        r = subprocess.run([submit, "--master", master, "--driver-memory", "4g", "--driver-java-options", java_opts,
-                            str(ROOT / "jobs" / f"{job}.py"), *args],
-                           cwd=ROOT, env=env, capture_output=True, text=True)
-        if r.returncode != 0:
-            sys.exit(f"spark job {job} failed:\n{r.stderr[-3000:]}")
+        log = root / f"{job}.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen([submit, "--master", master, "--driver-memory", "4g", "--driver-java-options",
+                                     java_opts, "--conf", "spark.eventLog.enabled=true",
+                                     "--conf", f"spark.eventLog.dir=file://{events}",
+                                     "--conf", "spark.eventLog.compress=false",
+                                     "--conf", "spark.eventLog.logStageExecutorMetrics=true",
+                                     str(ROOT / "jobs" / f"{job}.py"), *args],
+                                    cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        peak_rss = max(peak_rss, usage.ru_maxrss * 1024)   # KiB on Linux; spark-submit execs the JVM
+        if proc.returncode != 0:
+            sys.exit(f"spark job {job} failed:\n{log.read_text()[-3000:]}")
     elapsed = time.perf_counter() - t
-    stats = json.loads((root / "data" / "work" / "stats" / "build_vocab.json").read_text())
-    return elapsed, stats
+    stats = json.loads((resolve(root / "data" / "work" / "stats") / "build_vocab.json").read_text())
+    return elapsed, {**stats, **event_log_figures(events), "peak_rss_bytes": peak_rss}
 
 
 def run_duckdb(raw: Path, work: Path, threads: int, cfg, *, full: bool) -> tuple[float, dict]:
@@ -129,7 +166,7 @@ def run_duckdb(raw: Path, work: Path, threads: int, cfg, *, full: bool) -> tuple
 def spark_rejects(work: Path, raw: Path) -> dict[str, int]:
     import pyarrow.parquet as pq
 
-    reasons = pq.read_table(work / f"spark_{raw.name}" / "data" / "work" / "clean_rejects", columns=["reason"])
+    reasons = pq.read_table(resolve(work / f"spark_{raw.name}" / "data" / "work" / "clean_rejects"), columns=["reason"])
     return {r["values"]: r["counts"] for r in reasons.column("reason").value_counts().to_pylist()}
 
 
@@ -148,6 +185,30 @@ def per_level(pairs: set[tuple[str, str]]) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.0f}"
+
+
+def scaling_table(results: list[dict]) -> str:
+    """Spark's time, shuffle and memory by input size, each size's cost per line relative to the smallest's."""
+    base = results[0]
+    rows = [[f"{r['lines']:,}" + (" (.bz2)" if r["bz2"] else ""), f"{r['spark_s']:.1f}", f"{r['lines'] / r['spark_s']:,.0f}",
+             f"{(r['spark_s'] / r['lines']) / (base['spark_s'] / base['lines']):.2f}", _mib(r["shuffle_bytes"]),
+             f"{r['shuffle_bytes'] / r['lines']:.0f}", _mib(r["driver_peak_heap_bytes"]), _mib(r["peak_rss_bytes"])]
+            for r in results]
+    return md_table(["lines", "Spark s", "lines/s", "cost per line vs first", "shuffle written MiB",
+                     "shuffle bytes/line", "driver peak heap MiB", "peak RSS MiB"], rows)
+
+
+def ratio_table(results: list[dict]) -> str:
+    rows = [[f"{r['lines']:,}" + (" (.bz2)" if r["bz2"] else ""), f"{r['spark_s']:.1f}", f"{r['duckdb_full_s']:.1f}",
+             f"{r['spark_s'] / r['duckdb_full_s']:.2f}x", f"{r['duckdb_minimal_s']:.1f}",
+             f"{r['spark_s'] / r['duckdb_minimal_s']:.2f}x", "yes" if all(r["same_outputs"].values()) else "NO"]
+            for r in results]
+    return md_table(["lines", "Spark s", "DuckDB same work s", "Spark/DuckDB", "DuckDB filter+count s",
+                     "Spark/filter+count", "outputs equal"], rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000])
@@ -156,7 +217,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--master", default="local[2]")
     p.add_argument("--threads", type=int, default=2, help="DuckDB threads (same cores as Spark)")
-    p.add_argument("--partitions", type=int, default=8)
+    p.add_argument("--partitions", default="8", help="spark.shuffle_partitions (a number, or auto)")
+    p.add_argument("--spark-only", action="store_true",
+                   help="Spark alone: the scaling table (time, shuffle bytes, driver memory by size)")
+    p.add_argument("--doc", type=Path, help="also write the table into this page's block pipeline-throughput "
+                                            "(or pipeline-scaling with --spark-only)")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     cfg = OmegaConf.load(ROOT / "conf" / "pipeline.yaml")  # vocab, splits, aliases: the jobs' defaults
@@ -165,23 +230,31 @@ def main() -> None:
     for n, bz in cases:
         raw = world(args.work, n, args.seed, bz)
         spark_s, stats = run_spark(raw, args.work, args.master, args.partitions)
+        result = {"lines": n, "bz2": bz, "spark_s": spark_s, "kept": stats["clean_images"],
+                  "dataset_images": stats["images"],
+                  **{k: stats[k] for k in ("shuffle_bytes", "driver_peak_heap_bytes", "peak_rss_bytes")}}
+        print(f"{n:>10,} lines{' .bz2' if bz else '     '}  spark {spark_s:6.1f}s {n / spark_s:>8,.0f} lines/s, "
+              f"shuffle {_mib(stats['shuffle_bytes'])} MiB, driver heap peak {_mib(stats['driver_peak_heap_bytes'])} "
+              f"MiB, peak RSS {_mib(stats['peak_rss_bytes'])} MiB", flush=True)
+        if args.spark_only:
+            results.append(result)
+            continue
         full_s, full = run_duckdb(raw, args.work, args.threads, cfg, full=True)
         min_s, minimal = run_duckdb(raw, args.work, args.threads, cfg, full=False)
         spark_names = place_name_pairs(
-            args.work / f"spark_{raw.name}" / "data" / "work" / "place_names.parquet")
+            resolve(args.work / f"spark_{raw.name}" / "data" / "work" / "place_names.parquet"))
         duck_names = place_name_pairs(args.work / f"duckdb_full_{raw.name}" / "place_names.parquet")
         same = {"clean_images": stats["clean_images"] == full["clean_images"] == minimal["clean_images"],
                 "images": stats["images"] == full["images"], "vocab_size": stats["vocab_size"] == full["vocab_size"],
                 "rejects_by_reason": spark_rejects(args.work, raw) == full["rejected"],
                 "place_names": spark_names == duck_names and stats["place_names"] == len(spark_names)}
-        results.append({"lines": n, "bz2": bz, "spark_s": spark_s, "duckdb_full_s": full_s, "duckdb_minimal_s": min_s,
-                        "kept": stats["clean_images"], "dataset_images": stats["images"],
+        results.append({**result, "duckdb_full_s": full_s, "duckdb_minimal_s": min_s,
                         "place_names_by_level": {"spark": per_level(spark_names),
                                                  "duckdb": per_level(duck_names)},
                         "same_outputs": same})
-        print(f"{n:>10,} lines{' .bz2' if bz else '     '}  spark {spark_s:6.1f}s {n / spark_s:>8,.0f} lines/s | "
-              f"duckdb same work {full_s:5.1f}s {n / full_s:>8,.0f} lines/s, spark/duckdb {spark_s / full_s:4.2f}x | "
-              f"duckdb filter+count only {min_s:5.1f}s, spark/duckdb {spark_s / min_s:4.2f}x", flush=True)
+        print(f"{'':>16}duckdb same work {full_s:5.1f}s {n / full_s:>8,.0f} lines/s, spark/duckdb "
+              f"{spark_s / full_s:4.2f}x | duckdb filter+count only {min_s:5.1f}s, spark/duckdb {spark_s / min_s:4.2f}x",
+              flush=True)
         print(f"{'':>16}kept {stats['clean_images']:,}, dataset {stats['images']:,}; outputs agree: "
               + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same.items()), flush=True)
         print(f"{'':>16}place names by level: spark {per_level(spark_names)}, duckdb {per_level(duck_names)}",
@@ -192,18 +265,17 @@ def main() -> None:
                 if extra:
                     print(f"{'':>16}{label} ({len(extra)}): {sorted(extra)[:10]}", flush=True)
     plain = [r for r in results if not r["bz2"]]
-    base = plain[0]
-    for r in plain[1:]:
-        for engine in ("spark_s", "duckdb_full_s"):
-            per_line = (r[engine] / r["lines"]) / (base[engine] / base["lines"])
-            marginal = (r[engine] - base[engine]) / (r["lines"] - base["lines"]) / (base[engine] / base["lines"])
-            print(f"{engine[:-2]:>12} cost per line at {r['lines']:,} / at {base['lines']:,}: {per_line:.2f} "
-                  f"(marginal line {base['lines']:,}->{r['lines']:,}: {marginal:.2f})")
+    text = scaling_table(plain) if args.spark_only else ratio_table(results) + "\n\n" + scaling_table(plain)
+    print(text)
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "pipeline_throughput.json").write_text(json.dumps(results, indent=2))
-    if not all(all(r["same_outputs"].values()) for r in results):
+    (out / ("pipeline_scaling.json" if args.spark_only else "pipeline_throughput.json")).write_text(
+        json.dumps(results, indent=2))
+    if not args.spark_only and not all(all(r["same_outputs"].values()) for r in results):
         sys.exit("Spark and DuckDB outputs differ: the comparison is not like for like")
+    if args.doc:
+        write_block(args.doc, "pipeline-scaling" if args.spark_only else "pipeline-throughput", text,
+                    " ".join(["python bench/pipeline_throughput.py", *sys.argv[1:]]))
 
 
 if __name__ == "__main__":
