@@ -14,6 +14,7 @@ import re
 from typing import Any, Mapping, Optional
 
 from lightning_fabric.utilities.logger import _add_prefix
+from mlflow.entities import Metric
 from pytorch_lightning.loggers import MLFlowLogger
 
 from common.tracking import TRAIN, MetricBuffer, first_line
@@ -33,7 +34,6 @@ class BufferedMLFlowLogger(MLFlowLogger):
     def _send(self, metrics: dict[str, float], step: Optional[int], timestamp_ms: int) -> None:
         """One batch to the server, named as Lightning's logger names it, stamped when it was logged
         (a resend is then a duplicate the store drops); a method: ddp_spawn pickles loggers."""
-        from mlflow.entities import Metric
         batch = [Metric(key=re.sub("[^a-zA-Z0-9_/. -]+", "", k), value=float(v), timestamp=timestamp_ms, step=step or 0)
                  for k, v in _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR).items() if not isinstance(v, str)]
         self.experiment.log_batch(run_id=self.run_id, metrics=batch, **self._log_batch_kwargs)
