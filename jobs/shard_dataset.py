@@ -58,8 +58,8 @@ def check_locality(st, files: list[dict]) -> None:
 
 
 def remove_stale(spark, tmp: str, files: list[dict]) -> int:
-    """Delete what is in the staging folder but not in this run's records (files of an earlier,
-    different run, or temps of killed tasks), and the progress markers; the number deleted."""
+    """Delete what is in the unpublished version but not in this run's records (files of an
+    earlier run with other settings), and the progress markers; the number deleted."""
     io.remove(spark, f"{tmp}/{PROGRESS_DIR}")
     prefix = f"{tmp.rstrip('/')}/"
     keep = {f["path"] for f in files}

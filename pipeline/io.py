@@ -20,6 +20,7 @@ from py4j.protocol import Py4JJavaError
 from pyspark.sql import DataFrame, SparkSession
 
 from common import failpoints, published
+from common.tracking import first_line
 from pipeline.config import PipelineError
 
 log = logging.getLogger(__name__)
@@ -305,7 +306,7 @@ class OutputSet:
                 write_text_file(self.spark, path, pointer.to_json(), overwrite=False)
             except Py4JJavaError as exc:
                 raise PipelineError(f"cannot publish {target}: writing {path} failed "
-                                    f"({first_line_of(exc)}); is another run writing it?") from None
+                                    f"({first_line(exc.java_exception)}); is another run writing it?") from None
             del self.temps[target]              # published: no longer this run's to discard
             recover_leftovers(self.spark, target, superseded=True)
             log.info("published %s (%s)", target, version)
@@ -323,10 +324,6 @@ class OutputSet:
                 if not _names(self.spark, target):     # made by this run for nothing
                     remove(self.spark, target)
         self.temps = {}
-
-
-def first_line_of(exc: Py4JJavaError) -> str:
-    return str(exc.java_exception).splitlines()[0][:200]
 
 
 @contextlib.contextmanager
