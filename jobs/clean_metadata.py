@@ -74,14 +74,20 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
         # Lines are counted as they are read, in the same pass as the parse (an Observation on the
         # raw lines, before any transform): the check below must not trust the transform, and a
         # separate count would decompress the whole input twice.
+        # The same Observation gathers the input's file paths: lines carry an 8-byte id of their
+        # file instead of its path, and only the rejects turn it back into the path.
         read = Observation("input")
-        raw = io.read_text_lines(spark, dataset_path).observe(read, F.count(F.lit(1)).alias("lines"))
-        lines = raw.select("value", F.col("_metadata.file_path").alias("file"))
+        path = F.col("_metadata.file_path")
+        raw = io.read_text_lines(spark, dataset_path).observe(
+            read, F.count(F.lit(1)).alias("lines"), F.collect_set(path).alias("files"))
+        lines = raw.select("value", clean.file_id(path).alias("file_id"))
         if c.dictionary is not None:
             lines = lines.withColumn("_row_id", F.monotonically_increasing_id())
         parsed = parse.parse_lines(lines, layout, line_chars=c.reject_line_chars)
-        places_lines = io.read_text_lines(spark, places_path)
-        places = parse.parse_places_lines(places_lines)
+        # Split and checked once, for the per-photo levels and for the place-name list.
+        places_split = parse.split_places_lines(io.read_text_lines(spark, places_path))
+        places_split = places_split.persist(StorageLevel.MEMORY_AND_DISK)
+        places = parse.places_levels(places_split)
         hashes = parse.parse_hash_lines(io.read_text_lines(spark, hash_path)) if hash_path else None
         dictionary = None
         if c.dictionary is not None:
@@ -98,13 +104,19 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
                 # Rows are already hash-partitioned by photo_id (duplicate check): sorting within
                 # partitions makes reruns write the same files without another shuffle.
                 staged.write_parquet(clean.kept(classified), cfg.outputs.clean, sort_by=["photo_id"])
-                staged.write_parquet(clean.rejects(classified), cfg.outputs.clean_rejects,
+                observed = read.get          # complete once the kept table's write has read every line
+                files = clean.file_ids(spark.createDataFrame([(f,) for f in observed["files"]], "file string"))
+                if files.select("file_id").distinct().count() != len(observed["files"]):
+                    raise PipelineError(f"{dataset_path}: two of its files have the same 64-bit path hash; "
+                                        "rename one (rejects could not name their file)")
+                staged.write_parquet(clean.rejects(classified, files), cfg.outputs.clean_rejects,
                                      sort_by=["photo_id", "reason", "file", "line"])
             classified.unpersist()
-            n_input = int(read.get["lines"])      # complete once the kept table's write has run
+            n_input = int(observed["lines"])
             with st.timed("place_names"):
-                staged.write_parquet(place_names.place_names(places_lines, continents), cfg.outputs.place_names,
+                staged.write_parquet(place_names.place_names(places_split, continents), cfg.outputs.place_names,
                                      partitions=1, sort_by=["level", "name"])
+            places_split.unpersist()
 
             # Counted from what was written: the conservation check below trusts no intermediate.
             counts = staged.read_parquet(cfg.outputs.clean).agg(

@@ -84,6 +84,16 @@ def classify(parsed: DataFrame, places: DataFrame, continents: DataFrame, *,
         df = filter_by_dictionary(df, dictionary)
     df = df.withColumn("reason", _or_reason(r, F.size("tags") == 0, "no_usable_tags"))
 
+    # Duplicates are ranked before the joins, so that the rows' one shuffle and sort by photo_id
+    # also serve both sort-merge joins after (ranking after them sorted every row a second time).
+    # The order is the same: the place and hash-table reasons are the same for every line of a
+    # photo, so where they apply every line is rejected whatever its rank, and where they do not
+    # a line would be kept exactly when it has no reason yet and (25 columns) a photo hash.
+    hash_missing = F.col("photo_hash").isNull() | (F.col("photo_hash") == "")
+    rejected_so_far = r.isNotNull() if hashes is not None else (r.isNotNull() | hash_missing)
+    w = Window.partitionBy("photo_id").orderBy(rejected_so_far, F.col("line_number").asc_nulls_last(), "line_hash")
+    df = df.withColumn("_rank", F.when(F.col("photo_id").isNotNull(), F.row_number().over(w)))
+
     place = one_per_photo(places, "places_reason", "town", "region", "country")
     df = df.join(place.withColumn("_has_places", F.lit(True)), "photo_id", "left")
     df = df.withColumn("reason", _or_reason(r, F.col("_has_places").isNull(), "no_places"))
@@ -93,14 +103,9 @@ def classify(parsed: DataFrame, places: DataFrame, continents: DataFrame, *,
         h = one_per_photo(hashes, "photo_hash").withColumnRenamed("photo_hash", "_hash")
         df = (df.join(h, "photo_id", "left")
               .withColumn("photo_hash", F.coalesce("photo_hash", "_hash")).drop("_hash"))
-    df = df.withColumn("reason", _or_reason(r, F.col("photo_hash").isNull() | (F.col("photo_hash") == ""),
-                                            "no_photo_hash"))
+    df = df.withColumn("reason", _or_reason(r, hash_missing, "no_photo_hash"))
     df = df.join(continents, "country", "left")
-
     # Among lines that would be kept, the first (by line_number, then line content) wins.
-    w = Window.partitionBy("photo_id").orderBy(r.isNotNull(), F.col("line_number").asc_nulls_last(),
-                                               "line_hash")
-    df = df.withColumn("_rank", F.when(F.col("photo_id").isNotNull(), F.row_number().over(w)))
     df = df.withColumn("reason", _or_reason(r, F.col("_rank") > 1, "duplicate_photo_id"))
     return df.drop("_has_places", "places_reason", "_rank")
 
@@ -110,6 +115,21 @@ def kept(classified: DataFrame) -> DataFrame:
     return classified.where(F.col("reason").isNull()).select(*CLEAN_COLUMNS)
 
 
-def rejects(classified: DataFrame) -> DataFrame:
-    """Rejected lines: reason, source file, ids when parsable, and (malformed lines) their start."""
-    return classified.where(F.col("reason").isNotNull()).select("reason", "file", "photo_id", "line_number", "line")
+def file_id(path: Column) -> Column:
+    """The 8-byte id a line carries instead of its file's path (~60 bytes through every shuffle)."""
+    return F.xxhash64(path)
+
+
+def file_ids(files: DataFrame) -> DataFrame:
+    """``file_id, file`` of the input files (column ``file``, paths as Spark spells them)."""
+    return files.select(file_id(F.col("file")).alias("file_id"), "file")
+
+
+def rejects(classified: DataFrame, files: DataFrame) -> DataFrame:
+    """Rejected lines: reason, source file, ids when parsable, and (malformed lines) their start.
+
+    ``classified`` carries ``file_id``; ``files`` (:func:`file_ids`) turns it back into the path,
+    a broadcast join against the handful of input files.
+    """
+    return (classified.where(F.col("reason").isNotNull()).join(F.broadcast(files), "file_id", "left")
+            .select("reason", "file", "photo_id", "line_number", "line"))

@@ -22,16 +22,17 @@ LEVEL_OF_TYPE: dict[str, str] = {
 }
 
 
-def place_names(places_lines: DataFrame, continents: DataFrame) -> DataFrame:
+def place_names(places: DataFrame, continents: DataFrame) -> DataFrame:
     """Distinct ``name, level`` pairs of all places records (a name may name several levels).
 
-    ``places_lines`` are the raw ``yfcc100m_places`` lines (``value``), ``continents`` the
+    ``places`` are the ``yfcc100m_places`` lines split by :func:`pipeline.parse.split_places_lines`
+    (the same split the per-photo levels come from), ``continents`` the
     ``country, continent`` table of :func:`pipeline.geography.continent_table`. Entries are reduced
     to distinct (encoded name, level) pairs first, which partial aggregation does per partition
     before any shuffle, so decoding, the continent join and normalising run once per distinct place.
     """
     types = F.create_map(*[F.lit(x) for pair in LEVEL_OF_TYPE.items() for x in pair])
-    entries = place_entries(places_lines).select("name", types[F.col("type")].alias("level"))
+    entries = place_entries(places).select("name", types[F.col("type")].alias("level"))
     # No distinct right after decoding: Spark would merge it with this one and decode every entry.
     raw = entries.where(F.col("level").isNotNull()).distinct().select(decode(F.col("name")).alias("raw"), "level")
     with_continent = raw.join(continents, (F.col("level") == "country") & (F.col("raw") == F.col("country")), "left")

@@ -7,7 +7,7 @@ import pytest
 from helpers.spark_jobs import digests, job_config, leftovers, output_path, refuse
 from helpers.yfcc import TOWNS, at, write_raw
 
-from pipeline import place_names, splits, vocab
+from pipeline import parse, place_names, splits, vocab
 from pipeline.config import PipelineError
 
 pytestmark = pytest.mark.spark
@@ -75,7 +75,7 @@ def test_place_names_normalised_like_tags(spark):
              "3\t1:District+9:Town,23424819:France:Country,28350911:Europe%2FParis:Timezone",
              "4\t1:S%C3%A3o+Paulo:Town,2:Nowhereland:Country",      # a country GeoNames does not know
              "5\t1:Broken", "x\t1:Bad+Id:Town", "6\t"]
-    places = spark.createDataFrame([(line,) for line in lines], "value string")
+    places = parse.split_places_lines(spark.createDataFrame([(line,) for line in lines], "value string"))
     got = [tuple(r) for r in place_names.place_names(places, continent_table(spark)).collect()]
     assert len(got) == len(set(got))
     # District 9 has a digit (dropped like such tags); timezones and malformed lines give nothing.
