@@ -36,10 +36,16 @@ CASES = [
     (at("paris", 17, line_number=100), "duplicate_photo_id"),
     (at("paris", 17, line_number=17), None),
     (at("galway", 18, tags="Caf%C3%A9,caf%C3%A9,new+york"), None),
+    # Duplicates are ranked before the places join: an earlier line rejected on its own (no usable
+    # tags, no photo hash) must not make the later, good line of the same photo a duplicate.
+    (at("paris", 19, tags="2012", line_number=19), "no_usable_tags"),
+    (at("paris", 19, line_number=119), None),
+    (at("paris", 20, photo_hash="", line_number=20), "no_photo_hash"),
+    (at("paris", 20, line_number=120), None),
 ]
 PLACES = {1: TOWNS["nyc"], 2: TOWNS["nyc"], 5: TOWNS["galway"], 9: TOWNS["nyc"], 10: TOWNS["nyc"],
           12: TOWNS["notown"], 13: "1:Broken", 14: TOWNS["paris"], 15: TOWNS["nyc"],
-          17: TOWNS["paris"], 18: TOWNS["galway"]}
+          17: TOWNS["paris"], 18: TOWNS["galway"], 19: TOWNS["paris"], 20: TOWNS["paris"]}
 
 
 def _run_clean(spark, tmp_path, raw, *extra):
@@ -54,7 +60,8 @@ def test_crafted_lines_and_reasons(spark, tmp_path):
     raw = write_raw(tmp_path / "raw", [l for l, _ in CASES], PLACES, crlf_from=10, final_newline=False)
     cfg, kept, rej = _run_clean(spark, tmp_path, raw)
     kept_rows = {r["photo_id"]: r for r in kept.collect()}
-    assert sorted(kept_rows) == [1, 5, 14, 17, 18]
+    assert sorted(kept_rows) == [1, 5, 14, 17, 18, 19, 20]
+    assert (kept_rows[19]["line_number"], kept_rows[20]["line_number"]) == (119, 120)
     assert kept_rows[1]["tags"] == ["newyork", "cat"]
     assert kept_rows[18]["tags"] == ["café", "newyork"]
     assert (kept_rows[1]["town"], kept_rows[1]["region"], kept_rows[1]["country"], kept_rows[1]["continent"]) == \
