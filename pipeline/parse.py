@@ -167,7 +167,9 @@ def parse_lines(lines: DataFrame, layout: int, *, value_col: str = "value", line
     df = df.withColumn("_has_geo", ~both_empty & ~unparsable & ~no_geo_pair)
     has_geo, marker = F.col("_has_geo"), F.col("_marker")
     df = df.withColumn("reason", _first_reason(
-        ((F.length(value) <= 2) & (_strip_line_end(value) == ""), "empty_line"),
+        # Bytes, not characters: a line of only CR/LF has as many of each, and counting the
+        # characters of every whole line cost as much as splitting it.
+        ((F.octet_length(value) <= 2) & (_strip_line_end(value) == ""), "empty_line"),
         # Spark carries undecodable bytes through unchanged; written out they would make
         # unreadable Parquet strings, so such a line is rejected whole, never repaired.
         (~F.is_valid_utf8(value), "invalid_utf8"),
