@@ -42,7 +42,9 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
         clean = spark.read.parquet(inputs["clean"])
         n_clean = clean.count()  # counted on its own: the check below must not trust the transform
         with st.timed("vocabulary"):
-            voc, dropped = vocab.select_vocabulary(vocab.tag_counts(clean), drop_top, size)
+            # The head (drop_top + size rows) is kept: the dropped tags are read again at the end.
+            ranked = vocab.rank_tags(vocab.tag_counts(clean), drop_top + size).persist(StorageLevel.MEMORY_AND_DISK)
+            voc, dropped = vocab.split_ranked(ranked, drop_top)
             staged.write_parquet(voc, out.vocab, partitions=1, sort_by=["index"])
             voc = staged.read_parquet(out.vocab)
         n_vocab = voc.count()
@@ -76,6 +78,7 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
         st.artifact_text(markdown_table(head, ["index", "tag", "count"]), "vocab_head.md")
         st.artifact_text(markdown_table([r.asDict() for r in dropped.orderBy("rank").collect()],
                                         ["rank", "tag", "count"]), "dropped_top_tags.md")
+        ranked.unpersist()
         st.artifact_json(stats, "stats.json")
         staged.write_texts(out.stats, {"build_vocab.json": json.dumps(stats, indent=2, sort_keys=True)})
         check("build_vocab", n_clean, {"dataset": stats["images"], "rejected": sum(by_reason.values())})

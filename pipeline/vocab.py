@@ -26,7 +26,12 @@ def rank_tags(counts: DataFrame, top: int) -> DataFrame:
 
 def select_vocabulary(counts: DataFrame, drop_top: int, size: int) -> tuple[DataFrame, DataFrame]:
     """(vocabulary ``index, tag, count``, the ``drop_top`` dropped head ``rank, tag, count``)."""
-    ranked = rank_tags(counts, drop_top + size)
+    return split_ranked(rank_tags(counts, drop_top + size), drop_top)
+
+
+def split_ranked(ranked: DataFrame, drop_top: int) -> tuple[DataFrame, DataFrame]:
+    """:func:`select_vocabulary` from :func:`rank_tags`' output, which a job can persist: both
+    results read it, and without it each would count every tag occurrence again."""
     vocab = ranked.where(F.col("rank") >= drop_top).select(
         (F.col("rank") - drop_top).cast("int").alias("index"), "tag", F.col("count").cast("long"))
     dropped = ranked.where(F.col("rank") < drop_top).select("rank", "tag", "count")
