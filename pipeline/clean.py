@@ -28,6 +28,9 @@ CLEAN_COLUMNS: tuple[str, ...] = (
     "town", "region", "country", "continent",
 )
 REJECT_COLUMNS: tuple[str, ...] = ("reason", "file", "photo_id", "line_number", "line")
+#: What a line rejected before the joins still carries through them: the rejects table's columns
+#: and the duplicate ranking's keys. Its metadata columns are nulled there.
+_REJECTED_KEEPS: frozenset[str] = frozenset({"reason", "file_id", "photo_id", "line_number", "line", "line_hash"})
 
 
 def _or_reason(current: Column, cond: Column, reason: str) -> Column:
@@ -66,6 +69,16 @@ def filter_by_dictionary(df: DataFrame, dictionary: DataFrame) -> DataFrame:
             .drop("_kept"))
 
 
+def narrow_rejected(df: DataFrame) -> DataFrame:
+    """Rows that already have a reason keep only what the rejects table and the duplicate ranking
+    read; their metadata (tags, URL, user, dates, ...) becomes null. Most YFCC lines are rejected
+    before the joins, and nulls cost next to nothing in the shuffle, the sorts and the cache that
+    every line still goes through (the lines stay, so that rows are conserved and ranked)."""
+    rejected = F.col("reason").isNotNull()
+    return df.select(*[F.col(c) if c in _REJECTED_KEEPS else F.when(~rejected, F.col(c)).alias(c)
+                       for c in df.columns])
+
+
 def classify(parsed: DataFrame, places: DataFrame, continents: DataFrame, *,
              hashes: Optional[DataFrame] = None, dictionary: Optional[DataFrame] = None) -> DataFrame:
     """All parsed lines with their place fields and ``reason`` (null = kept).
@@ -83,6 +96,7 @@ def classify(parsed: DataFrame, places: DataFrame, continents: DataFrame, *,
     if dictionary is not None:
         df = filter_by_dictionary(df, dictionary)
     df = df.withColumn("reason", _or_reason(r, F.size("tags") == 0, "no_usable_tags"))
+    df = narrow_rejected(df)
 
     # Duplicates are ranked before the joins, so that the rows' one shuffle and sort by photo_id
     # also serve both sort-merge joins after (ranking after them sorted every row a second time).

@@ -8,8 +8,9 @@ from helpers.spark_jobs import digests, job_config, leftovers, output_path, refu
 from pyspark.sql import functions as F
 from helpers.yfcc import TOWNS, at, line, photo_hash, write_raw
 
-from pipeline import clean
+from pipeline import clean, parse
 from pipeline.config import PipelineError
+from pipeline.geography import continent_table
 
 pytestmark = pytest.mark.spark
 
@@ -75,6 +76,27 @@ def test_crafted_lines_and_reasons(spark, tmp_path):
     assert kept.count() + rej.count() == len(CASES)
     long_reject = rej.where(F.col("reason") == "wrong_column_count").first()
     assert long_reject["file"].endswith("yfcc100m_dataset")
+
+
+def test_lines_rejected_before_the_joins_go_through_them_narrow(spark):
+    """A line rejected by its own fields (video, no geotag, no tags) keeps only what the rejects
+    table and the duplicate ranking read while every line is shuffled, sorted and joined."""
+    lines = spark.createDataFrame([(text, 7) for text, _ in CASES], "value string, file_id long")
+    places = spark.createDataFrame([(f"{pid}\t{value}",) for pid, value in PLACES.items()], "value string")
+    out = clean.classify(parse.parse_lines(lines, 25), parse.parse_places_lines(places), continent_table(spark, None))
+    rows = out.collect()
+    assert sorted(r["reason"] for r in rows if r["reason"]) == sorted(r for _, r in CASES if r is not None)
+    early = [r for r in rows if r["reason"] in ("video", "no_geo", "no_tags", "no_usable_tags")]
+    assert len(early) == 6
+    for r in early:
+        assert (r["file_id"], r["line_hash"] is not None) == (7, True)
+        assert all(r[c] is None for c in ("tags", "download_url", "user_nsid", "date_taken", "photo_hash",
+                                          "latitude", "marker", "n_raw_tags")), r
+    video = next(r for r in early if r["reason"] == "video")
+    assert (video["photo_id"], video["line_number"]) == (2, 2)
+    late = next(r for r in rows if r["reason"] == "no_places")     # rejected in a join: not narrowed
+    assert late["download_url"] and late["tags"]
+    assert next(r for r in rows if r["photo_id"] == 1 and r["reason"] is None)["tags"] == ["newyork", "cat"]
 
 
 @pytest.mark.slow
