@@ -50,6 +50,10 @@ def spark_session(app_name: str, master: Optional[str] = None, *, ui: bool = Tru
         "spark.ui.enabled": str(ui).lower(),
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.adaptive.enabled": "true",
+        # The jobs cache a table to read it back once or twice in the same job (clean_metadata's
+        # classified lines, build_vocab's filtered images); compressing the cached columns cost
+        # more CPU than those reads save. Caches spill to local disk when memory runs short.
+        "spark.sql.inMemoryColumnarStorage.compressed": "false",
         # Outside spark-submit the JVM starts here: quiet logs, the throughput collector.
         "spark.driver.extraJavaOptions": f"{BATCH_JVM_OPTIONS} -Dlog4j2.level=warn",
     }

@@ -5,7 +5,7 @@ import contextlib
 import json
 import logging
 import time
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import mlflow
 from omegaconf import DictConfig
@@ -20,9 +20,11 @@ from pipeline.spark import auto_shuffle_partitions, spark_session, user_settings
 log = logging.getLogger("pipeline")
 
 
-def start_spark(cfg: DictConfig, app: str, inputs: Sequence[str] = ()) -> SparkSession:
-    """The job's session: conf/pipeline.yaml's ``spark`` settings as defaults, under what the user
-    gave spark-submit (``--conf``) or ``spark-defaults.conf``. ``spark.shuffle_partitions: auto``
+def start_spark(cfg: DictConfig, app: str, inputs: Sequence[str] = (),
+                settings: Optional[Mapping[str, object]] = None) -> SparkSession:
+    """The job's session: the job's own ``settings``, then conf/pipeline.yaml's ``spark.conf``
+    over them, all as defaults under what the user gave spark-submit (``--conf``) or
+    ``spark-defaults.conf``. ``spark.shuffle_partitions: auto``
     sizes shuffles by the master: the sample's ``local_shuffle_partitions`` on a local one, and from
     the size of ``inputs`` (the job's input files) on a cluster."""
     setting = cfg.spark.shuffle_partitions
@@ -31,7 +33,7 @@ def start_spark(cfg: DictConfig, app: str, inputs: Sequence[str] = ()) -> SparkS
     fixed = None if setting == "auto" else setting
     user_gave = "spark.sql.shuffle.partitions" in user_settings()
     spark = spark_session(f"locsens-{app}", master=cfg.spark.master, shuffle_partitions=fixed,
-                          defaults={str(k): v for k, v in (cfg.spark.conf or {}).items()})
+                          defaults={**(settings or {}), **{str(k): v for k, v in (cfg.spark.conf or {}).items()}})
     if fixed is None and not user_gave:
         sc = spark.sparkContext
         if sc.master.startswith("local"):
@@ -85,6 +87,12 @@ class Stage:
             log.warning("%s: artifact %s not recorded in MLflow (%s)", self.name, name, first_line(exc))
 
 
+#: Settings the project or a job chooses for speed (pipeline/spark.py, the jobs' ``settings``),
+#: recorded with the run so that runs compared in MLflow say what they ran with.
+TUNED_SETTINGS: tuple[str, ...] = ("spark.sql.inMemoryColumnarStorage.compressed",
+                                   "spark.sql.optimizer.windowGroupLimitThreshold")
+
+
 def log_effective_spark_settings() -> None:
     """What Spark actually ran with (after spark-submit's flags, spark-defaults.conf and our
     defaults), as ``effective.<key>`` parameters of the job's run."""
@@ -92,9 +100,11 @@ def log_effective_spark_settings() -> None:
     if spark is None:
         return
     sc = spark.sparkContext
+    tuned = {f"effective.{k}": spark.conf.get(k, None) for k in TUNED_SETTINGS}
     mlflow.log_params({"effective.spark.master": sc.master,
                        "effective.spark.sql.shuffle.partitions": spark.conf.get("spark.sql.shuffle.partitions"),
-                       "effective.spark.default.parallelism": sc.defaultParallelism})
+                       "effective.spark.default.parallelism": sc.defaultParallelism,
+                       **{k: v for k, v in tuned.items() if v is not None}})
 
 
 @contextlib.contextmanager

@@ -37,7 +37,8 @@ def submit_clean(tmp_path: Path, *spark_args: str, env: dict[str, str] | None = 
 def test_spark_submit_settings_win_over_the_project_defaults(tmp_path, how, expected):
     args, env = [], {}
     if how == "conf":
-        args = ["--conf", "spark.sql.shuffle.partitions=13"]
+        args = ["--conf", "spark.sql.shuffle.partitions=13", "--conf", "spark.sql.optimizer.windowGroupLimitThreshold=500",
+                "--conf", "spark.sql.inMemoryColumnarStorage.compressed=true"]
     elif how == "defaults_file":
         conf_dir = tmp_path / "spark-conf"
         conf_dir.mkdir()
@@ -47,3 +48,7 @@ def test_spark_submit_settings_win_over_the_project_defaults(tmp_path, how, expe
     assert params["spark.shuffle_partitions"] == "auto"            # the project's default, unchanged
     assert params["effective.spark.sql.shuffle.partitions"] == expected
     assert params["effective.spark.master"] == "local[1]"
+    # The settings chosen for speed (the project's, and clean_metadata's own) give way the same.
+    assert (params["effective.spark.sql.optimizer.windowGroupLimitThreshold"],
+            params["effective.spark.sql.inMemoryColumnarStorage.compressed"]) == \
+        (("500", "true") if how == "conf" else ("-1", "false"))
