@@ -232,10 +232,13 @@ def _place_pattern(types: tuple[str, ...]) -> str:
     """The first entry of one of ``types``; group 1 is its name *with* the following ``:``.
 
     The kept ``:`` tells an entry with an empty name (":") from no entry at all (""), which
-    ``regexp_extract`` alone cannot, without the cost of ``regexp_extract_all``.
+    ``regexp_extract`` alone cannot, without the cost of ``regexp_extract_all``. The match is
+    anchored and steps over whole entries (lazily, so the first one wins): unanchored, the engine
+    tried every character of the value, and the Country entry comes last (1M lines: region and
+    country 1.1 s -> 0.7 s).
     """
     alternatives = "|".join(re.escape(t) for t in types)
-    return rf"(?:^|,)[^:,]*:([^:,]*:)(?:{alternatives})(?:,|$)"
+    return rf"^(?:[^,]*,)*?[^:,]*:([^:,]*:)(?:{alternatives})(?:,|$)"
 
 
 def _first_name(found: Column) -> Column:
