@@ -18,6 +18,7 @@ from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
 from pipeline import io, place_names, splits, vocab
+from pipeline.clean import DISTINCT_COLUMNS
 from pipeline.config import PipelineError, require_int, run_job, split_size
 from pipeline.stage import ConservationCheck, check_conservation, markdown_table, stage, start_spark
 
@@ -57,7 +58,8 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
             applied = vocab.apply_vocabulary(clean, voc, min_tags, max_tags).persist(StorageLevel.MEMORY_AND_DISK)
             kept = splits.assign_splits(applied.where(F.col("reason").isNull()), test, val, seed)
             # Already hash-partitioned by photo_id (the join): sorted within partitions, no shuffle.
-            staged.write_parquet(kept.select(*DATASET_COLUMNS), out.dataset, sort_by=["photo_id"])
+            staged.write_parquet(kept.select(*DATASET_COLUMNS), out.dataset, sort_by=["photo_id"],
+                                 distinct_columns=[c for c in DATASET_COLUMNS if c in DISTINCT_COLUMNS])
             rejected = applied.where(F.col("reason").isNotNull()).select(
                 "photo_id", "reason", F.size("tag_ids").alias("vocab_tags"))
             staged.write_parquet(rejected, out.dataset_rejects, partitions=1, sort_by=["photo_id"])

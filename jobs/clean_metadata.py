@@ -107,7 +107,8 @@ def main(cfg: DictConfig, check: ConservationCheck = check_conservation) -> None
             with st.timed("classify_and_write"):
                 # Rows are already hash-partitioned by photo_id (duplicate check): sorting within
                 # partitions makes reruns write the same files without another shuffle.
-                staged.write_parquet(clean.kept(classified), cfg.outputs.clean, sort_by=["photo_id"])
+                staged.write_parquet(clean.kept(classified), cfg.outputs.clean, sort_by=["photo_id"],
+                                     distinct_columns=clean.DISTINCT_COLUMNS)
                 observed = read.get          # complete once the kept table's write has read every line
                 files = clean.file_ids(spark.createDataFrame([(f,) for f in observed["files"]], "file string"))
                 if files.select("file_id").distinct().count() != len(observed["files"]):

@@ -27,6 +27,9 @@ CLEAN_COLUMNS: tuple[str, ...] = (
     "latitude", "longitude", "accuracy", "download_url", "tags",
     "town", "region", "country", "continent",
 )
+#: Columns of the clean table whose values are (nearly) all different: written without a dictionary.
+DISTINCT_COLUMNS: tuple[str, ...] = ("photo_id", "photo_hash", "line_number", "date_taken", "date_uploaded",
+                                     "latitude", "longitude", "download_url")
 REJECT_COLUMNS: tuple[str, ...] = ("reason", "file", "photo_id", "line_number", "line")
 #: What a line rejected before the joins still carries through them: the rejects table's columns
 #: and the duplicate ranking's keys. Its metadata columns are nulled there.

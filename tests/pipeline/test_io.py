@@ -205,3 +205,20 @@ def test_input_bytes_counts_data_files_with_their_expansion(spark, tmp_path):
     assert io.input_bytes(spark, [str(tmp_path), str(tmp_path / "missing")]) == 1000 + 4 * 100 + 2 * 10
     assert io.input_bytes(spark, [str(tmp_path / "a.txt")]) == 1000
     assert [Path(u).name for u in io.list_files(spark, str(tmp_path))] == ["a.txt", "b.bz2", "c.parquet"]
+
+
+def test_distinct_columns_are_written_without_a_dictionary(spark, tmp_path):
+    import pyarrow.parquet as pq
+
+    # Repeated values, so that Parquet would keep a dictionary for each column unless told not to.
+    rows = [(i, ["nyc", "cat"][i % 2], ["nyc", "cat"][i % 2]) for i in range(5000)]
+    df = spark.createDataFrame(rows, "photo_id long, download_url string, town string")
+    with io.staged_outputs(spark) as staged:
+        staged.write_parquet(df, str(tmp_path / "t"), partitions=1, sort_by=["photo_id"],
+                             distinct_columns=["photo_id", "download_url"])
+    folder = output_path(tmp_path / "t")
+    meta = pq.ParquetFile(next(folder.glob("*.parquet"))).metadata.row_group(0)
+    chunks = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
+    assert not chunks["download_url"].has_dictionary_page
+    assert chunks["town"].has_dictionary_page                 # the same values, not listed: a dictionary
+    assert spark.read.parquet(str(folder)).orderBy("photo_id").collect() == df.orderBy("photo_id").collect()
