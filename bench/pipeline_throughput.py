@@ -21,7 +21,9 @@ the marginal cost of the extra lines.
 Spark runs as ``make pipeline`` runs it: ``local[2]``, 4 GB driver, the parallel garbage collector.
 Each Spark run also reports the bytes its shuffles wrote and the driver's peak JVM heap (from
 Spark's event log) and the JVM's peak RSS. ``--spark-only`` skips DuckDB: the scaling table (time,
-shuffle bytes and driver memory by input size). ``--doc docs/benchmarks.md`` writes the tables there.
+shuffle bytes and driver memory by input size). In local mode one JVM is driver and executors;
+``--spark-only --cluster 2`` runs on a standalone cluster started here (two one-core workers), so
+the heap and RSS are the driver's alone. ``--doc docs/benchmarks.md`` writes the tables there.
 
 For ``.bz2`` input Spark splits the file and decompresses the parts in parallel; DuckDB's CSV
 reader has no bzip2 codec (gzip and zstd only), so its time includes a single-threaded
@@ -30,6 +32,7 @@ reader has no bzip2 codec (gzip and zstd only), so its time includes a single-th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -38,6 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -79,16 +83,21 @@ def event_log_figures(folder: Path) -> dict[str, float]:
     return {"shuffle_bytes": shuffle, "driver_peak_heap_bytes": heap}
 
 
-def run_spark(raw: Path, work: Path, master: str, partitions: int | str) -> tuple[float, dict]:
+def run_spark(raw: Path, work: Path, master: str, partitions: int | str,
+              cluster_args: list[str] | None = None) -> tuple[float, dict]:
     """Seconds of clean_metadata + build_vocab through spark-submit, and the jobs' statistics with
-    shuffle bytes, the driver's peak JVM heap and the peak RSS of the largest process (the JVM:
-    in local mode driver and executors)."""
+    shuffle bytes, the driver's peak JVM heap and the peak RSS of spark-submit's process tree (in
+    local mode the one JVM that is driver and executors; with ``cluster_args`` on a standalone
+    master the driver JVM and its Python alone, the executors running in the workers)."""
     root = work / f"spark_{raw.name}"
     shutil.rmtree(root, ignore_errors=True)
     events = root / "events"
     events.mkdir(parents=True)
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
            "PYSPARK_DRIVER_PYTHON": sys.executable}
+    if cluster_args is not None:      # the executors' Python is the workers' (spark.pyspark.python)
+        env = {k: v for k, v in env.items() if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")}
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     args = [f"paths.root_dir={root}", f"paths.raw_dir={raw}", f"paths.mlflow_tracking_uri=sqlite:///{root}/mlruns.db",
             f"spark.shuffle_partitions={partitions}"]
     submit = str(Path(sys.executable).with_name("spark-submit"))
@@ -97,8 +106,8 @@ def run_spark(raw: Path, work: Path, master: str, partitions: int | str) -> tupl
     for job in ("clean_metadata", "build_vocab"):
         log = root / f"{job}.log"
         with log.open("w") as out:
-            proc = subprocess.Popen([submit, "--master", master, "--driver-memory", "4g", "--driver-java-options",
-                                     java_opts, "--conf", "spark.eventLog.enabled=true",
+            proc = subprocess.Popen([submit, "--master", master, *(cluster_args or []), "--driver-memory", "4g",
+                                     "--driver-java-options", java_opts, "--conf", "spark.eventLog.enabled=true",
                                      "--conf", f"spark.eventLog.dir=file://{events}",
                                      "--conf", "spark.eventLog.compress=false",
                                      "--conf", "spark.eventLog.logStageExecutorMetrics=true",
@@ -220,16 +229,52 @@ def main() -> None:
     p.add_argument("--partitions", default="8", help="spark.shuffle_partitions (a number, or auto)")
     p.add_argument("--spark-only", action="store_true",
                    help="Spark alone: the scaling table (time, shuffle bytes, driver memory by size)")
+    p.add_argument("--cluster", type=int, default=0, metavar="WORKERS",
+                   help="with --spark-only: run on a standalone cluster of this many one-core workers started "
+                        "here, so that the driver's heap and RSS are the driver's alone (block pipeline-driver)")
     p.add_argument("--doc", type=Path, help="also write the table into this page's block pipeline-throughput "
-                                            "(or pipeline-scaling with --spark-only)")
+                                            "(or pipeline-scaling with --spark-only, pipeline-driver with --cluster)")
     args = p.parse_args()
+    if args.cluster and not args.spark_only:
+        p.error("--cluster measures the driver alone: use it with --spark-only")
+    with standalone(args.cluster, args.work) as cluster_args:
+        if cluster_args is not None:
+            args.master, cluster_args = cluster_args[0], cluster_args[1:]
+        measure(args, cluster_args)
+
+
+@contextlib.contextmanager
+def standalone(workers: int, work: Path) -> Iterator[list[str] | None]:
+    """A standalone cluster of ``workers`` one-core workers for the run ([master, spark-submit
+    arguments]), stopped after it; None (local mode) for 0 workers."""
+    if not workers:
+        yield None
+        return
+    from pipeline.cluster import package, start_cluster, stop_cluster
+
+    worker_python = ROOT / ".venv-workers" / "bin" / "python"
+    if not worker_python.exists():
+        sys.exit(f"{worker_python} is missing: make worker-env")
+    code = package(work / "locsens-pipeline.zip")
+    state = work / "cluster_state"
+    stop_cluster(state)
+    shutil.rmtree(state, ignore_errors=True)
+    cluster = start_cluster(state, workers=workers, worker_python=str(worker_python), cores=1, memory="3g")
+    try:
+        yield [cluster.master_url, "--py-files", str(code), "--executor-memory", "3g",
+               "--conf", f"spark.pyspark.python={worker_python}", "--conf", f"spark.pyspark.driver.python={sys.executable}"]
+    finally:
+        stop_cluster(state)
+
+
+def measure(args: argparse.Namespace, cluster_args: list[str] | None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     cfg = OmegaConf.load(ROOT / "conf" / "pipeline.yaml")  # vocab, splits, aliases: the jobs' defaults
     cases = [(n, False) for n in args.sizes] + ([(args.bz2_size, True)] if args.bz2_size else [])
     results = []
     for n, bz in cases:
         raw = world(args.work, n, args.seed, bz)
-        spark_s, stats = run_spark(raw, args.work, args.master, args.partitions)
+        spark_s, stats = run_spark(raw, args.work, args.master, args.partitions, cluster_args)
         result = {"lines": n, "bz2": bz, "spark_s": spark_s, "kept": stats["clean_images"],
                   "dataset_images": stats["images"],
                   **{k: stats[k] for k in ("shuffle_bytes", "driver_peak_heap_bytes", "peak_rss_bytes")}}
@@ -269,12 +314,12 @@ def main() -> None:
     print(text)
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / ("pipeline_scaling.json" if args.spark_only else "pipeline_throughput.json")).write_text(
-        json.dumps(results, indent=2))
+    block = "pipeline-throughput" if not args.spark_only else "pipeline-driver" if cluster_args else "pipeline-scaling"
+    (out / f"{block.replace('-', '_')}.json").write_text(json.dumps(results, indent=2))
     if not args.spark_only and not all(all(r["same_outputs"].values()) for r in results):
         sys.exit("Spark and DuckDB outputs differ: the comparison is not like for like")
     if args.doc:
-        write_block(args.doc, "pipeline-scaling" if args.spark_only else "pipeline-throughput", text,
+        write_block(args.doc, block, text,
                     " ".join(["python bench/pipeline_throughput.py", *sys.argv[1:]]))
 
 
