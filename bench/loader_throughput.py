@@ -8,10 +8,14 @@ A real shard first: a synthetic world's photos (``--source-size`` px) through th
 core (one process, one thread), alternating, the median of ``--repeats`` passes over the shard's
 JPEGs of:
 
-- the ceiling: each JPEG opened and decoded (PIL, DCT scaling to the crop as the loader does),
-  nothing else: not even its pixels copied out of PIL;
+- the ceiling: the faster, in each repeat, of two plain decodes of every JPEG, nothing else (not
+  even the pixels copied out): PIL's (opened, DCT scaling to the crop as the loader would, loaded)
+  and torchvision's ``decode_jpeg`` (from tensors made beforehand), the one the loader uses for
+  JPEGs at their stored size;
 - the loader: :class:`training.data.shards.ShardStream`'s training batches (``--crop`` px random
-  crops, flips drawn, tags, locations), the work one DataLoader worker does;
+  crops, flips drawn, tags, locations), the work one DataLoader worker does, here in this process;
+- the loader in a DataLoader worker: the same batches made in a worker process, in shared memory,
+  and sent to this one: the worker's own CPU seconds (its threads included, its start not);
 - before: the batch as it was built up to 8d8b7e6 (rows gathered with their JPEGs, an RGB copy
   and a PIL crop per image, then a stacked copy, a flipped copy, ``torch.where`` and an NCHW
   ``contiguous`` copy), kept here as the baseline;
@@ -37,6 +41,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset
+from torchvision.io import ImageReadMode, decode_jpeg
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -72,12 +78,19 @@ def jpegs_of(directory: Path) -> list[bytes]:
             for b in pq.read_table(p, columns=["image"]).column("image").to_pylist()]
 
 
-def ceiling(jpegs: list[bytes], crop: int) -> float:
+def plain_pil(jpegs: list[bytes], crop: int) -> float:
     t = time.process_time()
     for b in jpegs:
         im = Image.open(io.BytesIO(b))
         im.draft("RGB", (crop, crop))
         im.load()
+    return len(jpegs) / (time.process_time() - t)
+
+
+def plain_torchvision(jpegs: list[torch.Tensor]) -> float:
+    t = time.process_time()
+    for b in jpegs:
+        decode_jpeg(b, mode=ImageReadMode.RGB)
     return len(jpegs) / (time.process_time() - t)
 
 
@@ -88,6 +101,27 @@ def loader(directory: Path, crop: int, batch: int, decode: str = "cpu") -> float
     for b in stream:
         n += b["photo_id"].shape[0]
     return n / (time.process_time() - t)
+
+
+class _Timed(IterableDataset):
+    """A stream iterated in a DataLoader worker, ending with the worker's CPU seconds and images."""
+
+    def __init__(self, stream: ShardStream):
+        self.stream = stream
+
+    def __iter__(self):
+        t, n = time.process_time(), 0
+        for b in self.stream:
+            n += b["photo_id"].shape[0]
+            yield b
+        yield {"cpu": torch.tensor(time.process_time() - t), "images": torch.tensor(n)}
+
+
+def in_worker(directory: Path, crop: int, batch: int) -> float:
+    stream = ShardStream(directory, "train", batch_size=batch, crop=crop, train=True, shuffle=True, seed=1)
+    for last in DataLoader(_Timed(stream), batch_size=None, num_workers=1):
+        pass
+    return last["images"].item() / last["cpu"].item()
 
 
 def _decode_before(jpeg: bytes, crop: int, gen: torch.Generator) -> np.ndarray:
@@ -133,25 +167,33 @@ def main() -> None:
     torch.set_num_threads(1)
     directory = real_shard(args.work.resolve(), args.images, args.source_size)
     jpegs = jpegs_of(directory)
-    runs: dict[str, list[float]] = {"ceiling": [], "loader": [], "before": [], "bytes": []}
-    measure = {"ceiling": lambda: ceiling(jpegs, args.crop), "loader": lambda: loader(directory, args.crop, args.batch),
+    tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in jpegs]
+    runs: dict[str, list[float]] = {"pil": [], "torchvision": [], "loader": [], "worker": [], "before": [],
+                                    "bytes": []}
+    measure = {"pil": lambda: plain_pil(jpegs, args.crop), "torchvision": lambda: plain_torchvision(tensors),
+               "loader": lambda: loader(directory, args.crop, args.batch),
+               "worker": lambda: in_worker(directory, args.crop, args.batch),
                "before": lambda: before(directory, args.crop, args.batch),
                "bytes": lambda: loader(directory, args.crop, args.batch, decode="device")}
     order = list(measure)
     for r in range(args.repeats):          # the order rotates: no path always runs first
         for name in order[r % len(order):] + order[:r % len(order)]:
             runs[name].append(measure[name]())
+    runs = {"ceiling": [max(a, b) for a, b in zip(runs["pil"], runs["torchvision"])], **runs}
     med = {k: statistics.median(v) for k, v in runs.items()}
     # Of the ceiling: the median of each repeat's ratio (the two ran side by side in time, on a
     # machine whose speed drifts).
     share = {k: statistics.median(x / c for x, c in zip(v, runs["ceiling"])) for k, v in runs.items()}
     head = ["path (one core)", "images/s", "of the ceiling", "runs"]
-    labels = {"ceiling": "plain decode of the shard's JPEGs (the ceiling)",
+    labels = {"ceiling": "plain decode of the shard's JPEGs, the faster of the two below (the ceiling)",
+              "pil": "plain decode: PIL",
+              "torchvision": "plain decode: torchvision's decode_jpeg",
               "loader": "the loader's training batches (uint8 NHWC, flip on the device)",
+              "worker": "the same in a DataLoader worker (batches in shared memory)",
               "before": "the batch as built up to 8d8b7e6",
               "bytes": "data.decode=device: the workers ship JPEG bytes (the GPU decodes)"}
     body = [[labels[k], f"{med[k]:,.0f}", f"{share[k]:.2f}", ", ".join(f"{x:.0f}" for x in runs[k])]
-            for k in ("ceiling", "loader", "before", "bytes")]
+            for k in ("ceiling", "pil", "torchvision", "loader", "worker", "before", "bytes")]
     text = (f"{len(jpegs):,} JPEGs of a real shard (300 px short side, from {args.source_size} px photos), "
             f"{args.crop} px crops, batches of {args.batch}, one process, images per CPU second; median of "
             f"{args.repeats} repeats (of the ceiling: the median of each repeat's ratio).\n\n" + md_table(head, body))

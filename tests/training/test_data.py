@@ -102,7 +102,7 @@ def test_stream_reads_each_row_once_over_ranks_and_workers(shards):
             counts.append(len(batches))
             assert len(batches) == len(ds)
             for b in batches:
-                assert b["image"].dtype == torch.uint8 and b["image"].shape[1:] == (32, 32, 4)
+                assert b["image"].dtype == torch.uint8 and b["image"].shape[1:] == (32, 32, 3)
                 seen += b["photo_id"].tolist()
                 off, val = b["tag_offsets"], b["tag_values"]
                 tags_ok &= all(int(t) in val[off[i]:off[i + 1]].tolist() for i, t in enumerate(b["tag"]))

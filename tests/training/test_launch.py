@@ -80,7 +80,7 @@ def test_batches_leave_as_uint8_nhwc_and_the_device_flip_mirrors_them(shards):
 
     stream = ShardStream(shards, "train", batch_size=12, crop=24, train=True, shuffle=True, seed=3)
     batch = next(iter(stream))
-    assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (12, 24, 24, 4)
+    assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (12, 24, 24, 3)
     assert batch["image"].is_contiguous() and batch["flip"].dtype == torch.bool
     assert 0 < int(batch["flip"].sum()) < 12                          # the seed draws both
     rows = pq.read_table(next((shards / "val").glob("*.parquet")))

@@ -1,11 +1,15 @@
 """JPEG bytes from the shards to the uint8 batch tensors every image model consumes.
 
-Workers do only what must happen on the CPU: decode (no larger than needed, by JPEG's DCT
-scaling), crop, and write the pixels once into the batch's (B, H, W, 4) uint8 array, the layout
-PIL decodes to (RGB and a padding byte: packing to 3 bytes on the CPU cost 15% of the decode;
-the device drops the 4th byte for free). In a DataLoader worker the batch is made in shared
-memory, so that it reaches the main process without another copy. The flip is drawn here (so that it is reproducible per worker) but applied on the
-device, with normalisation and the channels_last layout (:meth:`training.models.base.TagModel.features`):
+Workers do only what must happen on the CPU: decode, crop, and write the pixels once into the
+batch's (B, H, W, 3) uint8 array. A JPEG used at its stored size (the shards' case: written at
+the short side training reads) is decoded by torchvision's ``decode_jpeg``, whose RGB output is
+already (H, W, 3) memory, so the crop is one copy; it gives PIL's pixels (both are
+libjpeg-turbo) at a steadier, higher speed, while PIL's decode runs at two speeds on the same
+bytes (docs/gpu.md). Anything else (a JPEG decoded smaller by DCT scaling or resized, another
+colour space, another format, a broken file) goes through PIL as before. In a DataLoader worker
+the batch is made in shared memory, so that it reaches the main process without another copy.
+The flip is drawn here (so that it is reproducible per worker) but applied on the device, with
+normalisation and the channels_last layout (:meth:`training.models.base.TagModel.features`):
 uint8 NHWC is a quarter of float32's bytes through the worker pipe and the host-to-device copy,
 and no copy of the batch is made on the CPU after decoding.
 
@@ -16,6 +20,8 @@ the same whatever the number of ranks and workers.
 from __future__ import annotations
 
 import io
+import struct
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
@@ -29,11 +35,73 @@ from torchvision.transforms.v2 import functional as TF
 from common.metrics import TagSets
 from training.data.plan import draw_one_tag
 
-#: Bytes a pixel in a batch: RGB and the padding byte PIL keeps (dropped on the device).
-CHANNELS = 4
+# The JPEGs are views of Arrow's read-only buffers, which the decoder only reads.
+warnings.filterwarnings("ignore", message="The given buffer is not writable")
+
+#: Bytes a pixel in a batch: RGB.
+CHANNELS = 3
+
+#: Frame (SOF) markers of the JPEGs decoded by torchvision: baseline, extended and progressive
+#: Huffman coding. The rarer kinds (lossless, arithmetic) go through PIL.
+_TORCHVISION_FRAMES = frozenset({0xC0, 0xC1, 0xC2})
+#: Markers that stand alone, without a length: TEM, RST0-7, SOI.
+_STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})
 
 
-def _decoded(jpeg: bytes, resize: Optional[int], crop: int) -> Image.Image:
+def jpeg_frame(data: bytes | memoryview) -> Optional[tuple[int, int, int, int]]:
+    """(width, height, components, SOF marker) of a JPEG, read from its frame header by stepping
+    over the marker segments before it (a few, each read by its length); None when ``data`` is
+    not a JPEG or its header is malformed. Cheaper than opening the image with PIL."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:                     # a fill byte before the marker
+            i += 1
+        elif marker in _STANDALONE:
+            i += 2
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if i + 10 > n:
+                return None
+            height, width = struct.unpack_from(">HH", data, i + 5)
+            return width, height, data[i + 9], marker
+        elif marker in (0xD9, 0xDA):           # image end, or scan data before any frame
+            return None
+        else:
+            i += 2 + struct.unpack_from(">H", data, i + 2)[0]
+    return None
+
+
+def _as_stored(width: int, height: int, resize: Optional[int], crop: int) -> bool:
+    """Whether :func:`_decoded` would keep the image at its stored size: no DCT scaling, no resize."""
+    target = max(resize or 0, crop)
+    short = min(width, height)
+    return (_draft_size(width, height, target) == (width, height)
+            and not ((resize and short != resize) or short < crop))
+
+
+def _stored_pixels(jpeg: bytes | memoryview, resize: Optional[int], crop: int) -> Optional[np.ndarray]:
+    """(H, W, 3) RGB pixels of a JPEG used at its stored size, decoded by torchvision (no copy after
+    the decode: its (3, H, W) output is a view of (H, W, 3) memory); None where :func:`_decoded`
+    (PIL) must decide: another size, colour space or coding, or bytes torchvision cannot decode
+    (PIL then gives the same image, or its own error)."""
+    frame = jpeg_frame(jpeg)
+    if (frame is None or frame[2] not in (1, 3) or frame[3] not in _TORCHVISION_FRAMES
+            or not _as_stored(frame[0], frame[1], resize, crop)):
+        return None
+    try:
+        image = decode_jpeg(torch.frombuffer(jpeg, dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except RuntimeError:
+        return None
+    if tuple(image.shape[1:]) != (frame[1], frame[0]):
+        return None
+    return image.numpy().transpose(1, 2, 0)
+
+
+def _decoded(jpeg: bytes | memoryview, resize: Optional[int], crop: int) -> Image.Image:
     """The image with its short side at ``resize`` (None: as stored, but at least ``crop``)."""
     im = Image.open(io.BytesIO(jpeg))
     target = max(resize or 0, crop)
@@ -58,34 +126,35 @@ def _crop_box(size: tuple[int, int], crop: int, draw: Optional[Sequence[int]]) -
 
 
 def _pixels(im: Image.Image) -> np.ndarray:
-    """(H, W, 4) uint8 view of an RGB image's pixels as PIL holds them (RGB and a padding byte),
-    through Arrow's C interface: no copy. Packing them to 3 bytes (``np.asarray``) cost 15% of
-    the decode. A large image that PIL keeps in several blocks cannot be viewed so, and is packed."""
+    """(H, W, 3) uint8 view of an RGB image's pixels as PIL holds them (RGB and a padding byte),
+    through Arrow's C interface: no copy; only the crop is copied out of it. (Packing the whole
+    image to 3 bytes, ``np.asarray``, cost 15% of the decode.) A large image that PIL keeps in
+    several blocks cannot be viewed so, and is packed."""
     w, h = im.size
     try:
-        return pa.array(im).values.to_numpy(zero_copy_only=True).reshape(h, w, CHANNELS)
+        return pa.array(im).values.to_numpy(zero_copy_only=True).reshape(h, w, 4)[..., :3]
     except (ValueError, pa.ArrowException):
-        packed = np.empty((h, w, CHANNELS), dtype=np.uint8)
-        packed[..., :3] = np.asarray(im)
-        packed[..., 3] = 255
-        return packed
+        return np.asarray(im)
 
 
-def decode_image(jpeg: bytes, resize: Optional[int], crop: int, train: bool,
+def decode_image(jpeg: bytes | memoryview, resize: Optional[int], crop: int, train: bool,
                  gen: Optional[torch.Generator], out: Optional[np.ndarray] = None,
                  draw: Optional[Sequence[int]] = None) -> np.ndarray:
     """JPEG -> (crop, crop, 3) uint8: short side resized to ``resize`` (None: as stored, but at
     least ``crop``), then a random crop (train) or the centre crop (eval). With ``out`` (a
-    (crop, crop, 4) row of a batch) the crop is written there with PIL's padding byte, the only
-    copy made of the pixels. ``draw``: the crop's two random draws, when the caller made them (a
-    batch's at once: the same numbers as one image at a time from ``gen``, at a fraction of the cost)."""
-    im = _decoded(jpeg, resize, crop)
+    (crop, crop, 3) row of a batch) the crop is written there, the only copy made of the pixels.
+    ``draw``: the crop's two random draws, when the caller made them (a batch's at once: the same
+    numbers as one image at a time from ``gen``, at a fraction of the cost)."""
+    pixels = _stored_pixels(jpeg, resize, crop)
+    if pixels is None:
+        pixels = _pixels(_decoded(jpeg, resize, crop))
     if train and draw is None:
         draw = torch.randint(0, 1 << 30, (2,), generator=gen).tolist()
-    x, y = _crop_box(im.size, crop, draw if train else None)
-    window = _pixels(im)[y:y + crop, x:x + crop]
+    h, w = pixels.shape[:2]
+    x, y = _crop_box((w, h), crop, draw if train else None)
+    window = pixels[y:y + crop, x:x + crop]
     if out is None:
-        return window[..., :3].copy()
+        return window.copy()
     out[...] = window
     return out
 
@@ -106,9 +175,8 @@ def to_batch(table: pa.Table, *, resize: Optional[int], crop: int, train: bool, 
              gen: Optional[torch.Generator], take: Optional[np.ndarray] = None,
              decode: str = "cpu") -> dict[str, torch.Tensor]:
     """Rows ``take`` (all when None) of a pyarrow table of shard rows -> the batch dict every model
-    consumes: ``image`` (B, H, W, 4) uint8 (RGB and PIL's padding byte, which the model drops on the
-    device), and in training ``flip`` (B,) bool, for the device to apply. The JPEG column is read
-    row by row, never gathered into a copy of its own.
+    consumes: ``image`` (B, H, W, 3) uint8 RGB, and in training ``flip`` (B,) bool, for the device
+    to apply. The JPEG column is read row by row, as views of its buffers, never copied.
 
     ``decode="device"``: no ``image``; the JPEG bytes instead (``jpeg``, ``jpeg_offsets``) and in
     training the crops' draws (``crop_draws``), for :func:`decode_batch` on the training device.
@@ -140,26 +208,54 @@ def to_batch(table: pa.Table, *, resize: Optional[int], crop: int, train: bool, 
 
 def decode_rows(jpegs: pa.ChunkedArray, rows: np.ndarray, resize: Optional[int], crop: int,
                 crops: Optional[torch.Tensor]) -> torch.Tensor:
-    """The (B, crop, crop, 4) uint8 pixels of JPEG rows ``rows``, decoded here (the CPU path); in a
+    """The (B, crop, crop, 3) uint8 pixels of JPEG rows ``rows``, decoded here (the CPU path); in a
     DataLoader worker, in shared memory, so that the pipe sends a handle and not a copy."""
-    images = torch.empty((rows.size, crop, crop, CHANNELS), dtype=torch.uint8)
-    if get_worker_info() is not None:
-        images.share_memory_()
+    images = _batch_buffer((rows.size, crop, crop, CHANNELS))
     pixels = images.numpy()
     draws = crops.tolist() if crops is not None else [None] * rows.size
-    for i, r in enumerate(rows.tolist()):
-        decode_image(jpegs[r].as_py(), resize, crop, crops is not None, None, out=pixels[i], draw=draws[i])
+    for i, jpeg in enumerate(jpeg_views(jpegs, rows)):
+        decode_image(jpeg, resize, crop, crops is not None, None, out=pixels[i], draw=draws[i])
     return images
+
+
+def _batch_buffer(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised uint8 tensor; in a DataLoader worker made in shared memory from the start
+    (``share_memory_`` would make it privately, then copy it there: 130 us an image of a 224 px
+    batch, against 60)."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+
+
+def _binary_buffers(chunk: pa.Array) -> tuple[np.ndarray, memoryview]:
+    """A binary array's value offsets (int64, len + 1) and its data buffer, as they are in memory."""
+    width = np.int64 if pa.types.is_large_binary(chunk.type) else np.int32
+    offsets = np.frombuffer(chunk.buffers()[1], dtype=width)[chunk.offset:chunk.offset + len(chunk) + 1]
+    data = chunk.buffers()[2]
+    return offsets.astype(np.int64), memoryview(data if data is not None else b"").cast("B")
+
+
+def jpeg_views(jpegs: pa.ChunkedArray, rows: np.ndarray) -> list[memoryview]:
+    """Rows ``rows`` of a binary column as views of its buffers: no copy (``as_py`` makes one a row)."""
+    starts = np.cumsum([0] + [len(c) for c in jpegs.chunks])
+    chunk_of = np.searchsorted(starts, rows, side="right") - 1
+    buffers: dict[int, tuple[np.ndarray, memoryview]] = {}
+    views = []
+    for r, k in zip(rows.tolist(), chunk_of.tolist()):
+        if k not in buffers:
+            buffers[k] = _binary_buffers(jpegs.chunk(k))
+        offsets, data = buffers[k]
+        i = r - int(starts[k])
+        views.append(data[offsets[i]:offsets[i + 1]])
+    return views
 
 
 def jpeg_bytes(jpegs: pa.ChunkedArray) -> dict[str, torch.Tensor]:
     """A batch's JPEGs laid end to end (``jpeg`` uint8) with their bounds (``jpeg_offsets``, B + 1)."""
-    column = jpegs.combine_chunks()
-    width = np.int64 if pa.types.is_large_binary(column.type) else np.int32
-    offsets = np.frombuffer(column.buffers()[1], dtype=width)[column.offset:column.offset + len(column) + 1]
-    offsets = offsets.astype(np.int64)
-    data = np.frombuffer(column.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
-    return {"jpeg": torch.from_numpy(data.copy()), "jpeg_offsets": torch.from_numpy(offsets - offsets[0])}
+    offsets, data = _binary_buffers(jpegs.combine_chunks())
+    jpeg = np.frombuffer(data, dtype=np.uint8)[offsets[0]:offsets[-1]]
+    return {"jpeg": torch.from_numpy(jpeg.copy()), "jpeg_offsets": torch.from_numpy(offsets - offsets[0])}
 
 
 def _draft_size(w: int, h: int, target: int) -> tuple[int, int]:

@@ -71,7 +71,7 @@ class TagModel(StreamedModule, abc.ABC):
 
     # --- shared pieces --------------------------------------------------------------------------
     def features(self, images: torch.Tensor, flip: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """uint8 (B, H, W, 3) RGB, or (B, H, W, 4) with a padding byte as the loader ships it ->
+        """uint8 (B, H, W, 3) RGB as the loader ships it (or (B, H, W, 4) with a padding byte) ->
         backbone features (B, feature_dim). ``flip`` (B,) bool mirrors those images (training's
         augmentation, applied here on the device). The NCHW view of NHWC memory is already
         channels_last: no copy makes it so."""

@@ -1,0 +1,107 @@
+"""The workers' JPEG decode: torchvision's decoder where a JPEG is used at its stored size, PIL for
+everything else, the same pixels either way (and PIL's errors for broken files)."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from helpers.images import jpeg
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset
+
+from training.data import images as I
+
+
+def _pil_crop(data: bytes, resize, crop: int, draw=None) -> np.ndarray:
+    """The crop as PIL alone makes it: decoded (DCT scaling, resize) by ``_decoded``, packed, cropped."""
+    im = I._decoded(data, resize, crop)
+    x, y = I._crop_box(im.size, crop, draw)
+    return np.asarray(im)[y:y + crop, x:x + crop]
+
+
+def _encode(im: Image.Image, **kw) -> bytes:
+    out = io.BytesIO()
+    im.save(out, format="JPEG", **kw)
+    return out.getvalue()
+
+
+def _kinds() -> dict[str, bytes]:
+    """JPEGs as the shards and uploads hold them: baseline 4:2:0, 4:4:4, progressive, greyscale, odd sizes."""
+    base = Image.open(io.BytesIO(jpeg(61, 47, seed=3)))
+    return {"baseline": jpeg(61, 47, seed=3), "444": _encode(base, quality=95, subsampling=0),
+            "progressive": _encode(base, quality=90, progressive=True), "grey": _encode(base.convert("L")),
+            "exif": _encode(base, exif=Image.Exif()), "tall": jpeg(33, 80, seed=4)}
+
+
+@pytest.mark.parametrize("kind", sorted(_kinds()))
+def test_a_jpeg_at_its_stored_size_is_decoded_by_torchvision_into_pils_pixels(kind):
+    data = _kinds()[kind]
+    w, h = Image.open(io.BytesIO(data)).size
+    assert I.jpeg_frame(data)[:2] == (w, h)
+    assert I.jpeg_frame(memoryview(data))[:2] == (w, h)
+    crop = min(w, h) - 3
+    assert I._stored_pixels(data, None, crop) is not None            # the torchvision path is taken
+    for train, draw in ((False, None), (True, (5, 9)), (True, (1 << 29, 7))):
+        got = I.decode_image(data, None, crop, train, None, draw=draw)
+        assert got.shape == (crop, crop, 3) and got.flags["C_CONTIGUOUS"]
+        assert np.array_equal(got, _pil_crop(data, None, crop, draw if train else None))
+    out = np.zeros((crop, crop, 3), np.uint8)                        # written into a batch's row
+    I.decode_image(data, min(w, h), crop, False, None, out=out)
+    assert np.array_equal(out, _pil_crop(data, min(w, h), crop))
+
+
+def test_what_torchvision_would_decode_otherwise_goes_through_pil():
+    big = jpeg(200, 120, seed=5)
+    cmyk = _encode(Image.open(io.BytesIO(big)).convert("CMYK"))
+    cases = {"dct-scaled": (big, None, 50), "resized": (big, 100, 64), "short below the crop": (big, None, 150),
+             "cmyk": (cmyk, None, 100)}
+    for name, (data, resize, crop) in cases.items():
+        assert I._stored_pixels(data, resize, crop) is None, name
+        assert np.array_equal(I.decode_image(data, resize, crop, False, None), _pil_crop(data, resize, crop)), name
+    png = io.BytesIO()
+    Image.open(io.BytesIO(big)).save(png, format="PNG")
+    assert I.jpeg_frame(png.getvalue()) is None
+    assert np.array_equal(I.decode_image(png.getvalue(), None, 100, False, None), _pil_crop(png.getvalue(), None, 100))
+
+
+def test_a_broken_jpeg_fails_as_pil_fails():
+    """torchvision's error is not the caller's to know: PIL decides, and raises its own."""
+    data = jpeg(64, 64, seed=6)
+    assert I.jpeg_frame(data[:40]) is None or I._stored_pixels(data[:40], None, 32) is None
+    for broken in (data[: len(data) // 2], data[:-2], b"\xff\xd8\xff\xe0\x00"):
+        with pytest.raises(OSError):
+            I.decode_image(broken, None, 32, False, None)
+    assert I.jpeg_frame(b"") is None and I.jpeg_frame(b"\xff\xd8") is None
+
+
+def test_jpeg_views_read_rows_across_chunks_without_copies():
+    column = pa.chunked_array([pa.array([b"ab", b"", b"xyz"]), pa.array([b"q", None, b"\xff\xd8"], pa.large_binary())
+                               .cast(pa.binary())])
+    views = I.jpeg_views(column, np.array([4, 0, 2, 5, 1, 3]))
+    assert [bytes(v) for v in views] == [b"", b"ab", b"xyz", b"\xff\xd8", b"", b"q"]
+    assert views[3][0] == 0xFF                                       # bytes, not signed chars
+    packed = I.jpeg_bytes(column.slice(1, 4))
+    assert bytes(packed["jpeg"].numpy()) == b"xyzq" and packed["jpeg_offsets"].tolist() == [0, 0, 3, 4, 4]
+
+
+class _Rows(IterableDataset):
+    def __init__(self, data: list[bytes]):
+        self.data = data
+
+    def __iter__(self):
+        column = pa.chunked_array([pa.array(self.data)])
+        images = I.decode_rows(column, np.arange(len(self.data)), None, 40, None)
+        yield {"image": images, "shared": torch.tensor(images.is_shared())}
+
+
+def test_a_workers_batch_is_made_in_shared_memory_and_arrives_whole():
+    data = [jpeg(48, 44, seed=s) for s in range(5)]
+    (batch,) = list(DataLoader(_Rows(data), batch_size=None, num_workers=1))
+    assert bool(batch["shared"])
+    want = np.stack([_pil_crop(d, None, 40) for d in data])
+    assert np.array_equal(batch["image"].numpy(), want)
+    (local,) = list(_Rows(data))
+    assert not bool(local["shared"]) and np.array_equal(local["image"].numpy(), want)
