@@ -84,24 +84,42 @@ def test_jpeg_views_read_rows_across_chunks_without_copies():
     assert [bytes(v) for v in views] == [b"", b"ab", b"xyz", b"\xff\xd8", b"", b"q"]
     assert views[3][0] == 0xFF                                       # bytes, not signed chars
     packed = I.jpeg_bytes(column.slice(1, 4))
-    assert bytes(packed["jpeg"].numpy()) == b"xyzq" and packed["jpeg_offsets"].tolist() == [0, 0, 3, 4, 4]
+    assert bytes(packed["jpeg"]) == b"xyzq" and packed["jpeg_offsets"].tolist() == [0, 0, 3, 4, 4]
 
 
 class _Rows(IterableDataset):
-    def __init__(self, data: list[bytes]):
-        self.data = data
+    """A batch made by ``to_batch`` (where a worker makes it), and what it was made in."""
+
+    def __init__(self, data: list[bytes], decode: str):
+        self.data, self.decode = data, decode
 
     def __iter__(self):
-        column = pa.chunked_array([pa.array(self.data)])
-        images = I.decode_rows(column, np.arange(len(self.data)), None, 40, None)
-        yield {"image": images, "shared": torch.tensor(images.is_shared())}
+        n = len(self.data)
+        table = pa.table({"photo_id": pa.array(range(100, 100 + n), pa.int64()), "image": pa.array(self.data),
+                          "tag_ids": pa.array([[i % 3, 7] for i in range(n)], pa.list_(pa.int32())),
+                          "latitude": pa.array(np.linspace(-10, 10, n)), "longitude": pa.array(np.linspace(5, 6, n))})
+        batch = I.to_batch(table, resize=None, crop=40, train=True, seed=1, epoch=0,
+                           gen=torch.Generator().manual_seed(2), decode=self.decode)
+        storages = {t.untyped_storage().data_ptr() for t in batch.values()}
+        yield {**batch, "shared": torch.tensor(all(t.is_shared() for t in batch.values())),
+               "storages": torch.tensor(len(storages))}
 
 
-def test_a_workers_batch_is_made_in_shared_memory_and_arrives_whole():
+@pytest.mark.parametrize("decode", ["cpu", "device"])
+def test_a_workers_batch_is_one_block_of_shared_memory_and_arrives_whole(decode):
+    """In a worker every tensor of a batch is a view of one shared block (one file descriptor to send,
+    one mapping to make); out of one, tensors of their own. The same values either way."""
     data = [jpeg(48, 44, seed=s) for s in range(5)]
-    (batch,) = list(DataLoader(_Rows(data), batch_size=None, num_workers=1))
-    assert bool(batch["shared"])
-    want = np.stack([_pil_crop(d, None, 40) for d in data])
-    assert np.array_equal(batch["image"].numpy(), want)
-    (local,) = list(_Rows(data))
-    assert not bool(local["shared"]) and np.array_equal(local["image"].numpy(), want)
+    (sent,) = list(DataLoader(_Rows(data, decode), batch_size=None, num_workers=1))
+    (local,) = list(_Rows(data, decode))
+    assert bool(sent["shared"]) and int(sent["storages"]) == 1
+    assert not bool(local["shared"]) and int(local["storages"]) == len(local) - 2
+    assert sent.keys() == local.keys()
+    for name in sent.keys() - {"shared", "storages"}:
+        assert sent[name].dtype == local[name].dtype and torch.equal(sent[name], local[name]), name
+    if decode == "cpu":
+        draws = I.train_draws(5, torch.Generator().manual_seed(2))[0].tolist()
+        want = np.stack([_pil_crop(d, None, 40, draw) for d, draw in zip(data, draws)])
+        assert np.array_equal(sent["image"].numpy(), want)
+    else:
+        assert bytes(sent["jpeg"].numpy()) == b"".join(data)

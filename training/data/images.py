@@ -183,49 +183,54 @@ def to_batch(table: pa.Table, *, resize: Optional[int], crop: int, train: bool, 
     (``data.decode`` is checked once, when the stream is set up.)"""
     rows = np.arange(table.num_rows) if take is None else np.asarray(take)
     light = table.drop_columns(["image"]).take(pa.array(rows))
-    photo_id = light.column("photo_id").to_numpy().copy()  # arrow buffers are read-only
+    photo_id = light.column("photo_id").to_numpy()
     tags = TagSets.from_arrow(light.column("tag_ids"))
     crops, flip = train_draws(rows.size, gen) if train else (None, None)
-    if decode == "device":
-        pixels = jpeg_bytes(table.column("image").take(pa.array(rows)))
-        if train:
-            pixels["crop_draws"] = crops
-    else:
-        pixels = {"image": decode_rows(table.column("image"), rows, resize, crop, crops)}
-    batch = {
-        "photo_id": torch.from_numpy(photo_id),
-        **pixels,
-        "tag": torch.from_numpy(draw_one_tag(photo_id, tags.offsets, tags.values, seed, epoch)),
-        "tag_values": torch.from_numpy(tags.values.copy()),
-        "tag_offsets": torch.from_numpy(tags.offsets.copy()),
-        "latitude": torch.from_numpy(light.column("latitude").to_numpy().copy()),
-        "longitude": torch.from_numpy(light.column("longitude").to_numpy().copy()),
-    }
+    arrays = {"photo_id": photo_id, "tag": draw_one_tag(photo_id, tags.offsets, tags.values, seed, epoch),
+              "tag_values": tags.values, "tag_offsets": tags.offsets,
+              "latitude": light.column("latitude").to_numpy(), "longitude": light.column("longitude").to_numpy()}
     if train:
-        batch["flip"] = flip
+        arrays["flip"] = flip.numpy()
+    if decode == "device":
+        arrays.update(jpeg_bytes(table.column("image").take(pa.array(rows))))
+        if train:
+            arrays["crop_draws"] = crops.numpy()
+        return batch_tensors(arrays)
+    batch = batch_tensors(arrays, image=(rows.size, crop, crop, CHANNELS))
+    decode_rows(table.column("image"), rows, resize, crop, crops, out=batch["image"].numpy())
     return batch
 
 
 def decode_rows(jpegs: pa.ChunkedArray, rows: np.ndarray, resize: Optional[int], crop: int,
-                crops: Optional[torch.Tensor]) -> torch.Tensor:
-    """The (B, crop, crop, 3) uint8 pixels of JPEG rows ``rows``, decoded here (the CPU path); in a
-    DataLoader worker, in shared memory, so that the pipe sends a handle and not a copy."""
-    images = _batch_buffer((rows.size, crop, crop, CHANNELS))
-    pixels = images.numpy()
+                crops: Optional[torch.Tensor], out: np.ndarray) -> None:
+    """JPEG rows ``rows`` decoded here (the CPU path) into ``out``, their (B, crop, crop, 3) uint8
+    pixels: random crops from ``crops`` (training), else the centre."""
     draws = crops.tolist() if crops is not None else [None] * rows.size
     for i, jpeg in enumerate(jpeg_views(jpegs, rows)):
-        decode_image(jpeg, resize, crop, crops is not None, None, out=pixels[i], draw=draws[i])
-    return images
+        decode_image(jpeg, resize, crop, crops is not None, None, out=out[i], draw=draws[i])
 
 
-def _batch_buffer(shape: tuple[int, ...]) -> torch.Tensor:
-    """An uninitialised uint8 tensor; in a DataLoader worker made in shared memory from the start
-    (``share_memory_`` would make it privately, then copy it there: 130 us an image of a 224 px
-    batch, against 60)."""
+def batch_tensors(arrays: dict[str, np.ndarray],
+                  image: Optional[tuple[int, ...]] = None) -> dict[str, torch.Tensor]:
+    """A batch's arrays as tensors of their own (Arrow's buffers are read-only), with room for its
+    pixels (``image``: uint8 of that shape, left unset). In a DataLoader worker they are all views of
+    one block of shared memory, made there from the start: the worker sends each storage as a file
+    descriptor of its own and the training process maps each, so a block a batch is one of each
+    rather than nine (and ``share_memory_`` would copy the pixels once more)."""
     if get_worker_info() is None:
-        return torch.empty(shape, dtype=torch.uint8)
-    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
-    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+        batch = {"image": torch.empty(image, dtype=torch.uint8)} if image else {}
+        return {**batch, **{k: torch.from_numpy(np.array(a)) for k, a in arrays.items()}}
+    arrays = {k: np.ascontiguousarray(a) for k, a in arrays.items()}
+    sizes = [int(np.prod(image)) if image else 0] + [a.nbytes for a in arrays.values()]
+    starts = np.concatenate([[0], np.cumsum([-(-n // 8) * 8 for n in sizes])])   # 8-byte aligned
+    storage = torch.UntypedStorage._new_shared(max(1, int(starts[-1])))
+    batch = {"image": torch.empty(0, dtype=torch.uint8).set_(storage, 0, image)} if image else {}
+    for (name, a), at in zip(arrays.items(), starts[1:-1].tolist()):
+        dtype = torch.from_numpy(a[:0]).dtype
+        view = torch.empty(0, dtype=dtype).set_(storage, at // a.itemsize, a.shape)
+        view.numpy()[...] = a
+        batch[name] = view
+    return batch
 
 
 def _binary_buffers(chunk: pa.Array) -> tuple[np.ndarray, memoryview]:
@@ -251,11 +256,11 @@ def jpeg_views(jpegs: pa.ChunkedArray, rows: np.ndarray) -> list[memoryview]:
     return views
 
 
-def jpeg_bytes(jpegs: pa.ChunkedArray) -> dict[str, torch.Tensor]:
+def jpeg_bytes(jpegs: pa.ChunkedArray) -> dict[str, np.ndarray]:
     """A batch's JPEGs laid end to end (``jpeg`` uint8) with their bounds (``jpeg_offsets``, B + 1)."""
     offsets, data = _binary_buffers(jpegs.combine_chunks())
     jpeg = np.frombuffer(data, dtype=np.uint8)[offsets[0]:offsets[-1]]
-    return {"jpeg": torch.from_numpy(jpeg.copy()), "jpeg_offsets": torch.from_numpy(offsets - offsets[0])}
+    return {"jpeg": jpeg, "jpeg_offsets": offsets - offsets[0]}
 
 
 def _draft_size(w: int, h: int, target: int) -> tuple[int, int]:
