@@ -95,9 +95,14 @@ def plain_torchvision(jpegs: list[torch.Tensor]) -> float:
     return len(jpegs) / (time.process_time() - t)
 
 
+def _stream(directory: Path, crop: int, batch: int, decode: str = "cpu") -> ShardStream:
+    """The training stream every loader row measures."""
+    return ShardStream(directory, "train", batch_size=batch, crop=crop, train=True, shuffle=True, seed=1,
+                       decode=decode)
+
+
 def loader(directory: Path, crop: int, batch: int, decode: str = "cpu") -> float:
-    stream = ShardStream(directory, "train", batch_size=batch, crop=crop, train=True, shuffle=True, seed=1,
-                         decode=decode)
+    stream = _stream(directory, crop, batch, decode)
     t, n = time.process_time(), 0
     for b in stream:
         n += b["photo_id"].shape[0]
@@ -113,18 +118,18 @@ class _Timed(IterableDataset):
         self.stream, self.passes = stream, passes
 
     def __iter__(self):
+        t, n = time.process_time(), 0
         for p in range(self.passes):
             if p == 1:
-                t, n = time.process_time(), 0
+                t = time.process_time()
             for b in self.stream:
-                n = n + b["photo_id"].shape[0] if p else 0
+                n += b["photo_id"].shape[0] if p else 0
                 yield b
         yield {"cpu": torch.tensor(time.process_time() - t), "images": torch.tensor(n)}
 
 
 def in_worker(directory: Path, crop: int, batch: int, passes: int = 3) -> float:
-    stream = ShardStream(directory, "train", batch_size=batch, crop=crop, train=True, shuffle=True, seed=1)
-    for last in DataLoader(_Timed(stream, passes), batch_size=None, num_workers=1):
+    for last in DataLoader(_Timed(_stream(directory, crop, batch), passes), batch_size=None, num_workers=1):
         pass
     return last["images"].item() / last["cpu"].item()
 

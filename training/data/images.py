@@ -75,12 +75,21 @@ def jpeg_frame(data: bytes | memoryview) -> Optional[tuple[int, int, int, int]]:
     return None
 
 
+def _resized_size(w: int, h: int, resize: Optional[int], crop: int) -> Optional[tuple[int, int]]:
+    """The (w, h) a decoded w x h image is resized to, so that its short side is ``resize`` (None:
+    as it is, but at least ``crop``); None when it keeps its size. One rule for PIL's path, the
+    device's and the choice between them."""
+    short = min(w, h)
+    if not ((resize and short != resize) or short < crop):
+        return None
+    scale = max(resize or 0, crop) / short
+    return max(crop, round(w * scale)), max(crop, round(h * scale))
+
+
 def _as_stored(width: int, height: int, resize: Optional[int], crop: int) -> bool:
     """Whether :func:`_decoded` would keep the image at its stored size: no DCT scaling, no resize."""
-    target = max(resize or 0, crop)
-    short = min(width, height)
-    return (_draft_size(width, height, target) == (width, height)
-            and not ((resize and short != resize) or short < crop))
+    return (_draft_size(width, height, max(resize or 0, crop)) == (width, height)
+            and _resized_size(width, height, resize, crop) is None)
 
 
 def _stored_pixels(jpeg: bytes | memoryview, resize: Optional[int], crop: int) -> Optional[np.ndarray]:
@@ -109,12 +118,8 @@ def _decoded(jpeg: bytes | memoryview, resize: Optional[int], crop: int) -> Imag
     im.load()
     if im.mode != "RGB":               # (convert copies even an RGB image)
         im = im.convert("RGB")
-    w, h = im.size
-    short = min(w, h)
-    if (resize and short != resize) or short < crop:
-        scale = target / short
-        im = im.resize((max(crop, round(w * scale)), max(crop, round(h * scale))), Image.BILINEAR)
-    return im
+    size = _resized_size(*im.size, resize, crop)
+    return im.resize(size, Image.BILINEAR) if size else im
 
 
 def _crop_box(size: tuple[int, int], crop: int, draw: Optional[Sequence[int]]) -> tuple[int, int]:
@@ -226,7 +231,7 @@ def batch_tensors(arrays: dict[str, np.ndarray],
     storage = torch.UntypedStorage._new_shared(max(1, int(starts[-1])))
     batch = {"image": torch.empty(0, dtype=torch.uint8).set_(storage, 0, image)} if image else {}
     for (name, a), at in zip(arrays.items(), starts[1:-1].tolist()):
-        dtype = torch.from_numpy(a[:0]).dtype
+        dtype = torch.from_numpy(np.empty(0, a.dtype)).dtype       # (a itself may be read-only)
         view = torch.empty(0, dtype=dtype).set_(storage, at // a.itemsize, a.shape)
         view.numpy()[...] = a
         batch[name] = view
@@ -281,11 +286,8 @@ def fit_decoded(image: torch.Tensor, resize: Optional[int], crop: int) -> torch.
     dw, dh = _draft_size(w, h, target)
     if (dw, dh) != (w, h):
         image, (w, h) = TF.resize(image, [dh, dw], antialias=True), (dw, dh)
-    short = min(w, h)
-    if (resize and short != resize) or short < crop:
-        scale = target / short
-        image = TF.resize(image, [max(crop, round(h * scale)), max(crop, round(w * scale))], antialias=True)
-    return image
+    size = _resized_size(w, h, resize, crop)
+    return TF.resize(image, [size[1], size[0]], antialias=True) if size else image
 
 
 def decode_batch(jpeg: torch.Tensor, offsets: torch.Tensor, crop: int, resize: Optional[int],
