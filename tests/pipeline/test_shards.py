@@ -136,6 +136,11 @@ def test_shard_job_writes_contract_shards(spark, tmp_path, no_renames):
             assert pf.schema_arrow.equals(SHARD_SCHEMA)
             sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
             assert sizes == f.row_groups and all(n == 8 for n in sizes[:-1]) and sizes[-1] <= 8
+            for g in range(pf.num_row_groups):             # JPEGs plain and uncompressed: the cheapest read
+                group = pf.metadata.row_group(g)
+                (image,) = [group.column(c) for c in range(group.num_columns)
+                            if group.column(c).path_in_schema == "image"]
+                assert image.compression == "UNCOMPRESSED" and "RLE_DICTIONARY" not in image.encodings
             t = pf.read()
             ids += t["photo_id"].to_pylist()
             assert min(Image.open(io.BytesIO(b)).size for b in t["image"].to_pylist()[:5])[1] == 32
