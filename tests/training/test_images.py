@@ -1,8 +1,11 @@
-"""The workers' JPEG decode: torchvision's decoder where a JPEG is used at its stored size, PIL for
-everything else, the same pixels either way (and PIL's errors for broken files)."""
+"""The workers' JPEG decode: where a JPEG is used at its stored size, its crop decoded alone
+(libjpeg-turbo's TurboJPEG API) or the whole image by torchvision's decoder; PIL for everything
+else; the same pixels every way (and PIL's errors for broken files)."""
 from __future__ import annotations
 
 import io
+import platform
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -13,6 +16,36 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
 from training.data import images as I
+from training.data import turbojpeg as T
+
+
+def _reload_library() -> None:
+    T.decoder.cache_clear()
+    T._library.cache_clear()
+
+
+@pytest.fixture(params=["crops", "whole"])
+def decoders(request, monkeypatch):
+    """Each test twice: with the crop decoder (``[train]`` installs it on x86-64 Linux, so there a
+    missing one is a failure) and with it off (``LOCSENS_TURBOJPEG=off``: whole decodes)."""
+    if request.param == "whole":
+        monkeypatch.setenv(T.ENV, "off")
+    else:
+        monkeypatch.delenv(T.ENV, raising=False)
+    _reload_library()
+    if request.param == "crops":
+        _crop_decoder()
+    yield request.param
+    _reload_library()
+
+
+def _crop_decoder() -> T.CropDecoder:
+    decoder = T.decoder()
+    if decoder is None:
+        if sys.platform == "linux" and platform.machine() == "x86_64":
+            pytest.fail("no TurboJPEG 3 library: the turbojpeg wheel of [train] is not installed")
+        pytest.skip("no TurboJPEG 3 library on this platform")
+    return decoder
 
 
 def _pil_crop(data: bytes, resize, crop: int, draw=None) -> np.ndarray:
@@ -37,13 +70,14 @@ def _kinds() -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("kind", sorted(_kinds()))
-def test_a_jpeg_at_its_stored_size_is_decoded_by_torchvision_into_pils_pixels(kind):
+def test_a_jpeg_at_its_stored_size_is_decoded_into_pils_pixels(kind, decoders):
     data = _kinds()[kind]
     w, h = Image.open(io.BytesIO(data)).size
     assert I.jpeg_frame(data)[:2] == (w, h)
     assert I.jpeg_frame(memoryview(data))[:2] == (w, h)
     crop = min(w, h) - 3
-    assert I._stored_pixels(data, None, crop) is not None            # the torchvision path is taken
+    assert I._stored_pixels(data, None, crop) is not None            # torchvision's, if not the crop's
+    assert (I._stored_crop(data, None, crop, None, None) is not None) == (decoders == "crops")
     for train, draw in ((False, None), (True, (5, 9)), (True, (1 << 29, 7))):
         got = I.decode_image(data, None, crop, train, None, draw=draw)
         assert got.shape == (crop, crop, 3) and got.flags["C_CONTIGUOUS"]
@@ -53,13 +87,14 @@ def test_a_jpeg_at_its_stored_size_is_decoded_by_torchvision_into_pils_pixels(ki
     assert np.array_equal(out, _pil_crop(data, min(w, h), crop))
 
 
-def test_what_torchvision_would_decode_otherwise_goes_through_pil():
+def test_what_torchvision_would_decode_otherwise_goes_through_pil(decoders):
     big = jpeg(200, 120, seed=5)
     cmyk = _encode(Image.open(io.BytesIO(big)).convert("CMYK"))
     cases = {"dct-scaled": (big, None, 50), "resized": (big, 100, 64), "short below the crop": (big, None, 150),
              "cmyk": (cmyk, None, 100)}
     for name, (data, resize, crop) in cases.items():
         assert I._stored_pixels(data, resize, crop) is None, name
+        assert I._stored_crop(data, resize, crop, None, None) is None, name
         assert np.array_equal(I.decode_image(data, resize, crop, False, None), _pil_crop(data, resize, crop)), name
     png = io.BytesIO()
     Image.open(io.BytesIO(big)).save(png, format="PNG")
@@ -67,14 +102,58 @@ def test_what_torchvision_would_decode_otherwise_goes_through_pil():
     assert np.array_equal(I.decode_image(png.getvalue(), None, 100, False, None), _pil_crop(png.getvalue(), None, 100))
 
 
-def test_a_broken_jpeg_fails_as_pil_fails():
-    """torchvision's error is not the caller's to know: PIL decides, and raises its own."""
-    data = jpeg(64, 64, seed=6)
-    assert I.jpeg_frame(data[:40]) is None or I._stored_pixels(data[:40], None, 32) is None
-    for broken in (data[: len(data) // 2], data[:-2], b"\xff\xd8\xff\xe0\x00"):
-        with pytest.raises(OSError):
-            I.decode_image(broken, None, 32, False, None)
+def test_a_broken_jpeg_fails_as_pil_fails(decoders):
+    """The faster decoders' errors are not the caller's to know: PIL decides, and raises its own,
+    wherever the crop lies (a crop decoded alone never reads a truncated file's missing end)."""
+    data, crop = jpeg(64, 64, seed=6), 40                             # (a crop that is not DCT-scaled)
+    assert I._stored_size(data, None, crop) == (64, 64)
+    assert I.jpeg_frame(data[:40]) is None or I._stored_pixels(data[:40], None, crop) is None
+    for broken in (data[: len(data) // 2], data[:-2], data[:-200], b"\xff\xd8\xff\xe0\x00"):
+        for train, draw in ((False, None), (True, (0, 0)), (True, (24, 24))):
+            with pytest.raises(OSError):
+                I.decode_image(broken, None, crop, train, None, draw=draw)
     assert I.jpeg_frame(b"") is None and I.jpeg_frame(b"\xff\xd8") is None
+
+
+@pytest.mark.parametrize("kind", ["420", "422", "444", "progressive", "grey"])
+def test_a_crop_decoded_alone_has_the_whole_decodes_pixels_wherever_it_lies(kind):
+    """Every left edge (on and off the iMCU grid, at both image edges) and a few rows: the crop
+    libjpeg-turbo decodes alone equals the same window of PIL's whole decode."""
+    base = Image.open(io.BytesIO(jpeg(150, 131, seed=8)))
+    options = {"420": {"quality": 90}, "422": {"subsampling": 1}, "444": {"subsampling": 0},
+               "progressive": {"progressive": True}, "grey": {}}
+    data = _encode(base.convert("L") if kind == "grey" else base, **options[kind])
+    whole = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    size, decoder = 100, _crop_decoder()
+    out = np.empty((size, size, 3), np.uint8)
+    for x in range(whole.shape[1] - size + 1):
+        for y in {0, 13, x % 32, whole.shape[0] - size}:
+            out[...] = 0
+            assert decoder.crop(data, x, y, size, out), (x, y)
+            assert np.array_equal(out, whole[y:y + size, x:x + size]), (kind, x, y)
+    assert not decoder.crop(data, 51, 0, size, out)                     # past the right edge
+    cmyk = _encode(base.convert("CMYK"))
+    assert not decoder.crop(cmyk, 0, 0, size, out)                      # YCCK/CMYK: whole decodes
+
+
+def test_a_library_named_by_the_environment_must_be_one(monkeypatch, tmp_path):
+    bogus = tmp_path / "libturbojpeg.so"
+    bogus.write_bytes(b"not a library")
+    monkeypatch.setenv(T.ENV, str(bogus))
+    _reload_library()
+    try:
+        with pytest.raises(RuntimeError, match=f"{T.ENV}=.*libturbojpeg.so.*TurboJPEG 3"):
+            T.decoder()
+    finally:
+        monkeypatch.delenv(T.ENV)
+        _reload_library()
+
+
+def test_the_wheels_library_is_told_from_its_extension_module():
+    assert T._is_library("libturbojpeg-dd00d054.so.0.3.0") and T._is_library("libturbojpeg.0.dylib")
+    assert T._is_library("turbojpeg-4f2a.dll") and T._is_library("turbojpeg.dll")
+    assert not T._is_library("turbojpeg.cpython-311-x86_64-linux-gnu.so")
+    assert not T._is_library("turbojpeg.cp311-win_amd64.pyd") and not T._is_library("RECORD")
 
 
 def test_jpeg_views_read_rows_across_chunks_without_copies():

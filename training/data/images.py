@@ -1,12 +1,14 @@
 """JPEG bytes from the shards to the uint8 batch tensors every image model consumes.
 
 Workers do only what must happen on the CPU: decode, crop, and write the pixels once into the
-batch's (B, H, W, 3) uint8 array. A JPEG used at its stored size (the shards' case: written at
-the short side training reads) is decoded by torchvision's ``decode_jpeg``, whose RGB output is
-already (H, W, 3) memory, so the crop is one copy; it gives PIL's pixels (both are
-libjpeg-turbo) at a steadier, higher speed, while PIL's decode runs at two speeds on the same
-bytes (docs/gpu.md). Anything else (a JPEG decoded smaller by DCT scaling or resized, another
-colour space, another format, a broken file) goes through PIL as before. In a DataLoader worker
+batch's (B, H, W, 3) uint8 array. Of a JPEG used at its stored size (the shards' case: written at
+the short side training reads) only the crop is decoded, by libjpeg-turbo's TurboJPEG API
+(:mod:`training.data.turbojpeg`), where that library is found; else the whole image is decoded by
+torchvision's ``decode_jpeg``, whose RGB output is already (H, W, 3) memory, and the crop copied
+out. Both give PIL's pixels (all three are libjpeg-turbo), faster and at a steadier speed than
+PIL's decode, which runs at two speeds on the same bytes (docs/gpu.md). Anything else (a JPEG
+decoded smaller by DCT scaling or resized, another colour space, another format, a broken file)
+goes through PIL as before. In a DataLoader worker
 the batch is made in shared memory, so that it reaches the main process without another copy.
 The flip is drawn here (so that it is reproducible per worker) but applied on the device, with
 normalisation and the channels_last layout (:meth:`training.models.base.TagModel.features`):
@@ -33,6 +35,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from common.metrics import TagSets
+from training.data import shared, turbojpeg
 from training.data.plan import draw_one_tag
 
 # The JPEGs are views of Arrow's read-only buffers, which the decoder only reads.
@@ -92,14 +95,39 @@ def _as_stored(width: int, height: int, resize: Optional[int], crop: int) -> boo
             and _resized_size(width, height, resize, crop) is None)
 
 
+def _stored_size(jpeg: bytes | memoryview, resize: Optional[int], crop: int) -> Optional[tuple[int, int]]:
+    """(width, height) of a JPEG that is used at its stored size and is of the common kind (grey or
+    three components, Huffman-coded); None for the rest, which :func:`_decoded` (PIL) decodes."""
+    frame = jpeg_frame(jpeg)
+    if (frame is None or frame[2] not in (1, 3) or frame[3] not in _TORCHVISION_FRAMES
+            or not _as_stored(frame[0], frame[1], resize, crop)):
+        return None
+    return frame[0], frame[1]
+
+
+def _stored_crop(jpeg: bytes | memoryview, resize: Optional[int], crop: int, draw: Optional[Sequence[int]],
+                 out: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """The crop of a JPEG used at its stored size, decoded alone by libjpeg-turbo
+    (:mod:`training.data.turbojpeg`) into ``out`` (or a new array): the whole decode's pixels in about
+    4/5 of its time. None where the whole image is decoded instead: no TurboJPEG 3 library, a JPEG
+    it does not take, or one that does not end as a JPEG ends (a truncated file must fail as a
+    whole decode fails, wherever its crop lies)."""
+    turbo = turbojpeg.decoder()
+    size = _stored_size(jpeg, resize, crop) if turbo is not None and bytes(jpeg[-2:]) == b"\xff\xd9" else None
+    if size is None:
+        return None
+    x, y = _crop_box(size, crop, draw)
+    target = out if out is not None else np.empty((crop, crop, CHANNELS), np.uint8)
+    return target if turbo.crop(jpeg, x, y, crop, target) else None
+
+
 def _stored_pixels(jpeg: bytes | memoryview, resize: Optional[int], crop: int) -> Optional[np.ndarray]:
     """(H, W, 3) RGB pixels of a JPEG used at its stored size, decoded by torchvision (no copy after
     the decode: its (3, H, W) output is a view of (H, W, 3) memory); None where :func:`_decoded`
     (PIL) must decide: another size, colour space or coding, or bytes torchvision cannot decode
     (PIL then gives the same image, or its own error)."""
-    frame = jpeg_frame(jpeg)
-    if (frame is None or frame[2] not in (1, 3) or frame[3] not in _TORCHVISION_FRAMES
-            or not _as_stored(frame[0], frame[1], resize, crop)):
+    frame = _stored_size(jpeg, resize, crop)
+    if frame is None:
         return None
     try:
         image = decode_jpeg(torch.frombuffer(jpeg, dtype=torch.uint8), mode=ImageReadMode.RGB)
@@ -150,13 +178,17 @@ def decode_image(jpeg: bytes | memoryview, resize: Optional[int], crop: int, tra
     (crop, crop, 3) row of a batch) the crop is written there, the only copy made of the pixels.
     ``draw``: the crop's two random draws, when the caller made them (a batch's at once: the same
     numbers as one image at a time from ``gen``, at a fraction of the cost)."""
+    if train and draw is None:
+        draw = torch.randint(0, 1 << 30, (2,), generator=gen).tolist()
+    draw = draw if train else None
+    window = _stored_crop(jpeg, resize, crop, draw, out)
+    if window is not None:
+        return window
     pixels = _stored_pixels(jpeg, resize, crop)
     if pixels is None:
         pixels = _pixels(_decoded(jpeg, resize, crop))
-    if train and draw is None:
-        draw = torch.randint(0, 1 << 30, (2,), generator=gen).tolist()
     h, w = pixels.shape[:2]
-    x, y = _crop_box((w, h), crop, draw if train else None)
+    x, y = _crop_box((w, h), crop, draw)
     window = pixels[y:y + crop, x:x + crop]
     if out is None:
         return window.copy()
@@ -221,15 +253,19 @@ def batch_tensors(arrays: dict[str, np.ndarray],
     pixels (``image``: uint8 of that shape, left unset). In a DataLoader worker they are all views of
     one block of shared memory, made there from the start: the worker sends each storage as a file
     descriptor of its own and the training process maps each, so a block a batch is one of each
-    rather than nine (and ``share_memory_`` would copy the pixels once more)."""
+    rather than nine (and ``share_memory_`` would copy the pixels once more). The block is one the
+    worker has written before where the training process has let go of it
+    (:mod:`training.data.shared`): pages already mapped, not new ones to fault in."""
     if get_worker_info() is None:
         batch = {"image": torch.empty(image, dtype=torch.uint8)} if image else {}
         return {**batch, **{k: torch.from_numpy(np.array(a)) for k, a in arrays.items()}}
     arrays = {k: np.ascontiguousarray(a) for k, a in arrays.items()}
     sizes = [int(np.prod(image)) if image else 0] + [a.nbytes for a in arrays.values()]
     starts = np.concatenate([[0], np.cumsum([-(-n // 8) * 8 for n in sizes])])   # 8-byte aligned
-    storage = torch.UntypedStorage._new_shared(max(1, int(starts[-1])))
-    batch = {"image": torch.empty(0, dtype=torch.uint8).set_(storage, 0, image)} if image else {}
+    storage, release = shared.worker_pool().take(int(starts[-1]))
+    pixels = {"image": torch.empty(0, dtype=torch.uint8).set_(storage, 0, image)} if image else {}
+    batch = shared.SharedBatch(pixels)
+    batch.release = release
     for (name, a), at in zip(arrays.items(), starts[1:-1].tolist()):
         dtype = torch.from_numpy(np.empty(0, a.dtype)).dtype       # (a itself may be read-only)
         view = torch.empty(0, dtype=dtype).set_(storage, at // a.itemsize, a.shape)
