@@ -19,6 +19,14 @@ from training.data.shards import read_vocab
 from training.ranks import is_rank_zero
 
 
+def held_copy(prediction: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A prediction's tensors copied to the CPU, to be buffered until a row group is full. Always
+    copies: on the CPU, ``photo_id`` and the other columns are views of the batch, whose storage in
+    a loader worker is its whole block of shared memory (pixels included), which would be held for
+    as many batches as a row group takes and kept from the worker's reuse."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in prediction.items()}
+
+
 class EmbeddingWriter(BasePredictionWriter):
     """Writes ``predict_step`` outputs of every rank to Parquet and, on rank 0, the manifest."""
 
@@ -50,7 +58,7 @@ class EmbeddingWriter(BasePredictionWriter):
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
                            dataloader_idx=0) -> None:
         split = self._splits(trainer)[dataloader_idx]
-        self._buffers[split].append({k: v.detach().cpu() for k, v in prediction.items()})
+        self._buffers[split].append(held_copy(prediction))
         self._buffered[split] += int(prediction["photo_id"].numel())
         if self._buffered[split] >= self.rows_per_group:
             self._flush(split)
