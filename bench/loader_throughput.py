@@ -8,15 +8,18 @@ A real shard first: a synthetic world's photos (``--source-size`` px) through th
 core (one process, one thread), alternating, the median of ``--repeats`` passes over the shard's
 JPEGs of:
 
-- the ceiling: the faster, in each repeat, of two plain decodes of every JPEG, nothing else (not
-  even the pixels copied out): PIL's (opened, DCT scaling to the crop as the loader would, loaded)
-  and torchvision's ``decode_jpeg`` (from tensors made beforehand), the one the loader uses for
-  JPEGs at their stored size;
+- the ceiling: the fastest, in each repeat, of three plain decodes of every whole JPEG, nothing
+  else (not even the pixels copied out): PIL's (opened, DCT scaling to the crop as the loader
+  would, loaded), torchvision's ``decode_jpeg`` (from tensors made beforehand) and TurboJPEG's
+  (the ``turbojpeg`` wheel's ``decompress``; when it is installed);
 - the loader: :class:`training.data.shards.ShardStream`'s training batches (``--crop`` px random
-  crops, flips drawn, tags, locations), the work one DataLoader worker does, here in this process;
+  crops, flips drawn, tags, locations), the work one DataLoader worker does, here in this process.
+  It decodes only each crop (:mod:`training.data.turbojpeg`), so it can pass the ceiling;
+- the same with whole decodes (``LOCSENS_TURBOJPEG=off``: torchvision's, the crop copied out);
 - the loader in a DataLoader worker: the same batches made in a worker process, in shared memory,
   and sent to this one: the worker's own CPU seconds (its threads included), over two passes after
-  a first that warms it up;
+  a first that warms it up; with its blocks reused (:mod:`training.data.shared`), and with a new
+  block for every batch;
 - before: the batch as it was built up to 8d8b7e6 (rows gathered with their JPEGs, an RGB copy
   and a PIL crop per image, then a stacked copy, a flipped copy, ``torch.where`` and an NCHW
   ``contiguous`` copy), kept here as the baseline;
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import statistics
 import sys
 import time
@@ -55,7 +59,14 @@ from common.contract import Manifest, ShardFile, SplitInfo, write_manifest  # no
 from common.markdown import table as md_table  # noqa: E402
 from common.markdown import write_block  # noqa: E402
 from pipeline import shards  # noqa: E402
+from training.data import shared  # noqa: E402
+from training.data import turbojpeg as crops  # noqa: E402
 from training.data.shards import ShardStream  # noqa: E402
+
+try:
+    import turbojpeg
+except ImportError:              # not on every platform ([train] has it on x86-64 Linux)
+    turbojpeg = None
 
 
 def real_shard(work: Path, images: int, source_size: int, short_side: int = 300) -> Path:
@@ -95,6 +106,26 @@ def plain_torchvision(jpegs: list[torch.Tensor]) -> float:
     return len(jpegs) / (time.process_time() - t)
 
 
+def plain_turbojpeg(jpegs: list[bytes]) -> float:
+    t = time.process_time()
+    for b in jpegs:
+        turbojpeg.decompress(b, turbojpeg.PF.RGB)
+    return len(jpegs) / (time.process_time() - t)
+
+
+def whole(directory: Path, crop: int, batch: int) -> float:
+    """The loader with the crop decoder off: each JPEG decoded whole, the crop copied out."""
+    os.environ[crops.ENV] = "off"
+    crops.decoder.cache_clear()
+    crops._library.cache_clear()
+    try:
+        return loader(directory, crop, batch)
+    finally:
+        del os.environ[crops.ENV]
+        crops.decoder.cache_clear()
+        crops._library.cache_clear()
+
+
 def _stream(directory: Path, crop: int, batch: int, decode: str = "cpu") -> ShardStream:
     """The training stream every loader row measures."""
     return ShardStream(directory, "train", batch_size=batch, crop=crop, train=True, shuffle=True, seed=1,
@@ -128,9 +159,16 @@ class _Timed(IterableDataset):
         yield {"cpu": torch.tensor(time.process_time() - t), "images": torch.tensor(n)}
 
 
-def in_worker(directory: Path, crop: int, batch: int, passes: int = 3) -> float:
-    for last in DataLoader(_Timed(_stream(directory, crop, batch), passes), batch_size=None, num_workers=1):
-        pass
+def in_worker(directory: Path, crop: int, batch: int, passes: int = 3, pooled: bool = True) -> float:
+    """``pooled`` False: the worker makes a new shared block for every batch (no pool; the worker
+    inherits the setting when it starts)."""
+    kept, shared.POOL_BLOCKS = shared.POOL_BLOCKS, shared.POOL_BLOCKS if pooled else 0
+    try:
+        timed = _Timed(_stream(directory, crop, batch), passes)
+        for last in DataLoader(timed, batch_size=None, num_workers=1):
+            pass
+    finally:
+        shared.POOL_BLOCKS = kept
     return last["images"].item() / last["cpu"].item()
 
 
@@ -178,32 +216,44 @@ def main() -> None:
     directory = real_shard(args.work.resolve(), args.images, args.source_size)
     jpegs = jpegs_of(directory)
     tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in jpegs]
-    runs: dict[str, list[float]] = {"pil": [], "torchvision": [], "loader": [], "worker": [], "before": [],
-                                    "bytes": []}
     measure = {"pil": lambda: plain_pil(jpegs, args.crop), "torchvision": lambda: plain_torchvision(tensors),
+               "turbojpeg": lambda: plain_turbojpeg(jpegs),
                "loader": lambda: loader(directory, args.crop, args.batch),
+               "whole": lambda: whole(directory, args.crop, args.batch),
                "worker": lambda: in_worker(directory, args.crop, args.batch),
+               "fresh": lambda: in_worker(directory, args.crop, args.batch, pooled=False),
                "before": lambda: before(directory, args.crop, args.batch),
                "bytes": lambda: loader(directory, args.crop, args.batch, decode="device")}
+    if turbojpeg is None or crops.decoder() is None:
+        print("no TurboJPEG 3 library: the loader decodes whole images (pip install turbojpeg)",
+              file=sys.stderr)
+        del measure["turbojpeg"], measure["whole"]
+    runs: dict[str, list[float]] = {k: [] for k in measure}
     order = list(measure)
     for r in range(args.repeats):          # the order rotates: no path always runs first
         for name in order[r % len(order):] + order[:r % len(order)]:
             runs[name].append(measure[name]())
-    runs = {"ceiling": [max(a, b) for a, b in zip(runs["pil"], runs["torchvision"])], **runs}
+    plain = [k for k in ("pil", "torchvision", "turbojpeg") if k in runs]
+    runs = {"ceiling": [max(r) for r in zip(*(runs[k] for k in plain))], **runs}
     med = {k: statistics.median(v) for k, v in runs.items()}
     # Of the ceiling: the median of each repeat's ratio (the two ran side by side in time, on a
     # machine whose speed drifts).
     share = {k: statistics.median(x / c for x, c in zip(v, runs["ceiling"])) for k, v in runs.items()}
     head = ["path (one core)", "images/s", "of the ceiling", "runs"]
-    labels = {"ceiling": "plain decode of the shard's JPEGs, the faster of the two below (the ceiling)",
+    labels = {"ceiling": "plain decode of the shard's whole JPEGs, the fastest below (the ceiling)",
               "pil": "plain decode: PIL",
               "torchvision": "plain decode: torchvision's decode_jpeg",
-              "loader": "the loader's training batches (uint8 NHWC, flip on the device)",
-              "worker": "the same in a DataLoader worker (batches in shared memory)",
+              "turbojpeg": "plain decode: TurboJPEG",
+              "loader": "the loader's training batches (crops decoded alone; uint8 NHWC, flip on the device)",
+              "whole": "the same, each JPEG decoded whole (LOCSENS_TURBOJPEG=off)",
+              "worker": "the loader in a DataLoader worker (batches in shared memory, sent; blocks reused)",
+              "fresh": "the same, a new block of shared memory for every batch",
               "before": "the batch as built up to 8d8b7e6",
               "bytes": "data.decode=device: the workers ship JPEG bytes (the GPU decodes)"}
     body = [[labels[k], f"{med[k]:,.0f}", f"{share[k]:.2f}", ", ".join(f"{x:.0f}" for x in runs[k])]
-            for k in ("ceiling", "pil", "torchvision", "loader", "worker", "before", "bytes")]
+            for k in ("ceiling", "pil", "torchvision", "turbojpeg", "loader", "whole", "worker", "fresh",
+                      "before", "bytes")
+            if k in runs]
     text = (f"{len(jpegs):,} JPEGs of a real shard (300 px short side, from {args.source_size} px photos), "
             f"{args.crop} px crops, batches of {args.batch}, one process, images per CPU second; median of "
             f"{args.repeats} repeats (of the ceiling: the median of each repeat's ratio).\n\n" + md_table(head, body))
