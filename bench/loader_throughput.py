@@ -117,13 +117,11 @@ def whole(directory: Path, crop: int, batch: int) -> float:
     """The loader with the crop decoder off: each JPEG decoded whole, the crop copied out."""
     os.environ[crops.ENV] = "off"
     crops.decoder.cache_clear()
-    crops._library.cache_clear()
     try:
         return loader(directory, crop, batch)
     finally:
         del os.environ[crops.ENV]
         crops.decoder.cache_clear()
-        crops._library.cache_clear()
 
 
 def _stream(directory: Path, crop: int, batch: int, decode: str = "cpu") -> ShardStream:

@@ -21,7 +21,6 @@ from training.data import turbojpeg as T
 
 def _reload_library() -> None:
     T.decoder.cache_clear()
-    T._library.cache_clear()
 
 
 @pytest.fixture(params=["crops", "whole"])

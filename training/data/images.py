@@ -8,9 +8,9 @@ torchvision's ``decode_jpeg``, whose RGB output is already (H, W, 3) memory, and
 out. Both give PIL's pixels (all three are libjpeg-turbo), faster and at a steadier speed than
 PIL's decode, which runs at two speeds on the same bytes (docs/gpu.md). Anything else (a JPEG
 decoded smaller by DCT scaling or resized, another colour space, another format, a broken file)
-goes through PIL as before. In a DataLoader worker
-the batch is made in shared memory, so that it reaches the main process without another copy.
-The flip is drawn here (so that it is reproducible per worker) but applied on the device, with
+goes through PIL as before. In a DataLoader worker the batch is made in shared memory (a block
+the worker reuses, :mod:`training.data.shared`), so that it reaches the main process without
+another copy. The flip is drawn here (so that it is reproducible per worker) but applied on the device, with
 normalisation and the channels_last layout (:meth:`training.models.base.TagModel.features`):
 uint8 NHWC is a quarter of float32's bytes through the worker pipe and the host-to-device copy,
 and no copy of the batch is made on the CPU after decoding.

@@ -61,11 +61,11 @@ def _is_library(name: str) -> bool:
             and (".so" in name or name.endswith((".dylib", ".dll"))))
 
 
-def _candidates() -> list[str]:
-    """Paths or names of libturbojpeg to try, in order."""
-    if os.environ.get(ENV) == "off":
+def _candidates(named: Optional[str]) -> list[str]:
+    """Paths or names of libturbojpeg to try, in order, ``named`` (``LOCSENS_TURBOJPEG``) first."""
+    if named == "off":
         return []
-    found = [os.environ[ENV]] if os.environ.get(ENV) else []
+    found = [named] if named else []
     try:
         dist = importlib.metadata.distribution("turbojpeg")
         found += [str(dist.locate_file(f)) for f in dist.files or () if _is_library(f.name)]
@@ -75,13 +75,13 @@ def _candidates() -> list[str]:
     return found + ([system] if system else [])
 
 
-@lru_cache(maxsize=1)
 def _library() -> Optional[ctypes.CDLL]:
-    for path in _candidates():
+    named = os.environ.get(ENV)
+    for path in _candidates(named):
         try:
             return _bind(ctypes.CDLL(path))
         except (OSError, AttributeError):
-            if path == os.environ.get(ENV):
+            if path == named:
                 raise RuntimeError(f"{ENV}={path}: not a libturbojpeg with the TurboJPEG 3 API "
                                    "(libjpeg-turbo 3.0 or later)") from None
     return None
@@ -143,6 +143,7 @@ class CropDecoder:
 
 @lru_cache(maxsize=1)
 def decoder() -> Optional[CropDecoder]:
-    """The process's crop decoder, or None without a TurboJPEG 3 library."""
+    """The process's crop decoder, or None without a TurboJPEG 3 library (looked for once;
+    ``decoder.cache_clear()`` looks again, after ``LOCSENS_TURBOJPEG`` has changed)."""
     lib = _library()
     return CropDecoder(lib) if lib is not None else None
