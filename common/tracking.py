@@ -248,7 +248,14 @@ def log_dataset(directory: str | os.PathLike, name: str, digest: str, context: s
     """Record in the active run, by MLflow's dataset tracking, that it read the dataset in
     ``directory`` (shards, an embeddings export), identified by ``digest``."""
     source = resolve_dataset_source(Path(directory).resolve().as_uri())
-    mlflow.log_input(MetaDataset(source, name=name, digest=(digest or "unknown")[:32]), context=context)
+    dataset = MetaDataset(source, name=name, digest=(digest or "unknown")[:32])
+    try:
+        mlflow.log_input(dataset, context=context)
+    except mlflow.exceptions.MlflowException:
+        # Several runs reading one dataset at once (ranks' evaluations, trainings on one export): a
+        # SQL store looks the dataset up and inserts it if missing, and a second insert of the same
+        # (experiment, name, digest) fails on its unique key. Once, the row then exists and is used.
+        mlflow.log_input(dataset, context=context)
 
 
 def producer() -> dict[str, str]:

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import mlflow
@@ -20,7 +21,7 @@ from helpers.embeddings import write_embeddings
 from helpers.faults import spark_env
 from helpers.servers import free_port
 
-from common import tracking_server
+from common import tracking, tracking_server
 
 LOCSENS = ["+experiment=locsens_raw", *TINY_LOCSENS, *CPU, "trainer.max_epochs=2", "torch_threads=1",
            "data.batch_size=40"]
@@ -92,3 +93,39 @@ def test_several_writers_log_to_one_postgresql_tracking_server(tmp_path, synth_w
         assert tracking_server.stop(state_dir)
     assert not _alive(pid)
     assert not tracking_server.stop(state_dir)       # nothing left to stop
+
+
+@pytest.mark.slow
+def test_runs_logging_one_dataset_at_once_all_record_it(tmp_path, state_dir):
+    """Evaluations on every rank, or trainings on one export, log the same dataset at the same
+    moment: PostgreSQL refuses the second insert of its row; each run still records its input.
+    Rounds of writers, each round a dataset new to the store (the race is on its first insert)."""
+    server = tracking_server.start(state_dir, port=free_port(), pg_port=free_port())
+    try:
+        mlflow.set_tracking_uri(server.uri)
+        experiment = tracking.get_or_create_experiment("evaluate", None)
+        writers, rounds, failures, logged = 8, 12, [], []
+
+        def evaluate(start: threading.Barrier, digest: str) -> None:
+            with mlflow.start_run(experiment_id=experiment) as run:   # (a run per thread: thread-local)
+                start.wait()
+                try:
+                    tracking.log_dataset(tmp_path, "mcc-embeddings", digest, "evaluation")
+                    logged.append((run.info.run_id, digest))
+                except Exception as exc:   # collected: an exception in a thread would be lost
+                    failures.append(exc)
+
+        for r in range(rounds):
+            start = threading.Barrier(writers)
+            threads = [threading.Thread(target=evaluate, args=(start, f"round{r}")) for _ in range(writers)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        assert failures == [] and len(logged) == writers * rounds
+        client = mlflow.MlflowClient(server.uri)
+        for run_id, digest in logged:
+            inputs = client.get_run(run_id).inputs.dataset_inputs
+            assert [(d.dataset.name, d.dataset.digest) for d in inputs] == [("mcc-embeddings", digest)]
+    finally:
+        assert tracking_server.stop(state_dir)
